@@ -1,0 +1,48 @@
+"""The numpy float64 reference every schedule is checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuning.workload import Workload
+
+
+def random_inputs(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(-1, 1, wl.data_shape).astype(wl.dtype)
+    weight = rng.uniform(-1, 1, wl.weight_shape).astype(wl.dtype)
+    return data, weight
+
+
+def conv2d_reference(wl: Workload, data: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Direct convolution in float64, in the workload's layout; returns float64."""
+    x = np.asarray(data, np.float64)
+    wt = np.asarray(weight, np.float64)
+    if wl.layout == "NCHW":
+        x = x.transpose(0, 2, 3, 1)
+        wt = wt.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    t, l, b, r = wl.pad
+    x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    sh, sw = wl.stride
+    dh, dw = wl.dilation
+    g, cig, cog = wl.groups, wl.ci // wl.groups, wl.co // wl.groups
+    out = np.zeros((wl.n, wl.oh, wl.ow, wl.co))
+    for kh in range(wl.kh):
+        for kw in range(wl.kw):
+            rows = x[:, kh * dh: kh * dh + (wl.oh - 1) * sh + 1: sh, kw * dw: kw * dw + (wl.ow - 1) * sw + 1: sw, :]
+            for gi in range(g):
+                patch = rows[..., gi * cig:(gi + 1) * cig]
+                out[..., gi * cog:(gi + 1) * cog] += patch @ wt[kh, kw, :, gi * cog:(gi + 1) * cog]
+    return out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+
+
+def error_bound(wl: Workload, data: np.ndarray, weight: np.ndarray, growth: float = 1.0) -> float:
+    """A float32 tolerance that follows from the sum's length and magnitude, not a blanket one.
+
+    Each output sums K = KH*KW*CI/groups products; float32 accumulation errs by at most about
+    K * eps * max|x*w| (a dropped or doubled term errs by ~max|x*w|, far above it). `growth` scales
+    it for algorithms that amplify the error (Winograd's transforms).
+    """
+    k = wl.kh * wl.kw * (wl.ci // wl.groups)
+    scale = float(np.abs(data).max() * np.abs(weight).max())
+    return 8.0 * growth * k * float(np.finfo(np.float32).eps) * scale

@@ -1,0 +1,166 @@
+"""What every algorithm file provides, and the knobs its schedule template samples.
+
+An algorithm is a compute (TE) plus a schedule template. Knobs are MetaSchedule sampling
+instructions (`sample_perfect_tile`, `sample_categorical`) named by the template, so that a
+tuning record's trace decisions read back as a config `{knob: value}` that can be re-applied to
+any function built from the same compute (the one-shot `conv2d`, or the run phase alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tvm import s_tir, te, tirx
+
+from tuning.workload import Workload
+
+# Categorical unroll knob: MetaSchedule's own convention, so its MutateUnroll mutator and its
+# RewriteParallelVectorizeUnroll postprocessor understand it.
+UNROLL_KEY = "meta_schedule.unroll_explicit"
+UNROLL_STEPS = (0, 16, 64, 512)
+
+
+class Unsupported(ValueError):
+    """A layer outside an algorithm's limits; the message names the algorithm and the limit."""
+
+    def __init__(self, algorithm: str, reason: str):
+        super().__init__(f"{algorithm}: {reason}")
+        self.algorithm = algorithm
+        self.reason = reason
+
+
+class Knobs:
+    """The tunable decisions of one template application.
+
+    mode "sample": decisions left to MetaSchedule (a search space); "default": the template's
+    own heuristic config; "fixed": replay `config` (knob name -> decision).
+    """
+
+    def __init__(self, sch: s_tir.Schedule, config: dict | None = None, default: bool = False):
+        self.sch = sch
+        self.config = config
+        self.default = default
+        self.names: list[str] = []
+
+    def _decision(self, name: str, fallback):
+        self.names.append(name)
+        if self.config is not None:
+            if name not in self.config:
+                raise KeyError(f"config has no value for knob {name!r}; it has {sorted(self.config)}")
+            return self.config[name]
+        return fallback() if self.default else None
+
+    def split(self, name: str, loop, n: int, max_inner: int = 64, prefer: tuple[int, ...] = ()) -> list:
+        """Tile `loop` into `n` perfect factors; `prefer` gives the default innermost-first wishes."""
+        extent = int(self.sch.get(loop).extent)
+        decision = self._decision(name, lambda: default_tile(extent, n, prefer, max_inner))
+        factors = self.sch.sample_perfect_tile(loop, n=n, max_innermost_factor=max_inner,
+                                               decision=list(decision) if decision is not None else None)
+        return self.sch.split(loop, factors, preserve_unit_iters=True)
+
+    def choice(self, name: str, candidates: tuple[int, ...], default_index: int = 0):
+        index = self._decision(name, lambda: default_index)
+        probs = [1.0 / len(candidates)] * len(candidates)
+        return self.sch.sample_categorical(list(candidates), probs, decision=index)
+
+    def unroll(self, block, default_index: int = 1) -> None:
+        """How far LLVM may unroll the loops under `block` (MetaSchedule's unroll annotation)."""
+        step = self.choice("unroll", UNROLL_STEPS, default_index)
+        self.sch.annotate(block, UNROLL_KEY, step)
+
+
+def default_tile(extent: int, n: int, prefer: tuple[int, ...], max_inner: int) -> list[int]:
+    """Perfect factors of `extent`, innermost first as close to `prefer` as divisibility allows."""
+    factors = [1] * n
+    rest = extent
+    wishes = list(prefer) + [1] * (n - 1 - len(prefer))
+    for pos, wish in enumerate(wishes[: n - 1]):
+        cap = min(wish, rest, max_inner if pos == 0 else rest)
+        best = max(d for d in range(1, cap + 1) if rest % d == 0)
+        factors[n - 1 - pos] = best
+        rest //= best
+    factors[0] = rest
+    return factors
+
+
+def config_from_trace(trace: s_tir.Trace, names: list[str]) -> dict:
+    """Pair a tuned trace's sampling decisions, in order, with the template's knob names."""
+    values = []
+    for inst in trace.insts:
+        if inst.kind.name in ("SamplePerfectTile", "SampleCategorical"):
+            decision = trace.decisions.get(inst) if hasattr(trace.decisions, "get") else trace.decisions[inst]
+            if inst.kind.name == "SamplePerfectTile":
+                values.append([int(v) for v in decision])
+            else:
+                values.append(int(decision))
+    if len(values) != len(names):
+        raise ValueError(f"trace has {len(values)} decisions but the template names {len(names)} knobs")
+    return dict(zip(names, values))
+
+
+@dataclass
+class Phase:
+    """One exported function: its PrimFunc and what its arguments are."""
+
+    func: tirx.PrimFunc
+    args: list[str]  # argument names, in order
+
+
+@dataclass
+class Algorithm:
+    """An algorithm file's contract with the pipeline (see schedules/direct.py for the simplest)."""
+
+    name: str
+    layouts: tuple[str, ...]
+    summary: str
+    # wl -> None, or raise Unsupported
+    check: Callable[[Workload], None]
+    # wl -> {function name: Phase}; always has "conv2d" (plain-layout weight, one shot)
+    functions: Callable[[Workload], dict[str, Phase]]
+    # (sch, wl, knobs) -> None: schedules every block of whichever function it is given
+    schedule: Callable[[s_tir.Schedule, Workload, Knobs], None]
+    # the function whose run time is tuned: "conv2d", or "conv2d_packed" for two-phase algorithms
+    tuned: str = "conv2d"
+    # amplification of float32 error over direct (tests' tolerance; Winograd > 1)
+    error_growth: Callable[[Workload], float] = field(default=lambda wl: 1.0)
+
+    def supports(self, wl: Workload) -> str | None:
+        """None if the layer fits, else why not."""
+        if wl.layout not in self.layouts:
+            return f"{self.name}: layout {wl.layout} not supported (supports {', '.join(self.layouts)})"
+        try:
+            self.check(wl)
+        except Unsupported as err:
+            return str(err)
+        return None
+
+    def require(self, wl: Workload) -> None:
+        reason = self.supports(wl)
+        if reason:
+            raise Unsupported(self.name, reason.split(": ", 1)[1])
+
+    def knob_names(self, wl: Workload) -> list[str]:
+        func = self.functions(wl)[self.tuned].func
+        knobs = Knobs(s_tir.Schedule(func), default=True)
+        self.schedule(knobs.sch, wl, knobs)
+        return knobs.names
+
+    def apply(self, func: tirx.PrimFunc, wl: Workload, config: dict | None) -> s_tir.Schedule:
+        """Schedule `func` with `config` (None: the template's default config)."""
+        sch = s_tir.Schedule(func)
+        self.schedule(sch, wl, Knobs(sch, config=config, default=config is None))
+        return sch
+
+
+def prim_func(args: list[te.Tensor], name: str) -> tirx.PrimFunc:
+    func = te.create_prim_func(args)
+    return func.with_attr("global_symbol", name)
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return False
