@@ -1,0 +1,117 @@
+"""The search: MetaSchedule over each task's space, XGBoost cost model, evolutionary search.
+
+Budgets are totals per task: trials already in the records count, so re-running a command resumes
+where a stopped run ended (the records also seed the evolutionary search's first population).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+
+from . import measure, records
+from .measure import MeasureConfig
+from .target import Target
+from .task import Task
+
+STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
+COST_MODELS = ("xgb", "random")
+
+
+@dataclass
+class Progress:
+    """What the progress line shows; filled by the measure callback."""
+
+    tasks: list[Task]
+    total: int
+    done: int = 0
+    best_sec: dict[int, float] = field(default_factory=dict)
+    failed: int = 0
+    started: float = field(default_factory=time.time)
+    stream: object = sys.stderr
+
+    def report(self, task_id: int, seconds: list[float | None]) -> None:
+        self.done += len(seconds)
+        for s in seconds:
+            if s is None:
+                self.failed += 1
+            elif s < self.best_sec.get(task_id, float("inf")):
+                self.best_sec[task_id] = s
+        task = self.tasks[task_id]
+        best = self.best_sec.get(task_id)
+        gflops = f"{task.workload.flops / best / 1e9:7.1f} GFLOP/s" if best else "      - GFLOP/s"
+        width = 24
+        filled = int(width * min(self.done, self.total) / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        rate = (time.time() - self.started) / max(self.done, 1)
+        print(f"\r[{bar}] {self.done:4d}/{self.total} trials  {task.algorithm:>12s}  best {gflops}"
+              f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
+
+
+def _make_callback(progress: Progress):
+    @derived_object
+    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            seconds = []
+            for built, ran in zip(builder_results, runner_results):
+                if built.error_msg or ran.error_msg or not ran.run_secs:
+                    seconds.append(None)
+                else:
+                    secs = sorted(float(s) for s in ran.run_secs)
+                    seconds.append(secs[len(secs) // 2])
+            progress.report(task_id, seconds)
+
+    return ProgressCallback()
+
+
+def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy: str = "evolutionary",
+         cost_model: str = "xgb", config: MeasureConfig = MeasureConfig(), runner=None,
+         trials_per_iter: int = 16, seed: int | None = None, quiet: bool = False) -> records.LayerRecords:
+    """Tune `tasks` (all of one workload) until each has `trials` records (shared budget)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if cost_model not in COST_MODELS:
+        raise ValueError(f"--cost-model: unknown {cost_model!r}; known: {', '.join(COST_MODELS)}")
+    workload = tasks[0].workload
+    store = records.LayerRecords.open(logs, target, workload)
+    store.note_tasks(tasks, config)
+    done = {t.algorithm: store.trial_count(t) for t in tasks}
+    todo = [t for t in tasks if done[t.algorithm] < trials]
+    if not todo:
+        return store
+    budget = sum(trials - done[t.algorithm] for t in todo)
+    progress = Progress(todo, budget, stream=sys.stderr if not quiet else open("/dev/null", "w"))
+    for i, t in enumerate(todo):
+        best = store.best(t)
+        if best:
+            progress.best_sec[i] = best.seconds
+    contexts = [
+        ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
+                       search_strategy=strategy, task_name=t.algorithm, num_threads=target.threads,
+                       rand_state=seed if seed is not None else -1).clone()
+        for t in todo
+    ]
+    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
+                 ms.measure_callback.UpdateCostModel(), _make_callback(progress)]
+    cost = (ms.cost_model.XGBModel(num_tuning_cores=target.threads) if cost_model == "xgb"
+            else ms.cost_model.RandomModel())
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=[1.0] * len(todo),
+        work_dir=store.directory,
+        max_trials_global=budget,
+        max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
+        num_trials_per_iter=min(trials_per_iter, budget),
+        builder=measure.builder(target, config),
+        runner=runner or measure.local_runner(target, config),
+        database=store.database,
+        cost_model=cost,
+        measure_callbacks=callbacks,
+        task_scheduler="gradient" if len(todo) > 1 else "round-robin",
+    )
+    print(file=progress.stream)
+    return store

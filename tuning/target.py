@@ -1,0 +1,107 @@
+"""Targets: where kernels run. A name (x86, aarch64, aarch64-a72, ...) or a TVM target JSON dict.
+
+A target also fixes how a library is linked (host gcc, or a cross gcc for a board) and the thread
+count kernels are measured and run with: TVM's runtime alone would start half the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import tvm
+
+
+class TargetError(ValueError):
+    pass
+
+
+AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+# Named ARM profiles: the CPU LLVM tunes for and the core count a board of that kind has.
+ARM_PROFILES = {
+    "aarch64": (None, 4),
+    "aarch64-a53": ("cortex-a53", 4),
+    "aarch64-a72": ("cortex-a72", 4),
+    "aarch64-a76": ("cortex-a76", 4),
+    "aarch64-n1": ("neoverse-n1", 4),
+}
+AARCH64_CC = "aarch64-linux-gnu-gcc"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # what the user typed, or "custom"
+    config: dict = field(hash=False)  # the TVM target JSON
+    threads: int = 1
+
+    @property
+    def tvm(self) -> tvm.target.Target:
+        return tvm.target.Target(self.config)
+
+    @property
+    def arch(self) -> str:
+        triple = self.config.get("mtriple", "")
+        return "aarch64" if triple.startswith("aarch64") else "x86_64" if not triple or "x86_64" in triple else triple.split("-")[0]
+
+    @property
+    def is_host(self) -> bool:
+        return self.arch == host_arch()
+
+    @property
+    def cross_compiler(self) -> str | None:
+        return None if self.is_host else AARCH64_CC if self.arch == "aarch64" else None
+
+    @property
+    def tag(self) -> str:
+        """Directory name under logs/: records of different CPUs or thread counts never mix."""
+        cpu = self.config.get("mcpu", "generic")
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.arch}-{cpu}-t{self.threads}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "config": self.config, "threads": self.threads, "tag": self.tag}
+
+
+def host_arch() -> str:
+    return os.uname().machine
+
+
+def host_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def resolve_target(text: str = "x86", threads: int | None = None) -> Target:
+    """`x86`/`host`: this CPU (LLVM's detected mcpu, all cores); `aarch64[-a72|-a53|-a76|-n1]`; or JSON."""
+    text = (text or "x86").strip()
+    if text.startswith("{"):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TargetError(f"--target: not valid JSON ({err.msg} at column {err.colno})") from None
+        try:
+            tvm.target.Target(config)
+        except Exception as err:  # noqa: BLE001 - TVM's target parser raises several types
+            raise TargetError(f"--target: TVM rejects this target: {err}") from None
+        cores = int(config.get("num-cores", threads or host_cores()))
+        return Target("custom", config, threads or cores)
+    if text in ("x86", "host", "x86_64"):
+        if host_arch() != "x86_64":
+            raise TargetError(f"--target x86: this host is {host_arch()}, not x86_64")
+        cores = host_cores()
+        cpu = tvm.target.codegen.llvm_get_system_cpu()
+        config = {"kind": "llvm", "mcpu": cpu, "num-cores": cores}
+        return Target("x86", config, threads or cores)
+    if text in ARM_PROFILES:
+        cpu, cores = ARM_PROFILES[text]
+        config = dict(AARCH64, **({"mcpu": cpu} if cpu else {}), **{"num-cores": threads or cores})
+        return Target(text, config, threads or cores)
+    known = ", ".join(["x86"] + list(ARM_PROFILES))
+    raise TargetError(f"--target: unknown target {text!r}; known: {known}, or a JSON dict like "
+                      '\'{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}\'')
+
+
+def set_threads(threads: int) -> None:
+    """Fix the TVM runtime's thread pool in this process and in the workers it starts."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    tvm.get_global_func("runtime.config_threadpool")(0, threads)
