@@ -13,7 +13,7 @@ from tvm import s_tir, te, tirx
 
 from tuning.workload import Workload
 
-from .template import Algorithm, Knobs, Phase, has_block, prim_func
+from .template import Algorithm, Knobs, Phase, has_block, phase
 
 
 def padded(wl: Workload, data: te.Tensor) -> te.Tensor:
@@ -65,7 +65,7 @@ def functions(wl: Workload) -> dict[str, Phase]:
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
     out = conv2d_compute(wl, data, weight)
-    return {"conv2d": Phase(prim_func([data, weight, out], "conv2d"), ["data", "weight", "out"])}
+    return {"conv2d": phase("conv2d", data=data, weight=weight, out=out)}
 
 
 def schedule_pad(sch: s_tir.Schedule, wl: Workload) -> None:
@@ -108,7 +108,7 @@ def schedule_register_tile(sch: s_tir.Schedule, wl: Workload, knobs: Knobs, bloc
     sch.unroll(unrolled)
     sch.vectorize(vector)
     sch.decompose_reduction(block, rc0)
-    knobs.unroll(block)
+    knobs.unroll()
 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:

@@ -64,10 +64,11 @@ class Knobs:
         probs = [1.0 / len(candidates)] * len(candidates)
         return self.sch.sample_categorical(list(candidates), probs, decision=index)
 
-    def unroll(self, block, default_index: int = 1) -> None:
-        """How far LLVM may unroll the loops under `block` (MetaSchedule's unroll annotation)."""
+    def unroll(self, default_index: int = 1) -> None:
+        """How far LLVM may unroll the outer loop nests (MetaSchedule's root-block annotation,
+        turned into pragmas by its RewriteParallelVectorizeUnroll postprocessor)."""
         step = self.choice("unroll", UNROLL_STEPS, default_index)
-        self.sch.annotate(block, UNROLL_KEY, step)
+        self.sch.annotate(self.sch.get_sblock("root"), UNROLL_KEY, step)
 
 
 def default_tile(extent: int, n: int, prefer: tuple[int, ...], max_inner: int) -> list[int]:
@@ -99,12 +100,29 @@ def config_from_trace(trace: s_tir.Trace, names: list[str]) -> dict:
     return dict(zip(names, values))
 
 
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
 @dataclass
 class Phase:
-    """One exported function: its PrimFunc and what its arguments are."""
+    """One exported function: its PrimFunc and its arguments, in order."""
 
     func: tirx.PrimFunc
-    args: list[str]  # argument names, in order
+    args: list[Arg]
+
+
+def phase(name: str, **tensors: te.Tensor) -> Phase:
+    """A function `name(*tensors)` from TE tensors, arguments named by the keywords, in order."""
+    func = te.create_prim_func(list(tensors.values())).with_attr("global_symbol", name)
+    args = [Arg(arg, tuple(int(d) for d in t.shape), str(t.dtype)) for arg, t in tensors.items()]
+    return Phase(func, args)
 
 
 @dataclass
@@ -146,16 +164,19 @@ class Algorithm:
         self.schedule(knobs.sch, wl, knobs)
         return knobs.names
 
+    def sample_config(self, wl: Workload, seed: int) -> dict:
+        """A random point of the template's space (what the search might try)."""
+        func = self.functions(wl)[self.tuned].func
+        sch = s_tir.Schedule(func, seed=max(seed, 1))
+        knobs = Knobs(sch)
+        self.schedule(sch, wl, knobs)
+        return config_from_trace(sch.trace, knobs.names)
+
     def apply(self, func: tirx.PrimFunc, wl: Workload, config: dict | None) -> s_tir.Schedule:
         """Schedule `func` with `config` (None: the template's default config)."""
         sch = s_tir.Schedule(func)
         self.schedule(sch, wl, Knobs(sch, config=config, default=config is None))
         return sch
-
-
-def prim_func(args: list[te.Tensor], name: str) -> tirx.PrimFunc:
-    func = te.create_prim_func(args)
-    return func.with_attr("global_symbol", name)
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

@@ -1,0 +1,91 @@
+"""A compiled library and its sidecar, run the way a deployed engine runs it.
+
+The sidecar lists each function's arguments by name. `data`, `weight` and `out` are the layer's
+tensors; any other argument (a packed weight, an indirection buffer) is state that the prepare
+functions fill once; the run function is then called per input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tvm
+
+from .workload import Workload
+
+USER_TENSORS = ("data", "weight", "out")
+
+
+class LibraryError(ValueError):
+    pass
+
+
+class Kernel:
+    def __init__(self, module, side: dict, device):
+        self.module = module
+        self.side = side
+        self.device = device
+        self.workload = Workload.from_dict(side["workload"])
+
+    @classmethod
+    def load(cls, path: str, side: dict | None = None, session=None) -> "Kernel":
+        """Load `path` here, or on a remote device through an RPC `session`."""
+        side = side or read_sidecar(path)
+        if session is None:
+            return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
+        name = os.path.basename(path)
+        session.upload(path, name)
+        return cls(session.load_module(name), side, session.cpu(0))
+
+    @property
+    def run_function(self) -> str:
+        return self.side["run_function"]
+
+    @property
+    def prepare_functions(self) -> list[str]:
+        names = list(self.side["functions"])
+        return [n for n in names if n not in ("conv2d", self.run_function)]
+
+    def args(self, function: str) -> list[dict]:
+        return self.side["functions"][function]["args"]
+
+    def tensors(self, data: np.ndarray, weight: np.ndarray) -> dict[str, tvm.runtime.Tensor]:
+        """Every named argument, allocated on the device; state starts as zeros."""
+        out = {"data": tvm.runtime.tensor(data, self.device), "weight": tvm.runtime.tensor(weight, self.device)}
+        for fn in self.side["functions"]:
+            for arg in self.args(fn):
+                if arg["name"] not in out:
+                    out[arg["name"]] = tvm.runtime.tensor(np.zeros(arg["shape"], arg["dtype"]), self.device)
+        return out
+
+    def call(self, function: str, tensors: dict) -> None:
+        self.module[function](*[tensors[a["name"]] for a in self.args(function)])
+
+    def prepare(self, tensors: dict) -> None:
+        for fn in self.prepare_functions:
+            self.call(fn, tensors)
+
+    def timer(self, tensors: dict, number: int, repeat: int, min_repeat_ms: int):
+        f = self.module.time_evaluator(self.run_function, self.device, number=number, repeat=repeat,
+                                       min_repeat_ms=min_repeat_ms)
+        args = [tensors[a["name"]] for a in self.args(self.run_function)]
+        return lambda: f(*args).results
+
+
+def read_sidecar(library_path: str) -> dict:
+    path = os.path.splitext(library_path)[0] + ".json"
+    if not os.path.exists(path):
+        raise LibraryError(f"{library_path}: no sidecar {path} beside it (it says what the library computes)")
+    try:
+        side = json.load(open(path))
+    except json.JSONDecodeError as err:
+        raise LibraryError(f"{path}: not valid JSON: {err}") from None
+    for key in ("workload", "functions", "run_function", "target"):
+        if key not in side:
+            raise LibraryError(f"{path}: sidecar lacks {key!r}")
+    lib = side.get("library")
+    if lib and os.path.basename(lib) != lib:
+        raise LibraryError(f"{path}: 'library' must be a file name beside the sidecar, got {lib!r}")
+    return side

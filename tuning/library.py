@@ -1,0 +1,151 @@
+"""Compile and export: the best record of a layer, built into a shared library and its sidecar.
+
+The library exports `conv2d(data, weight, out)` taking the plain-layout weight; two-phase
+algorithms also export their prepare functions (e.g. `pack_weight`) and `conv2d_packed`. The
+sidecar `<library>.json` says what was built, from which record, and every function's arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+import schedules
+from schedules.template import config_from_trace
+
+from .records import LayerRecords, Record
+from .target import Target
+from .task import Task, tasks_for
+from .workload import Workload
+
+SIDECAR_VERSION = 1
+
+
+class NoRecord(UserWarning):
+    pass
+
+
+@dataclass
+class Choice:
+    """What will be built: a task and its config (None when untuned)."""
+
+    task: Task
+    record: Record | None
+    config: dict | None
+
+    @property
+    def tuned(self) -> bool:
+        return self.record is not None
+
+
+def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
+    """The best record for the layer (over every algorithm under `auto`), or the default config."""
+    store = LayerRecords.existing(logs, target, wl)
+    candidates = tasks_for(wl, algorithm) if algorithm != "auto" else tasks_for(wl, "auto") + _generated(wl)
+    best: tuple[Task, Record] | None = None
+    if store is not None:
+        for task in candidates:
+            record = store.best(task)
+            if record and (best is None or record.seconds < best[1].seconds):
+                best = (task, record)
+    if best is None:
+        task = candidates[0] if algorithm != "auto" else Task(wl, "direct")
+        return Choice(task, None, None)
+    task, record = best
+    config = None if task.generated else config_from_trace(record.trace, task.knob_names)
+    return Choice(task, record, config)
+
+
+def _generated(wl: Workload) -> list[Task]:
+    return [Task(wl, "ms-auto")]
+
+
+def schedule_functions(choice: Choice) -> tvm.IRModule:
+    """Every exported function, scheduled: the template re-applied with the record's knob values."""
+    task, wl = choice.task, choice.task.workload
+    phases = task.template.functions(wl)
+    funcs = {}
+    postproc = ms.postproc.RewriteParallelVectorizeUnroll()
+    for name, phase in phases.items():
+        if task.generated:
+            sch = _replay(phase.func, choice.record.trace) if choice.tuned else task.template.apply(phase.func, wl, None)
+        else:
+            sch = task.template.apply(phase.func, wl, choice.config)
+        postproc.apply(sch)
+        funcs[name] = sch.mod["main"].with_attr("global_symbol", name)
+    return tvm.IRModule(funcs)
+
+
+def _replay(func, trace) -> s_tir.Schedule:
+    func = func.with_attr("convtune.algorithm", "ms-auto")
+    sch = s_tir.Schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch
+
+
+def build(choice: Choice, target: Target) -> tvm.runtime.Executable:
+    return tvm.compile(schedule_functions(choice), target=target.tvm)
+
+
+def export(choice: Choice, target: Target, path: str, layer_name: str | None = None) -> dict:
+    """Build and write `path` (.so) and its sidecar; returns the sidecar."""
+    if not choice.tuned:
+        print(f"WARNING: no tuning record for {choice.task.workload.spec} ({choice.task.algorithm}) on "
+              f"{target.tag}: building the template's UNTUNED default config "
+              f"{_default_config(choice)}. Run `convtune tune` first for a fast kernel.", file=sys.stderr)
+    executable = build(choice, target)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if target.cross_compiler:
+        from tvm.support import cc  # noqa: PLC0415
+
+        executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
+    else:
+        executable.export_library(path)
+    side = sidecar(choice, target, os.path.basename(path), layer_name)
+    with open(sidecar_path(path), "w") as f:
+        json.dump(side, f, indent=2)
+    return side
+
+
+def _default_config(choice: Choice) -> dict:
+    task = choice.task  # the generated space untuned falls back to the direct template's default
+    from schedules.template import Knobs  # noqa: PLC0415
+
+    func = task.template.functions(task.workload)[task.template.tuned].func
+    knobs = Knobs(s_tir.Schedule(func), default=True)
+    task.template.schedule(knobs.sch, task.workload, knobs)
+    return config_from_trace(knobs.sch.trace, knobs.names)
+
+
+def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None) -> dict:
+    task, wl = choice.task, choice.task.workload
+    functions = {name: {"args": [a.to_dict() for a in phase.args]}
+                 for name, phase in task.template.functions(wl).items()}
+    return {
+        "sidecar_version": SIDECAR_VERSION,
+        "library": library,
+        "layer": layer_name or wl.spec,
+        "workload": wl.to_dict(),
+        "layout": wl.layout,
+        "weight_layout": wl.weight_layout,
+        "algorithm": task.algorithm,
+        "target": target.to_dict(),
+        "threads": target.threads,
+        "tvm": tvm.__version__,
+        "tuned": choice.tuned,
+        "config": choice.config if choice.tuned else _default_config(choice),
+        "trace": str(choice.record.trace) if choice.tuned and task.generated else None,
+        "record": ({"seconds": choice.record.seconds, "gflops": choice.record.gflops(wl)} if choice.tuned else None),
+        "run_function": task.template.tuned,
+        "functions": functions,
+    }
+
+
+def sidecar_path(library_path: str) -> str:
+    return os.path.splitext(library_path)[0] + ".json"
