@@ -13,7 +13,7 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
-from schedules import ALGORITHMS, get_algorithm
+from schedules import ALGORITHMS, family, get_algorithm
 from schedules.template import Algorithm, Knobs, Unsupported
 
 from .workload import Workload
@@ -79,8 +79,13 @@ class Task:
 
 
 def tasks_for(wl: Workload, algorithm: str) -> list[Task]:
-    """`auto`: every template that fits the layer (the generated space is a rival, asked by name)."""
-    if algorithm != "auto":
-        return [Task(wl, algorithm)]
-    fits = [name for name, a in ALGORITHMS.items() if a.supports(wl) is None]
-    return [Task(wl, name) for name in fits]
+    """`auto`: every template that fits the layer (the generated space is a rival, asked by name);
+    a family name (`winograd`) gives the members that fit; a full name gives its one task."""
+    if algorithm == GENERATED:
+        return [Task(wl, GENERATED)]
+    members = list(ALGORITHMS.values()) if algorithm == "auto" else family(algorithm)
+    fits = [a for a in members if a.supports(wl) is None]
+    if not fits:
+        reasons = "; ".join(a.supports(wl) for a in members)
+        raise Unsupported(algorithm, f"no variant fits {wl.spec}: {reasons}")
+    return [Task(wl, a.name) for a in fits]

@@ -1,0 +1,187 @@
+"""Benchmark: convtune's compiled kernel against PyTorch (oneDNN) and numpy im2col + BLAS.
+
+All contenders run in one process, interleaved round by round (so drift hits them alike), with the
+same thread count; each round times back-to-back calls for at least `min_repeat_ms` (a core idle
+for a few ms comes back at half its FMA speed); tables give the median over rounds with min/max.
+Two-phase kernels are timed in their run phase (weights pre-packed), as deployed engines run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+
+from schedules.reference import random_inputs
+
+from .kernel import Kernel
+from .library import build, choose, sidecar
+from .peak import fp32_peak_gflops
+from .target import Target
+from .workload import Workload
+
+
+def time_call(fn, min_repeat_ms: float) -> float:
+    """Seconds per call: back-to-back calls for at least `min_repeat_ms` (one warm-up call first)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed * 1e3 >= min_repeat_ms:
+            return elapsed / calls
+
+
+@dataclass
+class Timing:
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def summary(self, flops: int) -> dict:
+        return {"median_ms": self.median * 1e3, "min_ms": min(self.samples) * 1e3,
+                "max_ms": max(self.samples) * 1e3, "gflops": flops / self.median / 1e9}
+
+
+# -- rivals ------------------------------------------------------------------------------------------
+def torch_calls(wl: Workload, data: np.ndarray, weight: np.ndarray, threads: int) -> dict:
+    """PyTorch's CPU conv2d (oneDNN), NCHW and channels_last; {} when torch is not installed."""
+    try:
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+    except ImportError:
+        return {}
+    torch.set_num_threads(threads)
+    x = data.transpose(0, 3, 1, 2) if wl.layout == "NHWC" else data
+    w = weight.transpose(3, 2, 0, 1) if wl.layout == "NHWC" else weight  # -> OIHW
+    t, l, b, r = wl.pad
+    if (t, l) != (b, r):  # asymmetric padding: pad once outside the timed call
+        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+        t = l = 0
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    wt = torch.from_numpy(np.ascontiguousarray(w))
+    kwargs = dict(stride=wl.stride, padding=(t, l), dilation=wl.dilation, groups=wl.groups)
+    xc, wc = xt.to(memory_format=torch.channels_last), wt.to(memory_format=torch.channels_last)
+
+    def nchw():
+        with torch.no_grad():
+            F.conv2d(xt, wt, **kwargs)
+
+    def nhwc():
+        with torch.no_grad():
+            F.conv2d(xc, wc, **kwargs)
+
+    return {"torch-nchw": nchw, "torch-channels_last": nhwc}
+
+
+def numpy_im2col_call(wl: Workload, data: np.ndarray, weight: np.ndarray):
+    """im2col with numpy, GEMM with numpy's BLAS (NHWC view of the layer)."""
+    x = data if wl.layout == "NHWC" else data.transpose(0, 2, 3, 1).copy()
+    w = weight if wl.layout == "NHWC" else weight.transpose(2, 3, 1, 0).copy()  # -> HWIO
+    (sh, sw), (dh, dw), g = wl.stride, wl.dilation, wl.groups
+    cig, cog = wl.ci // g, wl.co // g
+    wmat = [w[:, :, :, i * cog:(i + 1) * cog].reshape(-1, cog) for i in range(g)]
+    t, l, b, r = wl.pad
+
+    def call():
+        xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0))) if any(wl.pad) else x
+        cols = np.empty((wl.n, wl.oh, wl.ow, wl.kh, wl.kw, wl.ci), np.float32)
+        for kh in range(wl.kh):
+            for kw in range(wl.kw):
+                cols[:, :, :, kh, kw, :] = xp[:, kh * dh: kh * dh + (wl.oh - 1) * sh + 1: sh,
+                                              kw * dw: kw * dw + (wl.ow - 1) * sw + 1: sw, :]
+        cols = cols.reshape(wl.n * wl.oh * wl.ow, wl.kh * wl.kw, wl.ci)
+        for i in range(g):
+            cols[:, :, i * cig:(i + 1) * cig].reshape(-1, wl.kh * wl.kw * cig) @ wmat[i]
+
+    return call
+
+
+def blas_threads(threads: int):
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        return threadpool_limits(limits=threads, user_api="blas")
+    except ImportError:
+        import contextlib  # noqa: PLC0415
+        return contextlib.nullcontext()
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: str = "auto",
+                rounds: int = 7, min_repeat_ms: float = 100.0, rivals: bool = True) -> dict:
+    choice = choose(wl, algorithm, target, logs)
+    kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "in-memory", name), tvm.cpu(0))
+    data, weight = random_inputs(wl)
+    tensors = kernel.tensors(data, weight)
+    kernel.prepare(tensors)
+    ours = kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
+    calls = {"convtune": lambda: ours()[0]}
+    if rivals:
+        calls.update(torch_calls(wl, data, weight, target.threads))
+        calls["numpy-im2col"] = numpy_im2col_call(wl, data, weight)
+    timings = {k: Timing() for k in calls}
+    with blas_threads(target.threads):
+        for _ in range(rounds):
+            for key, fn in calls.items():
+                if key == "convtune":
+                    timings[key].samples.append(fn())  # TVM's own timer: seconds per call
+                else:
+                    timings[key].samples.append(time_call(fn, min_repeat_ms))
+    row = {"layer": name, "spec": wl.spec, "layout": wl.layout, "flops": wl.flops,
+           "algorithm": choice.task.algorithm, "tuned": choice.tuned, "timed_function": kernel.run_function,
+           "results": {k: t.summary(wl.flops) for k, t in timings.items()}}
+    torch_keys = [k for k in row["results"] if k.startswith("torch")]
+    if torch_keys:
+        best = min(torch_keys, key=lambda k: row["results"][k]["median_ms"])
+        row["onednn_best"] = best
+        row["speedup_vs_onednn"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
+    return row
+
+
+def environment(target: Target) -> dict:
+    try:
+        import torch  # noqa: PLC0415
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu, "target": target.to_dict(),
+            "threads": target.threads, "tvm": tvm.__version__, "torch": torch_version, "numpy": np.__version__,
+            "fp32_peak_gflops": fp32_peak_gflops(target.threads)}
+
+
+def format_table(rows: list[dict], peak: float) -> str:
+    keys = ["convtune", "torch-nchw", "torch-channels_last", "numpy-im2col"]
+    head = "| layer | algorithm | " + " | ".join(f"{k} GFLOP/s (min-max ms)" for k in keys) + " | vs oneDNN | % peak |"
+    lines = [head, "|" + "---|" * (len(keys) + 4)]
+    for row in rows:
+        cells = []
+        for k in keys:
+            r = row["results"].get(k)
+            cells.append(f"{r['gflops']:.1f} ({r['min_ms']:.3f}-{r['max_ms']:.3f})" if r else "-")
+        speed = f"{row['speedup_vs_onednn']:.2f}x" if "speedup_vs_onednn" in row else "-"
+        pct = 100 * row["results"]["convtune"]["gflops"] / peak
+        tag = row["algorithm"] + ("" if row["tuned"] else " (untuned)")
+        lines.append(f"| {row['layer']} | {tag} | " + " | ".join(cells) + f" | {speed} | {pct:.0f}% |")
+    return "\n".join(lines)
+
+
+def geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

@@ -1,0 +1,298 @@
+"""convtune's command line: layers, tune, compile, verify, bench, records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_LAYER = "resnet18.layer1"  # h=56,w=56,ci=64,co=64,k=3,pad=1
+
+
+class UsageError(Exception):
+    pass
+
+
+def _target(args):
+    from .target import resolve_target, set_threads
+
+    if args.threads is not None and args.threads <= 0:
+        raise UsageError(f"--threads: must be positive, got {args.threads}")
+    target = resolve_target(args.target, args.threads)
+    if target.is_host:
+        set_threads(target.threads)
+    return target
+
+
+def _layer(args):
+    from .networks import resolve
+
+    return resolve(args.layer, args.layout)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def cmd_layers(args) -> int:
+    from .networks import NETWORKS, network_layers
+
+    for network in [args.network] if args.network else NETWORKS:
+        layers = network_layers(network, args.layout or "NHWC")
+        total = sum(l.count * l.workload.flops for l in layers)
+        print(f"{network}: {len(layers)} distinct conv layers, {sum(l.count for l in layers)} in all, "
+              f"{total / 1e9:.2f} GFLOPs")
+        for l in layers:
+            wl = l.workload
+            print(f"  {l.name:28s} x{l.count:<2d} {wl.spec:52s} out {wl.oh}x{wl.ow}  {wl.flops / 1e6:8.1f} MFLOPs")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .measure import MeasureConfig
+    from .records import LayerRecords
+    from .search import tune
+    from .task import tasks_for
+
+    if args.trials <= 0:
+        raise UsageError(f"--trials: must be positive, got {args.trials}")
+    name, wl = _layer(args)
+    target = _target(args)
+    tasks = tasks_for(wl, args.algorithm)
+    runner = _rpc_runner(args, target)
+    print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
+          f"{args.trials} trials each, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
+    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache)
+    store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
+                 config=config, runner=runner, seed=args.seed)
+    _summary(store, tasks, target, remote=runner is not None)
+    return 0
+
+
+def _summary(store, tasks, target, remote: bool) -> None:
+    from .peak import fp32_peak_gflops
+
+    wl = tasks[0].workload
+    peak = fp32_peak_gflops(target.threads) if target.is_host and not remote else None
+    print(f"{'algorithm':>14s} {'trials':>7s} {'best ms':>9s} {'GFLOP/s':>9s} {'% peak':>7s}")
+    for task in tasks:
+        best = store.best(task)
+        trials = store.trial_count(task)
+        if best is None:
+            print(f"{task.algorithm:>14s} {trials:7d} {'-':>9s} {'-':>9s} {'-':>7s}")
+            continue
+        pct = f"{100 * best.gflops(wl) / peak:6.0f}%" if peak else "      -"
+        print(f"{task.algorithm:>14s} {trials:7d} {best.seconds * 1e3:9.3f} {best.gflops(wl):9.1f} {pct}")
+    if peak:
+        print(f"(FP32 peak of this machine at {target.threads} threads, measured: {peak:.0f} GFLOP/s)")
+    if remote:
+        from .emulator import EMULATED_NOTE
+
+        print(EMULATED_NOTE)
+
+
+def cmd_compile(args) -> int:
+    from .library import choose, export
+
+    name, wl = _layer(args)
+    target = _target(args)
+    choice = choose(wl, args.algorithm, target, args.logs)
+    side = export(choice, target, args.output, layer_name=name)
+    state = (f"tuned: {side['record']['gflops']:.1f} GFLOP/s measured" if side["tuned"] else "UNTUNED default config")
+    print(f"wrote {args.output} and {os.path.splitext(args.output)[0]}.json: {name}, {side['algorithm']}, "
+          f"{target.tag}, {state}; functions: {', '.join(side['functions'])}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .kernel import Kernel, read_sidecar
+    from .verify import verify
+
+    if not os.path.exists(args.library):
+        raise UsageError(f"{args.library}: no such file")
+    side = read_sidecar(args.library)
+    session = _rpc_session(args, side)
+    if session is None:
+        from .target import host_arch, set_threads
+
+        arch = side["target"]["config"].get("mtriple", host_arch())
+        if not arch.startswith(host_arch()):
+            raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
+        set_threads(int(side.get("threads", 1)))
+    kernel = Kernel.load(args.library, side, session)
+    failed = False
+    for check in verify(kernel, seed=args.seed):
+        status = "ok" if check.ok else "MISMATCH"
+        print(f"{args.library}: {check.function}: max abs error {check.max_error:.3g} "
+              f"(tolerance {check.tolerance:.3g}) {status}")
+        failed |= not check.ok
+    return 1 if failed else 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_layer, environment, format_table, geomean, write_json
+    from .networks import NETWORKS, network_layers, resolve
+
+    target = _target(args)
+    items = []
+    for text in args.layers:
+        if text in NETWORKS:
+            items += [(l.name, l.workload) for l in network_layers(text, args.layout or "NHWC")]
+        else:
+            items.append(resolve(text, args.layout))
+    env = environment(target)
+    rows = []
+    for name, wl in items:
+        print(f"benchmarking {name} ...", file=sys.stderr)
+        rows.append(bench_layer(name, wl, target, args.logs, args.algorithm, rounds=args.rounds,
+                                min_repeat_ms=args.min_repeat_ms, rivals=not args.no_rivals))
+    table = format_table(rows, env["fp32_peak_gflops"])
+    ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
+    print(table)
+    print(f"\nFP32 peak ({target.threads} threads, measured): {env['fp32_peak_gflops']:.0f} GFLOP/s; "
+          f"median of {args.rounds} rounds, each >= {args.min_repeat_ms:.0f} ms of back-to-back calls.")
+    if ratios:
+        print(f"geomean speed-up over oneDNN (the better PyTorch layout per layer): {geomean(ratios):.2f}x")
+    if args.json:
+        write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, "layers": rows,
+                               "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_records(args) -> int:
+    from .records import summaries
+
+    target = _target(args) if args.target else None
+    rows = summaries(args.logs, target)
+    if not rows:
+        print(f"no records under {args.logs}")
+        return 0
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'target':22s} {'layer':50s} {'algorithm':>13s} {'trials':>6s} {'best ms':>9s} {'GFLOP/s':>8s}")
+    for r in rows:
+        ms_ = f"{r['best_ms']:9.3f}" if r["best_ms"] else f"{'-':>9s}"
+        gf = f"{r['gflops']:8.1f}" if r["gflops"] else f"{'-':>8s}"
+        layer = r["layer"] + ("" if r["layout"] == "NHWC" else f" [{r['layout']}]")
+        print(f"{r['target']:22s} {layer:50s} {r['algorithm']:>13s} {r['trials']:6d} {ms_} {gf}")
+    return 0
+
+
+# -- RPC wiring (filled in by tuning/rpc.py) ------------------------------------------------------------
+def _rpc_runner(args, target):
+    if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
+        if not target.is_host:
+            raise UsageError(f"--target {target.name}: not this machine; measure on a device with "
+                             "--rpc-tracker HOST:PORT --rpc-key KEY (or --rpc HOST:PORT)")
+        return None
+    from .measure import MeasureConfig
+    from .rpc import make_runner
+
+    return make_runner(args, MeasureConfig())
+
+
+def _rpc_session(args, side):
+    if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
+        return None
+    from .rpc import open_session
+
+    return open_session(args, side)
+
+
+# -- parser -------------------------------------------------------------------------------------------
+def _add_common(p, layer=True):
+    if layer:
+        p.add_argument("layer", nargs="?", default=DEFAULT_LAYER,
+                       help=f"zoo name (see `convtune layers`) or spec like h=56,ci=64,co=64,k=3,pad=1 "
+                            f"(default {DEFAULT_LAYER})")
+    p.add_argument("--layout", choices=["NHWC", "NCHW"], type=str.upper, default=None,
+                   help="tensor layout (default: the spec's, else NHWC)")
+    p.add_argument("--target", default="x86", help="x86 (this CPU), aarch64[-a53|-a72|-a76|-n1], or a TVM target JSON dict")
+    p.add_argument("--threads", type=int, default=None, help="threads to measure and run with (default: all cores)")
+    p.add_argument("--logs", default="logs", help="records directory (default: ./logs)")
+
+
+def _add_rpc(p):
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure/run on devices registered with this tracker")
+    p.add_argument("--rpc-key", help="device key at the tracker")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="a device's RPC server, without a tracker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .search import COST_MODELS, STRATEGIES
+    from .task import ALGORITHM_NAMES
+
+    algos = ", ".join(ALGORITHM_NAMES)
+    parser = argparse.ArgumentParser(prog="convtune", description="Auto-tune 2-D convolutions for a CPU with TVM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("layers", help="list the conv layers of the built-in networks")
+    p.add_argument("network", nargs="?")
+    p.add_argument("--layout", choices=["NHWC", "NCHW"], type=str.upper, default=None)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
+    _add_common(p)
+    p.add_argument("--algorithm", default="direct", help=f"{algos}, a family (winograd) or auto (every one that fits)")
+    p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
+    p.add_argument("--cost-model", choices=COST_MODELS, default="xgb")
+    p.add_argument("--min-repeat-ms", type=int, default=50, help="each timed repeat lasts at least this long")
+    p.add_argument("--flush-cache", action="store_true", help="flush the CPU caches before each repeat")
+    p.add_argument("--seed", type=int, default=None)
+    _add_rpc(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("compile", help="build a layer's best record into a shared library + sidecar JSON")
+    _add_common(p)
+    p.add_argument("--algorithm", default="auto", help=f"{algos}, or auto (the fastest recorded)")
+    p.add_argument("-o", "--output", default="kernel.so")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("verify", help="run a compiled library on random data against the numpy reference")
+    p.add_argument("library")
+    p.add_argument("--seed", type=int, default=0)
+    _add_rpc(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("bench", help="time the best kernels against PyTorch (oneDNN) and numpy im2col+BLAS")
+    p.add_argument("layers", nargs="*", default=[DEFAULT_LAYER], help="layers or network names")
+    _add_common(p, layer=False)
+    p.add_argument("--algorithm", default="auto")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--min-repeat-ms", type=float, default=100.0)
+    p.add_argument("--no-rivals", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("records", help="best record per layer and algorithm")
+    p.add_argument("--logs", default="logs")
+    p.add_argument("--target", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_records)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from schedules.template import Unsupported
+
+    from .kernel import LibraryError
+    from .target import TargetError
+    from .workload import WorkloadError
+
+    try:
+        return args.func(args)
+    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError) as err:
+        print(f"convtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nconvtune {args.command}: interrupted; every trial measured so far is in the records",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
