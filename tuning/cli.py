@@ -280,12 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     from schedules.template import Unsupported
 
     from .kernel import LibraryError
+    from .records import ForeignRecords
     from .target import TargetError
     from .workload import WorkloadError
 
     try:
         return args.func(args)
-    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError) as err:
+    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

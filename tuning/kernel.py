@@ -33,6 +33,9 @@ class Kernel:
     def load(cls, path: str, side: dict | None = None, session=None) -> "Kernel":
         """Load `path` here, or on a remote device through an RPC `session`."""
         side = side or read_sidecar(path)
+        from .rpc import check_library  # noqa: PLC0415 - rpc imports this module
+
+        check_library(path, session, side)  # a library of another architecture: a message, not a dlopen error
         if session is None:
             return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
         name = os.path.basename(path)

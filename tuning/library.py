@@ -47,6 +47,10 @@ class Choice:
 def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
     """The best record for the layer (over every algorithm under `auto`), or the default config."""
     store = LayerRecords.existing(logs, target, wl)
+    if store is not None and store.foreign_version():
+        print(f"WARNING: {store.directory} holds records made with TVM {store.foreign_version()}, not "
+              f"{tvm.__version__}; they are not used.", file=sys.stderr)
+        store = None
     candidates = tasks_for(wl, algorithm) if algorithm != "auto" else tasks_for(wl, "auto") + _generated(wl)
     best: tuple[Task, Record] | None = None
     if store is not None:

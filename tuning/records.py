@@ -4,6 +4,8 @@
         database_workload.json        TVM's JSONDatabase (one workload per algorithm)
         database_tuning_record.json   one line per trial: trace, run seconds, target
         task.json                     the layer, target, threads, TVM version, knob names
+        rejected.json                 records whose kernel failed the reference check (never best)
+        .lock                         held by a tuning run, so two runs never interleave writes
 
 `tvm.s_tir.meta_schedule.database.JSONDatabase(work_dir=that directory)` reads it as it is.
 A torn last line (a killed run) is moved aside to `*.torn` before TVM reads the file.
@@ -11,6 +13,9 @@ A torn last line (a killed run) is moved aside to `*.torn` before TVM reads the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -26,6 +31,10 @@ from .workload import Workload
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 FAILED_SECONDS = 1e9  # MetaSchedule's stand-in run time for a failed trial
+
+
+class ForeignRecords(ValueError):
+    """Records from another TVM version: not applied silently."""
 
 
 @dataclass
@@ -87,6 +96,29 @@ class LayerRecords:
         directory = layer_directory(logs, target, workload)
         return cls(directory, target, workload) if os.path.isdir(directory) else None
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive use of this layer's records for a tuning run (a second run waits)."""
+        with open(os.path.join(self.directory, ".lock"), "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                print(f"waiting for another tuning run of this layer ({f.read().strip() or 'pid ?'}) "
+                      f"to finish with {self.directory}", file=sys.stderr)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+            try:
+                # Another run may have appended records while we waited: read them too.
+                self.database = ms.database.JSONDatabase(work_dir=self.directory)
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- queries ---------------------------------------------------------------------------------
     def _records(self, task: Task) -> list:
         if not self.database.has_workload(task.mod):
             return []
@@ -97,15 +129,49 @@ class LayerRecords:
     def trial_count(self, task: Task) -> int:
         return len(self._records(task))
 
-    def best(self, task: Task) -> Record | None:
+    def top(self, task: Task, k: int) -> list[Record]:
+        """The k fastest valid records: measured, for this target, not rejected by the reference check."""
         if not self.database.has_workload(task.mod):
+            return []
+        rejected = self.rejected()
+        out = []
+        for r in self.database.get_top_k(self.database.commit_workload(task.mod), k + len(rejected)):
+            if not r.run_secs or not self._same_target(r):
+                continue
+            secs = sorted(float(s) for s in r.run_secs)
+            median = secs[len(secs) // 2]
+            if median >= FAILED_SECONDS or trace_id(r.trace) in rejected:
+                continue
+            out.append(Record(median, r.trace, task.algorithm))
+        return out[:k]
+
+    def best(self, task: Task) -> Record | None:
+        top = self.top(task, 1)
+        return top[0] if top else None
+
+    def _same_target(self, record) -> bool:
+        # A record made for another CPU (a copied directory) must not be applied silently.
+        mine = {k: v for k, v in self.target.config.items() if k in ("mcpu", "mtriple")}
+        theirs = {k: str(record.target.attrs[k]) for k in mine if k in record.target.attrs}
+        return all(str(mine[k]) == theirs.get(k, str(mine[k])) for k in mine)
+
+    # -- the reference check's verdicts ------------------------------------------------------------
+    def rejected(self) -> dict[str, str]:
+        path = os.path.join(self.directory, "rejected.json")
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    def reject(self, record: Record, reason: str) -> None:
+        rejected = self.rejected()
+        rejected[trace_id(record.trace)] = f"{record.algorithm}: {reason}"
+        _write_json(os.path.join(self.directory, "rejected.json"), rejected)
+
+    def foreign_version(self) -> str | None:
+        """The TVM version the records were made with, if it is not this one."""
+        path = os.path.join(self.directory, "task.json")
+        if not os.path.exists(path):
             return None
-        top = self.database.get_top_k(self.database.commit_workload(task.mod), 1)
-        if not top or not top[0].run_secs:
-            return None
-        secs = sorted(float(s) for s in top[0].run_secs)
-        median = secs[len(secs) // 2]
-        return None if median >= FAILED_SECONDS else Record(median, top[0].trace, task.algorithm)
+        made_with = json.load(open(path)).get("tvm")
+        return made_with if made_with and made_with != tvm.__version__ else None
 
     def note_tasks(self, tasks: list[Task], measure_config) -> None:
         path = os.path.join(self.directory, "task.json")
@@ -115,10 +181,18 @@ class LayerRecords:
         algorithms = info.setdefault("algorithms", {})
         for t in tasks:
             algorithms[t.algorithm] = {"knobs": t.knob_names}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=2)
-        os.replace(tmp, path)
+        _write_json(path, info)
+
+
+def _write_json(path: str, payload) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
+
+
+def trace_id(trace) -> str:
+    return hashlib.sha1(str(trace).encode()).hexdigest()[:16]
 
 
 def layer_directory(logs: str, target: Target, workload: Workload) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from tvm.rpc import base as rpc_base
 
+from .kernel import LibraryError
 from .measure import MeasureConfig
 from .target import Target, host_arch
 
@@ -44,8 +45,8 @@ class RPCError(RuntimeError):
     pass
 
 
-class LibraryArchError(RPCError):
-    pass
+class LibraryArchError(RPCError, LibraryError):
+    """A library built for another architecture than the device's."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,8 +398,8 @@ def _bounded(fn, timeout: float, where: str, late: str):
     return box["value"]
 
 
-def open_session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
-                 timeout: float = REQUEST_TIMEOUT, session_timeout: float = 0):
+def session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
+            timeout: float = REQUEST_TIMEOUT, session_timeout: float = 0):
     """A session from CLI options: `--rpc-tracker H:P --rpc-key K` or `--rpc H:P [--rpc-key K]`."""
     if tracker and rpc:
         raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
@@ -411,6 +412,18 @@ def open_session(*, tracker: str | None = None, key: str | None = None, rpc: str
         host, port = parse_hostport(rpc, "--rpc")
         return connect(host, port, key or "", timeout=min(timeout, CONNECT_TIMEOUT), session_timeout=session_timeout)
     raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+
+
+def open_session(args, side: dict | None = None):
+    """The CLI's session (`args.rpc_tracker`, `args.rpc_key`, `args.rpc`); with a sidecar, a device
+    that reports another architecture than the library's target is refused before any upload."""
+    sess = session(tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
+                   rpc=getattr(args, "rpc", None), timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
+    wanted, machine = _target_arch(side), device_info(sess).get("machine")
+    if wanted and machine and wanted != machine:
+        raise LibraryArchError(f"{side.get('library', 'the library')} is built for {wanted} "
+                               f"({side['target'].get('name')}), but the device is {machine}")
+    return sess
 
 
 def device_info(session) -> dict:
@@ -494,11 +507,11 @@ def _direct_session(rpc_config, key: str, connect_timeout: float):
 
 
 def _probe(session_factory, target: Target, where: str) -> dict:
-    session = session_factory()
+    sess = session_factory()
     try:
-        info = device_info(session)
+        info = device_info(sess)
     finally:
-        del session
+        del sess  # ends the session: the device serves one at a time
     machine = info.get("machine")
     if machine and machine != target.arch:
         raise RPCError(f"{where} is {machine}, but the target {target.name} builds for {target.arch}: "
@@ -567,6 +580,16 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
     runner.device_info = info
     runner.workers = workers
     return runner
+
+
+def make_runner(args, config: MeasureConfig = MeasureConfig(), target: Target | None = None):
+    """The CLI's runner from `--rpc-tracker/--rpc-key` or `--rpc` (and `--target`)."""
+    if target is None:
+        from .target import resolve_target  # noqa: PLC0415
+
+        target = resolve_target(getattr(args, "target", "x86"))
+    return rpc_runner(target, config, tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
+                      rpc=getattr(args, "rpc", None), request_timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
 
 
 def close_runner(runner) -> None:

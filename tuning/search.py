@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
+import tvm
+
 from . import measure, records
 from .measure import MeasureConfig
 from .target import Target
 from .task import Task
+from .verify import check_top_records
 
 STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
 COST_MODELS = ("xgb", "random")
@@ -78,11 +81,24 @@ def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy:
         raise ValueError(f"--cost-model: unknown {cost_model!r}; known: {', '.join(COST_MODELS)}")
     workload = tasks[0].workload
     store = records.LayerRecords.open(logs, target, workload)
+    foreign = store.foreign_version()
+    if foreign:
+        raise records.ForeignRecords(f"{store.directory} holds records made with TVM {foreign}; this is TVM "
+                                     f"{tvm.__version__}: their traces may not replay. Move them aside or use another --logs.")
+    with store.lock():
+        _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet)
+    if target.is_host and runner is None:
+        for task in tasks:
+            check_top_records(store, task, target)
+    return store
+
+
+def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet):
     store.note_tasks(tasks, config)
     done = {t.algorithm: store.trial_count(t) for t in tasks}
     todo = [t for t in tasks if done[t.algorithm] < trials]
     if not todo:
-        return store
+        return
     budget = sum(trials - done[t.algorithm] for t in todo)
     progress = Progress(todo, budget, stream=sys.stderr if not quiet else open("/dev/null", "w"))
     for i, t in enumerate(todo):
@@ -114,4 +130,3 @@ def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy:
         task_scheduler="gradient" if len(todo) > 1 else "round-robin",
     )
     print(file=progress.stream)
-    return store

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from schedules import get_algorithm
 from schedules.reference import conv2d_reference, error_bound, random_inputs
+from schedules.template import config_from_trace
 
 from .kernel import Kernel
+from .records import Record
 
 
 @dataclass
@@ -44,3 +47,27 @@ def verify(kernel: Kernel, seed: int = 0) -> list[Check]:
         err = float(np.nan_to_num(np.abs(got - expected), nan=np.inf).max())
         checks.append(Check(function, err, tolerance))
     return checks
+
+
+def check_top_records(store, task, target, k: int = 3) -> Record | None:
+    """Check the fastest records of `task` against the reference, fastest first, until one passes;
+    failures are marked rejected so a schedule that computes garbage never becomes the best.
+    MetaSchedule itself times candidates but never looks at their output."""
+    import tvm  # noqa: PLC0415
+
+    from .library import Choice, build, sidecar  # noqa: PLC0415 - library imports this module's users
+
+    for record in store.top(task, k):
+        config = None if task.generated else config_from_trace(record.trace, task.knob_names)
+        choice = Choice(task, record, config)
+        try:
+            kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "check", None), tvm.cpu(0))
+            failures = [c for c in verify(kernel) if not c.ok]
+            reason = "; ".join(f"{c.function} max error {c.max_error:.3g} > {c.tolerance:.3g}" for c in failures)
+        except Exception as err:  # noqa: BLE001 - a record that no longer builds is as bad as a wrong one
+            reason = f"does not build or run: {err}"
+        if not reason:
+            return record
+        store.reject(record, reason)
+        print(f"warning: {task.algorithm} record rejected by the reference check: {reason}", file=sys.stderr)
+    return None
