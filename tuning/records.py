@@ -5,6 +5,7 @@
         database_tuning_record.json   one line per trial: trace, run seconds, target
         task.json                     the layer, target, threads, TVM version, knob names
         rejected.json                 records whose kernel failed the reference check (never best)
+        failures.jsonl                why each failed trial failed (build or run error, timeout)
         .lock                         held by a tuning run, so two runs never interleave writes
 
 `tvm.s_tir.meta_schedule.database.JSONDatabase(work_dir=that directory)` reads it as it is.
@@ -30,6 +31,7 @@ from .task import ALGORITHM_NAMES, Task
 from .workload import Workload
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
+FAILURE_LOG = "failures.jsonl"  # why each failed trial failed
 FAILED_SECONDS = 1e9  # MetaSchedule's stand-in run time for a failed trial
 
 

@@ -6,6 +6,8 @@ where a stopped run ended (the records also seed the evolutionary search's first
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ class Progress:
     failed: int = 0
     started: float = field(default_factory=time.time)
     stream: object = sys.stderr
+    labels: list[str] | None = None  # shown instead of the algorithm (a network run names the layer)
 
     def report(self, task_id: int, seconds: list[float | None]) -> None:
         self.done += len(seconds)
@@ -51,21 +54,32 @@ class Progress:
         filled = int(width * min(self.done, self.total) / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         rate = (time.time() - self.started) / max(self.done, 1)
-        print(f"\r[{bar}] {self.done:4d}/{self.total} trials  {task.algorithm:>12s}  best {gflops}"
+        label = self.labels[task_id] if self.labels else task.algorithm
+        print(f"\r[{bar}] {self.done:4d}/{self.total} trials  {label:>12s}  best {gflops}"
               f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
 
 
-def _make_callback(progress: Progress):
+def _make_callback(progress: Progress, failure_log: str):
+    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time)."""
+
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            seconds = []
-            for built, ran in zip(builder_results, runner_results):
-                if built.error_msg or ran.error_msg or not ran.run_secs:
+            seconds, failures = [], []
+            for cand, built, ran in zip(measure_candidates, builder_results, runner_results):
+                error = built.error_msg or ran.error_msg
+                if error or not ran.run_secs:
                     seconds.append(None)
+                    failures.append({"algorithm": progress.tasks[task_id].algorithm,
+                                     "trace": records.trace_id(cand.sch.trace),
+                                     "stage": "build" if built.error_msg else "run",
+                                     "error": str(error or "no run time")[-2000:]})
                 else:
                     secs = sorted(float(s) for s in ran.run_secs)
                     seconds.append(secs[len(secs) // 2])
+            if failures:
+                with open(failure_log, "a") as f:
+                    f.write("".join(json.dumps(x) + "\n" for x in failures))
             progress.report(task_id, seconds)
 
     return ProgressCallback()
@@ -75,10 +89,7 @@ def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy:
          cost_model: str = "xgb", config: MeasureConfig = MeasureConfig(), runner=None,
          trials_per_iter: int = 16, seed: int | None = None, quiet: bool = False) -> records.LayerRecords:
     """Tune `tasks` (all of one workload) until each has `trials` records (shared budget)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if cost_model not in COST_MODELS:
-        raise ValueError(f"--cost-model: unknown {cost_model!r}; known: {', '.join(COST_MODELS)}")
+    check_options(strategy, cost_model)
     workload = tasks[0].workload
     store = records.LayerRecords.open(logs, target, workload)
     foreign = store.foreign_version()
@@ -105,11 +116,31 @@ def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, run
         best = store.best(t)
         if best:
             progress.best_sec[i] = best.seconds
+    run_search(todo, target, store.directory, store.database, progress, budget=budget,
+               max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
+               trials_per_iter=min(trials_per_iter, budget), weights=[1.0] * len(todo), strategy=strategy,
+               cost_model=cost_model, config=config, runner=runner, seed=seed)
+    print(file=progress.stream)
+
+
+def check_options(strategy: str, cost_model: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if cost_model not in COST_MODELS:
+        raise ValueError(f"--cost-model: unknown {cost_model!r}; known: {', '.join(COST_MODELS)}")
+
+
+def run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
+               max_trials_per_task: int, trials_per_iter: int, weights: list[float], strategy: str,
+               cost_model: str, config: MeasureConfig, runner, seed: int | None,
+               names: list[str] | None = None) -> None:
+    """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
+    callbacks; `database` receives every trial. Shared by a layer's search and a network's."""
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=strategy, task_name=t.algorithm, num_threads=target.threads,
-                       rand_state=seed if seed is not None else -1).clone()
-        for t in todo
+                       search_strategy=strategy, task_name=names[i] if names else t.algorithm,
+                       num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
+        for i, t in enumerate(todo)
     ]
     callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
                  ms.measure_callback.UpdateCostModel(), _make_callback(progress)]
@@ -117,16 +148,15 @@ def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, run
             else ms.cost_model.RandomModel())
     ms.tune.tune_tasks(
         tasks=contexts,
-        task_weights=[1.0] * len(todo),
-        work_dir=store.directory,
+        task_weights=weights,
+        work_dir=work_dir,
         max_trials_global=budget,
-        max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
-        num_trials_per_iter=min(trials_per_iter, budget),
+        max_trials_per_task=max_trials_per_task,
+        num_trials_per_iter=trials_per_iter,
         builder=measure.builder(target, config),
         runner=runner or measure.local_runner(target, config),
-        database=store.database,
+        database=database,
         cost_model=cost,
         measure_callbacks=callbacks,
         task_scheduler="gradient" if len(todo) > 1 else "round-robin",
     )
-    print(file=progress.stream)
