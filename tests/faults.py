@@ -15,26 +15,18 @@ from tuning.measure import fast_build
 _calls = itertools.count()
 
 
-def _nth(every: int) -> bool:
-    return next(_calls) % every == every - 1
-
-
-def crashing_run(rt_mod, device, evaluator_config, repeated_args):
-    """Every third trial segfaults its runner process."""
-    if _nth(3):
+def faulty_run(rt_mod, device, evaluator_config, repeated_args):
+    """Of every four trials, one segfaults its runner process and one never returns."""
+    n = next(_calls) % 4
+    if n == 1:
         os.kill(os.getpid(), signal.SIGSEGV)
-    return default_run_evaluator(rt_mod, device, evaluator_config, repeated_args)
-
-
-def hanging_run(rt_mod, device, evaluator_config, repeated_args):
-    """Every third trial never returns (an endless kernel)."""
-    if _nth(3):
-        time.sleep(3600)
+    if n == 3:
+        time.sleep(3600)  # an endless kernel
     return default_run_evaluator(rt_mod, device, evaluator_config, repeated_args)
 
 
 def failing_build(mod, target, params=None):
     """Every third build fails the way a bad schedule fails LLVM."""
-    if _nth(3):
+    if next(_calls) % 3 == 2:
         raise RuntimeError("injected build failure: LLVM rejected the module")
     return fast_build(mod, target, params)

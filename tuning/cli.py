@@ -54,6 +54,8 @@ def cmd_tune(args) -> int:
 
     if args.trials <= 0:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
+    if args.batch <= 0:
+        raise UsageError(f"--batch: must be positive, got {args.batch}")
     name, wl = _layer(args)
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm)
@@ -62,7 +64,7 @@ def cmd_tune(args) -> int:
           f"{args.trials} trials each, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
     config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache)
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
-                 config=config, runner=runner, seed=args.seed)
+                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch)
     _summary(store, tasks, target, remote=runner is not None)
     return 0
 
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
     p.add_argument("--cost-model", choices=COST_MODELS, default="xgb")
     p.add_argument("--min-repeat-ms", type=int, default=50, help="each timed repeat lasts at least this long")
+    p.add_argument("--batch", type=int, default=16, help="trials measured per search iteration (records are "
+                                                         "written, and the cost model retrained, after each)")
     p.add_argument("--flush-cache", action="store_true", help="flush the CPU caches before each repeat")
     p.add_argument("--seed", type=int, default=None)
     _add_rpc(p)

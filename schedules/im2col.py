@@ -1,0 +1,284 @@
+"""Im2col + GEMM (Caffe's method): unfold the input into a matrix, then one tiled, packed GEMM.
+
+The article's steps, per batch image:
+  1. im2col: copy the input into the (OH*OW) x (KH*KW*IC) matrix `col` (NHWC; padding becomes
+     zeros in it), about KH*KW times the input.
+  2. the weight is the (KH*KW*IC) x OC matrix as it lies (HWIO), packed once into GEMM panels.
+  3. GEMM with KH*KW*IC as the reduction: out[OH*OW, OC] = col x W.
+  4. that output matrix is the NHWC output as it lies (no col2im).
+NCHW is the article's figure 4, the same GEMM with the operands swapped:
+  out[OC, OH*OW] = W[OC, IC*KH*KW] x col[IC*KH*KW, OH*OW].
+For a 1x1, stride-1, unpadded layer the input already is that matrix: there is no copy at all
+(in NCHW, when OH*OW fills whole vectors; see below).
+
+Phases: `pack_weight(weight, packed)` once; `conv2d_packed(data, packed, col, out)` per input.
+`col` is the whole im2col matrix, a workspace argument so that it lives across calls (a freshly
+allocated matrix would page-fault on every call, very expensive on these VMs); it is absent when
+the copy is skipped. `conv2d(data, weight, out)` does it all in one call, with internal buffers.
+The matrix is materialised up front, as Caffe does (the article's memory cost); unfolding it per
+M block under the GEMM's loop is not possible here: TVM will not compute_at a block that writes a
+function argument.
+
+The GEMM in its own terms: C[M, N] = A[M, K] x B[K, N], N the output's contiguous axis (vectors),
+M broadcast into the rows of a register tile:
+  NHWC: M = OH*OW pixels (A = col); N = OC (B = weight panels [OC/16, K, 16], or 8 wide).
+  NCHW: M = OC (A = weight panels [OC/4, K, 4]); N = OH*OW pixels (B = col, 16 or 8 per vector).
+Panel and vector widths are fixed by the compute (a knob cannot change a tensor's shape), so the
+micro-kernel always streams whole vectors: OC is padded with zero weights to whole panels, and in
+NCHW the output rows are padded so that OH*OW fills whole vectors (col gets zero columns). The
+GEMM writes its padded tile to a small buffer, whose valid part is copied into `out`.
+
+Template (outermost first): batch x pixel blocks x channel blocks in parallel; K blocks; cache
+rows; cache columns; then the micro-kernel over a K strip: (M register rows) x (N register panels),
+unrolled, times the vector; after the K blocks, the block's tile is copied to `out`.
+Knobs: `tile_m` (M: blocks, cache rows, register rows), `tile_n` (N panels: blocks, cache columns,
+register panels), `tile_k` (K: blocks, strip), `unroll`.
+Limits: groups=1 only (grouped and depthwise layers are not one GEMM; see `depthwise`).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, te, tirx
+
+from tuning.workload import Workload
+
+from .direct import padded, schedule_pad
+from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase
+
+NAME = "im2col"
+VECTOR = (16, 8)  # vector widths of the N axis: AVX-512 (two AVX2 registers), or one AVX2 one
+NCHW_ROWS = 4  # output channels per NCHW weight panel: the rows one panel adds to the tile
+
+
+def weight_panel(wl: Workload) -> int:
+    """Output channels per weight panel (NHWC: the vector; NCHW: broadcast rows)."""
+    if wl.layout == "NCHW":
+        return NCHW_ROWS
+    return VECTOR[0] if wl.co % VECTOR[0] == 0 else VECTOR[1]
+
+
+def weight_panels(wl: Workload) -> int:
+    return -(-wl.co // weight_panel(wl))
+
+
+def pixel_vector(wl: Workload) -> tuple[int, int]:
+    """NCHW: (vector width, output rows padded so that rows x OW fills whole vectors)."""
+    best = None
+    for width in VECTOR:
+        rows = wl.oh
+        while rows * wl.ow % width:
+            rows += 1
+        if best is None or rows < best[1]:
+            best = (width, rows)
+    return best
+
+
+def gemm_k(wl: Workload) -> int:
+    return wl.kh * wl.kw * wl.ci
+
+
+def skips_copy(wl: Workload) -> bool:
+    """1x1, stride 1, no padding: the input is the im2col matrix already (dilation is moot at 1x1).
+    NCHW also needs OH*OW to fill whole vectors (else the copy pads it)."""
+    if not (wl.kh == 1 and wl.kw == 1 and wl.stride == (1, 1) and not wl.has_padding):
+        return False
+    return wl.layout == "NHWC" or pixel_vector(wl)[1] == wl.oh
+
+
+def col_shape(wl: Workload) -> tuple[int, int, int]:
+    if wl.layout == "NHWC":
+        return (wl.n, wl.oh * wl.ow, gemm_k(wl))
+    return (wl.n, gemm_k(wl), pixel_vector(wl)[1] * wl.ow)
+
+
+def im2col_bytes(wl: Workload) -> int:
+    """Bytes of the materialised im2col matrix, 0 when the copy is skipped."""
+    if skips_copy(wl):
+        return 0
+    n, rows, cols = col_shape(wl)
+    return n * rows * cols * 4
+
+
+def im2col_compute(wl: Workload, data: te.Tensor) -> te.Tensor:
+    """The unfolded input: [N, OH*OW, KH*KW*IC] (NHWC) or [N, IC*KH*KW, OHp*OW] (NCHW)."""
+    (sh, sw), (dh, dw) = wl.stride, wl.dilation
+    zero = tirx.const(0.0, wl.dtype)
+    if wl.layout == "NHWC":
+        # Padding is tested per (pixel, r, s): uniform over the vector of channels it guards.
+        t, l = wl.pad[0], wl.pad[1]
+
+        def value(n, p, k):  # k = (r, s, c): the HWIO weight's row order
+            r, s, c = k // (wl.kw * wl.ci), k // wl.ci % wl.kw, k % wl.ci
+            iy = (p // wl.ow) * sh + r * dh - t
+            ix = (p % wl.ow) * sw + s * dw - l
+            v = data[n, iy, ix, c]
+            if not wl.has_padding:
+                return v
+            return tirx.if_then_else(tirx.all(iy >= 0, iy < wl.h, ix >= 0, ix < wl.w), v, zero)
+        return te.compute(col_shape(wl), value, name="im2col")
+
+    # NCHW rows are vectorised along pixels, where a padding test would differ per lane: copy from
+    # a zero-padded input instead (one pass over the input, small next to the KH*KW-fold copy).
+    # Only the extra output rows (whole rows, so uniform over a vector) are tested.
+    src = padded(wl, data)
+    rows = pixel_vector(wl)[1]
+
+    def value(n, k, p):  # k = (c, r, s): the OIHW weight's column order
+        c, r, s = k // (wl.kh * wl.kw), k // wl.kw % wl.kh, k % wl.kw
+        y = p // wl.ow
+        v = src[n, c, y * sh + r * dh, (p % wl.ow) * sw + s * dw]
+        return v if rows == wl.oh else tirx.if_then_else(y < wl.oh, v, zero)
+    return te.compute(col_shape(wl), value, name="im2col")
+
+
+def pack_compute(wl: Workload, weight: te.Tensor) -> te.Tensor:
+    """Weight panels [OC/panel, K, panel]: the micro-kernel reads one panel row per k."""
+    nb = weight_panel(wl)
+    zero = tirx.const(0.0, wl.dtype)
+
+    def value(o, k, j):
+        c = o * nb + j
+        if wl.layout == "NHWC":
+            v = weight[k // (wl.kw * wl.ci), k // wl.ci % wl.kw, k % wl.ci, c]
+        else:
+            v = weight[c, k // (wl.kh * wl.kw), k // wl.kw % wl.kh, k % wl.kw]
+        return v if wl.co % nb == 0 else tirx.if_then_else(c < wl.co, v, zero)
+
+    return te.compute((weight_panels(wl), gemm_k(wl), nb), value, name="pack")
+
+
+def gemm_compute(wl: Workload, data: te.Tensor, packed: te.Tensor, col: te.Tensor | None) -> te.Tensor:
+    """The GEMM over the padded N (and NCHW M) axis ("gemm"), then its valid part copied into the
+    output ("conv2d"). The padded axes are kept flat, so a tile's valid part is a plain box."""
+    nb = weight_panel(wl)
+    channels = weight_panels(wl) * nb
+    rk = te.reduce_axis((0, gemm_k(wl)), name="rk")
+    if wl.layout == "NHWC":
+        def a(n, p, k):
+            return col[n, p, k] if col is not None else data[n, p // wl.w, p % wl.w, k]
+        gemm = te.compute((wl.n, wl.oh * wl.ow, channels),
+                          lambda n, p, c: te.sum(a(n, p, rk) * packed[c // nb, rk, c % nb], axis=rk), name="gemm")
+        return te.compute(wl.out_shape, lambda n, y, x, c: gemm[n, y * wl.ow + x, c], name="conv2d")
+
+    def b(n, k, p):
+        return col[n, k, p] if col is not None else data[n, k, p // wl.w, p % wl.w]
+    gemm = te.compute((wl.n, channels, pixel_vector(wl)[1] * wl.ow),
+                      lambda n, c, p: te.sum(packed[c // nb, rk, c % nb] * b(n, rk, p), axis=rk), name="gemm")
+    return te.compute(wl.out_shape, lambda n, c, y, x: gemm[n, c, y * wl.ow + x], name="conv2d")
+
+
+def functions(wl: Workload) -> dict[str, Phase]:
+    data = te.placeholder(wl.data_shape, wl.dtype, name="data")
+    weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
+    packed_arg = te.placeholder((weight_panels(wl), gemm_k(wl), weight_panel(wl)), wl.dtype, name="packed")
+
+    packed = pack_compute(wl, weight)
+    one_shot = gemm_compute(wl, data, packed, None if skips_copy(wl) else im2col_compute(wl, data))
+
+    col = None if skips_copy(wl) else im2col_compute(wl, data)
+    out = gemm_compute(wl, data, packed_arg, col)
+    workspace = {} if col is None else {"col": col}
+    return {
+        "conv2d": phase("conv2d", data=data, weight=weight, out=one_shot),
+        "pack_weight": phase("pack_weight", weight=weight, packed=packed),
+        "conv2d_packed": phase("conv2d_packed", data=data, packed=packed_arg, **workspace, out=out),
+    }
+
+
+def _vectorize_inner(sch: s_tir.Schedule, loop, extent: int) -> None:
+    """Vectorise the largest power-of-two chunk (<= 16) of a contiguous loop."""
+    width = next(w for w in (16, 8, 4, 2, 1) if extent % w == 0)
+    if width > 1:
+        sch.vectorize(sch.split(loop, [None, width])[1])
+
+
+def schedule_pack(sch: s_tir.Schedule, wl: Workload) -> None:
+    o, k, j = sch.get_loops(sch.get_sblock("pack"))
+    sch.parallel(sch.fuse(o, k))
+    if wl.co % weight_panel(wl) == 0:  # a zero-padded panel's guard differs per lane
+        sch.vectorize(j)
+
+
+def schedule_im2col(sch: s_tir.Schedule, wl: Workload) -> None:
+    """The whole matrix up front, in parallel over its rows, vectorised along its contiguous axis."""
+    schedule_pad(sch, wl)
+    block = sch.get_sblock("im2col")
+    n, rows, cols = sch.get_loops(block)
+    sch.parallel(sch.fuse(n, rows))
+    if wl.layout == "NHWC":  # columns (r, s, c): runs of IC contiguous channels of one input pixel
+        _, c = sch.split(cols, [None, wl.ci], preserve_unit_iters=True)
+        _vectorize_inner(sch, c, wl.ci)
+    else:  # columns: pixels; one output row is a (strided) run of one padded input row
+        _, x = sch.split(cols, [None, wl.ow], preserve_unit_iters=True)
+        if wl.ow <= 64:
+            sch.vectorize(x)
+        else:
+            _vectorize_inner(sch, x, wl.ow)
+
+
+def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
+    gemm = sch.get_sblock("gemm")
+    out = sch.get_sblock("conv2d")
+    k_extent = gemm_k(wl)
+    if wl.layout == "NHWC":  # M = pixels; N = weight panels x vector lanes
+        n, m, c, k = sch.get_loops(gemm)
+        o, vector = sch.split(c, [None, weight_panel(wl)], preserve_unit_iters=True)
+        m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(7, 4))
+        n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(2, 1))
+        k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
+        sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, vector)
+        outer, unrolled = [n, m0, n0], [m2, n2]
+        # The output matrix is the NHWC output as it lies: copy over the same (n, pixel, c) space.
+        sch.transform_block_layout(out, lambda b, y, x, c: (b, y * wl.ow + x, c))
+    else:  # M = weight panels x 4 rows; N = pixel vectors x lanes
+        n, c, p, k = sch.get_loops(gemm)
+        o, row = sch.split(c, [None, NCHW_ROWS], preserve_unit_iters=True)
+        q, vector = sch.split(p, [None, pixel_vector(wl)[0]], preserve_unit_iters=True)
+        m0, m1, m2 = knobs.split("tile_m", o, 3, max_inner=4, prefer=(2, 1))
+        n0, n1, n2 = knobs.split("tile_n", q, 3, max_inner=4, prefer=(2, 2))
+        k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
+        # Pixel blocks outermost as in NHWC, so a thread's consecutive blocks share col columns.
+        sch.reorder(n, n0, m0, k0, m1, n1, k1, m2, row, n2, vector)
+        outer, unrolled = [n, n0, m0], [m2, row, n2]
+        sch.transform_block_layout(out, lambda b, c, y, x: (b, c, y * wl.ow + x))
+
+    if has_block(sch, "im2col"):
+        schedule_im2col(sch, wl)
+    blocks = sch.fuse(*outer)
+    sch.parallel(blocks)
+    # One block's GEMM tile is complete after its K loop: copy its valid part (padding dropped)
+    # into the output while it is in cache.
+    sch.reverse_compute_at(out, blocks, preserve_unit_loops=True)
+    last = sch.get_loops(out)[-1]
+    _vectorize_inner(sch, last, int(sch.get(last).extent))
+
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(vector)
+    sch.decompose_reduction(gemm, k0)
+    knobs.unroll()
+
+
+def schedule(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
+    if has_block(sch, "pack"):
+        schedule_pack(sch, wl)
+    if has_block(sch, "gemm"):
+        schedule_gemm(sch, wl, knobs)
+
+
+def check(wl: Workload) -> None:
+    if wl.groups != 1:
+        kind = "depthwise" if wl.is_depthwise else f"grouped (groups={wl.groups})"
+        raise Unsupported(NAME, f"{kind} layers are not one GEMM; only groups=1 is supported "
+                                "(use direct, or depthwise for depthwise layers)")
+
+
+ALGORITHM = Algorithm(
+    name=NAME,
+    layouts=("NHWC", "NCHW"),
+    summary="im2col + GEMM (Caffe): the input unfolded into a matrix, packed weight panels, tiled GEMM",
+    check=check,
+    functions=functions,
+    schedule=schedule,
+    tuned="conv2d_packed",
+)

@@ -1,0 +1,76 @@
+import pytest
+
+from schedules import get_algorithm
+from schedules.im2col import im2col_bytes
+from tuning.workload import parse_spec
+
+from .conftest import check_algorithm
+
+LAYERS = [
+    "h=9,w=7,ci=5,co=6,k=3",  # odd sizes, no padding, OC padded to the panel
+    "h=10,ci=8,co=16,k=3,pad=1",
+    "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1",
+    "h=8,ci=3,co=5,k=5,pad=2",
+    "h=9,w=8,ci=4,co=8,k=3,pad=0x1x2x0",  # asymmetric (top, left, bottom, right)
+    "h=12,ci=6,co=6,k=3,pad=2,dilation=2",
+    "h=8,w=6,ci=16,co=24,k=1",  # 1x1 stride 1: the input is the matrix, no copy
+    "h=7,ci=16,co=24,k=1",  # NHWC: no copy; NCHW: 49 pixels are padded to whole vectors by a copy
+    "h=7,w=5,ci=16,co=20,k=1,stride=2",  # 1x1 strided: copied
+    "h=6,ci=8,co=40,k=1,pad=1",  # 1x1 padded: copied
+    "h=13,w=5,ci=3,co=7,kh=3,kw=1,stride=1x2",
+    "n=2,h=6,ci=4,co=16,k=3,pad=1",
+]
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_im2col_default_config(layer, layout):
+    check_algorithm("im2col", parse_spec(layer, layout=layout))
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_im2col_random_configs(layout, seed):
+    for layer in ("h=10,ci=8,co=32,k=3,pad=1", "h=11,w=13,ci=4,co=12,k=3,stride=2,pad=1", "h=8,ci=16,co=24,k=1"):
+        check_algorithm("im2col", parse_spec(layer, layout=layout), config="random", seed=seed)
+
+
+def test_im2col_knobs_golden():
+    """The space the search explores; a change here must be deliberate."""
+    wl = parse_spec("h=56,ci=64,co=64,k=3,pad=1")
+    names = ["tile_m", "tile_n", "tile_k", "unroll"]
+    assert get_algorithm("im2col").knob_names(wl) == names
+    assert get_algorithm("im2col").knob_names(wl.with_layout("NCHW")) == names
+    assert get_algorithm("im2col").knob_names(parse_spec("h=14,ci=64,co=64,k=1")) == names
+
+
+def test_im2col_phases():
+    """The 1x1 stride-1 layer has no im2col workspace; others pass it to the run function."""
+    algorithm = get_algorithm("im2col")
+    assert algorithm.tuned == "conv2d_packed"
+    for spec, run_args in (("h=8,ci=8,co=16,k=3,pad=1", ["data", "packed", "col", "out"]),
+                           ("h=8,ci=8,co=16,k=1", ["data", "packed", "out"])):
+        fns = algorithm.functions(parse_spec(spec))
+        assert list(fns) == ["conv2d", "pack_weight", "conv2d_packed"]
+        assert [a.name for a in fns["conv2d"].args] == ["data", "weight", "out"]
+        assert [a.name for a in fns["pack_weight"].args] == ["weight", "packed"]
+        assert [a.name for a in fns["conv2d_packed"].args] == run_args
+    # OC=20 pads to whole 8-channel panels in NHWC, 4-channel ones in NCHW
+    assert algorithm.functions(parse_spec("h=8,ci=3,co=20,k=3"))["pack_weight"].args[1].shape == (3, 27, 8)
+    assert algorithm.functions(parse_spec("h=8,ci=3,co=20,k=3", "NCHW"))["pack_weight"].args[1].shape == (5, 27, 4)
+
+
+def test_im2col_bytes():
+    for layout in ("NHWC", "NCHW"):
+        assert im2col_bytes(parse_spec("h=56,ci=64,co=64,k=3,pad=1", layout)) == 56 * 56 * 9 * 64 * 4
+        assert im2col_bytes(parse_spec("n=2,h=56,ci=64,co=128,k=1,stride=2", layout)) == 2 * 28 * 28 * 64 * 4
+        assert im2col_bytes(parse_spec("h=56,ci=64,co=256,k=1", layout)) == 0
+    assert im2col_bytes(parse_spec("h=7,ci=512,co=512,k=1")) == 0
+    # NCHW pads 7 output rows to 8 so that 8x7 pixels fill whole 8-wide vectors
+    assert im2col_bytes(parse_spec("h=7,ci=512,co=512,k=1", "NCHW")) == 8 * 7 * 512 * 4
+
+
+@pytest.mark.parametrize("spec", ["h=8,ci=8,co=12,k=3,pad=1,groups=4", "h=9,ci=16,co=16,k=3,pad=1,groups=16"])
+def test_im2col_refuses_groups(spec):
+    reason = get_algorithm("im2col").supports(parse_spec(spec))
+    assert reason is not None and reason.startswith("im2col: ") and "only groups=1" in reason

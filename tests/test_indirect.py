@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import tvm
+
+from schedules import get_algorithm
+from schedules.indirect import channel_block, indirection_bytes
+from schedules.template import Unsupported
+from tuning.kernel import Kernel
+from tuning.library import Choice, build, sidecar
+from tuning.task import Task
+from tuning.workload import parse_spec
+
+from .conftest import check_algorithm, host_target
+
+LAYERS = [
+    "h=9,w=7,ci=5,co=6,k=3",  # odd sizes, no padding, CO below one vector
+    "h=10,ci=8,co=16,k=3,pad=1",
+    "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1",
+    "h=8,ci=3,co=5,k=5,pad=2",
+    "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0",  # asymmetric (top, left, bottom, right); CO in blocks of 8
+    "h=12,ci=6,co=6,k=3,pad=2,dilation=2",
+    "h=7,ci=16,co=20,k=1",  # 1x1: the table points at each pixel's own row
+    "h=13,w=5,ci=3,co=7,kh=3,kw=1,stride=1x2,pad=1",
+    "n=2,h=7,ci=8,co=32,k=3,stride=2,pad=1",  # a pixel tile may span two images
+    "h=7,ci=32,co=64,k=3,pad=1",  # 7x7: the default 7-pixel micro-kernel
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_indirect_default_config(layer):
+    check_algorithm("indirect", layer)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_indirect_random_configs(seed):
+    for layer in ("h=10,ci=8,co=32,k=3,pad=1", "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=0x1x1x2"):
+        check_algorithm("indirect", layer, config="random", seed=seed)
+
+
+def _prepared(layer):
+    wl = parse_spec(layer)
+    choice = Choice(Task(wl, "indirect"), None, None)
+    target = host_target()
+    kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "in-memory", None), tvm.cpu(0))
+    data = np.random.default_rng(0).uniform(-1, 1, wl.data_shape).astype("float32")
+    weight = np.random.default_rng(1).uniform(-1, 1, wl.weight_shape).astype("float32")
+    tensors = kernel.tensors(data, weight)
+    kernel.prepare(tensors)
+    return wl, kernel, tensors, data
+
+
+def test_indirection_buffer_points_padding_at_one_zero_row():
+    wl, kernel, tensors, data = _prepared("h=5,w=6,ci=3,co=8,k=3,stride=2,pad=0x1x2x1")
+    rows = wl.n * wl.h * wl.w
+    # The run function reads the input buffer, not the data: no padded copy, one extra row.
+    assert [a["name"] for a in kernel.args("conv2d_packed")] == ["input_buffer", "indirection", "packed", "out"]
+    assert kernel.args("conv2d_packed")[0]["shape"] == [rows + 1, wl.ci]
+    buf = tensors["input_buffer"].numpy()
+    np.testing.assert_array_equal(buf[:rows], data.reshape(rows, wl.ci))
+    np.testing.assert_array_equal(buf[rows], 0)
+    table = tensors["indirection"].numpy()
+    assert table.shape == (wl.oh * wl.ow, wl.kh, wl.kw)
+    (sh, sw), (top, left) = wl.stride, wl.pad[:2]
+    for p in range(wl.oh * wl.ow):
+        for kh in range(wl.kh):
+            for kw in range(wl.kw):
+                iy, ix = p // wl.ow * sh - top + kh, p % wl.ow * sw - left + kw
+                inside = 0 <= iy < wl.h and 0 <= ix < wl.w
+                assert table[p, kh, kw] == (iy * wl.w + ix if inside else rows)
+
+
+def test_packed_weight_blocks():
+    wl, _, tensors, _ = _prepared("h=4,ci=3,co=24,k=3,pad=1")
+    nb = channel_block(wl.co)
+    assert nb == 8
+    weight = np.random.default_rng(1).uniform(-1, 1, wl.weight_shape).astype("float32")
+    expected = weight.reshape(wl.kh, wl.kw, wl.ci, wl.co // nb, nb).transpose(3, 0, 1, 2, 4)
+    np.testing.assert_array_equal(tensors["packed"].numpy(), expected)
+
+
+def test_indirection_bytes_against_im2col():
+    wl = parse_spec("h=56,ci=64,co=64,k=3,pad=1")
+    assert indirection_bytes(wl) == 56 * 56 * 9 * 4 + 64 * 4
+    im2col_bytes = wl.oh * wl.ow * wl.kh * wl.kw * wl.ci * 4
+    assert im2col_bytes / indirection_bytes(wl) > 60  # about IC times smaller
+
+
+def test_indirect_knobs_golden():
+    """The space the search explores; a change here must be deliberate."""
+    wl = parse_spec("h=56,ci=64,co=64,k=3,pad=1")
+    algorithm = get_algorithm("indirect")
+    assert algorithm.knob_names(wl) == ["tile_m", "tile_n", "tile_ic", "unroll"]
+    assert algorithm.tuned == "conv2d_packed"
+    assert list(algorithm.functions(wl)) == ["conv2d", "load_input", "build_indirection", "pack_weight",
+                                             "conv2d_packed"]
+
+
+def test_indirect_refuses():
+    algorithm = get_algorithm("indirect")
+    grouped = parse_spec("h=8,ci=8,co=8,k=3,pad=1,groups=2")
+    assert algorithm.supports(grouped) == (
+        "indirect: groups must be 1 (one indirection reference spans all IC channels), got groups=2")
+    with pytest.raises(Unsupported):
+        Task(grouped, "indirect")
+    nchw = parse_spec("h=8,ci=8,co=8,k=3,pad=1", layout="NCHW")
+    assert algorithm.supports(nchw) == "indirect: layout NCHW not supported (supports NHWC)"
