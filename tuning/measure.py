@@ -6,6 +6,7 @@ pool, about 7 s per trial here; building straight with tvm.tirx.build costs abou
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -57,8 +58,57 @@ def builder(target: Target, config: MeasureConfig) -> ms.builder.LocalBuilder:
         f_export=export_aarch64 if target.arch == "aarch64" and not target.is_host else None)
 
 
-def local_runner(target: Target, config: MeasureConfig) -> ms.runner.LocalRunner:
+def local_runner(target: Target, config: MeasureConfig, tasks=()) -> ms.runner.LocalRunner:
     # Runner workers inherit the environment: this is how the thread count reaches them.
     os.environ["TVM_NUM_THREADS"] = str(target.threads)
+    states = run_state(tasks, target)
     return ms.runner.LocalRunner(timeout_sec=config.run_timeout, evaluator_config=config.evaluator(),
-                                 cooldown_sec=0.0)
+                                 cooldown_sec=0.0, f_alloc_argument=StateFiller(states) if states else None)
+
+
+# -- run-phase state for trials ---------------------------------------------------------------------------
+def _signature(args_info) -> str:
+    return json.dumps([[str(a[1]), [int(d) for d in a[2]]] for a in args_info])
+
+
+class StateFiller:
+    """MetaSchedule's runner fills every argument with random bits; an index table (the indirection
+    buffer) full of random indices reads out of bounds. This allocator fills a run function's
+    integer state with what its prepare phase really builds, so trials run the real access pattern.
+    Sent to the runner workers by cloudpickle; keyed by the run function's argument signature."""
+
+    def __init__(self, states: dict[str, dict[int, "np.ndarray"]]):
+        self.states = states
+
+    def __call__(self, device, args_info, alloc_repeat):
+        from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument  # noqa: PLC0415
+
+        repeated = default_alloc_argument(device, args_info, alloc_repeat)
+        for index, array in self.states.get(_signature(args_info), {}).items():
+            for args in repeated:
+                args[index].copyfrom(array)
+        return repeated
+
+
+def run_state(tasks, target: Target) -> dict[str, dict[int, "np.ndarray"]]:
+    """The integer state arguments of each two-phase task's run function, from its prepare phase."""
+    from .kernel import Kernel  # noqa: PLC0415 - measurement set-up only
+    from .library import Choice, build, sidecar  # noqa: PLC0415
+    from schedules.reference import random_inputs  # noqa: PLC0415
+
+    states = {}
+    for task in tasks:
+        if task.generated or task.template.tuned == "conv2d":
+            continue
+        run = task.template.functions(task.workload)[task.template.tuned]
+        wanted = [i for i, a in enumerate(run.args) if not a.dtype.startswith("float")]
+        if not wanted:
+            continue
+        choice = Choice(task, None, None)
+        host = Target("host", {"kind": "llvm"}, 1)
+        kernel = Kernel(build(choice, host).mod, sidecar(choice, host, "state", None), tvm.cpu(0))
+        tensors = kernel.tensors(*random_inputs(task.workload))
+        kernel.prepare(tensors)
+        info = [["TENSOR", a.dtype, list(a.shape)] for a in run.args]
+        states[_signature(info)] = {i: tensors[run.args[i].name].numpy() for i in wanted}
+    return states
