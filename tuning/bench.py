@@ -185,3 +185,32 @@ def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def bar_chart(rows: list[dict], path: str, title: str) -> str | None:
+    """GFLOP/s per layer, convtune next to oneDNN and numpy; None when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    keys = [("convtune", "convtune"), ("onednn", "PyTorch oneDNN (better layout)"), ("numpy-im2col", "numpy im2col+BLAS")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
+    width = 0.27
+    for i, (key, label) in enumerate(keys):
+        values = []
+        for row in rows:
+            k = row.get("onednn_best") if key == "onednn" else key
+            values.append(row["results"][k]["gflops"] if k in row["results"] else 0)
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], values, width, label=label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["layer"].split(".", 1)[-1] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("GFLOP/s (direct-conv FLOPs / median time)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -130,7 +130,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_layer, environment, format_table, geomean, write_json
+    from .bench import bar_chart, bench_layer, environment, format_table, geomean, write_json
     from .networks import NETWORKS, network_layers, resolve
 
     target = _target(args)
@@ -156,7 +156,8 @@ def cmd_bench(args) -> int:
     if args.json:
         write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, "layers": rows,
                                "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None})
-        print(f"wrote {args.json}")
+        chart = bar_chart(rows, os.path.splitext(args.json)[0] + ".png", " ".join(args.layers))
+        print(f"wrote {args.json}" + (f" and {chart}" if chart else ""))
     return 0
 
 
