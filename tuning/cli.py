@@ -59,10 +59,11 @@ def cmd_tune(args) -> int:
     name, wl = _layer(args)
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm)
-    runner = _rpc_runner(args, target)
+    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
+                           run_timeout=args.run_timeout)
+    runner = _rpc_runner(args, target, config)
     print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
           f"{args.trials} trials each, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
-    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache)
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
                  config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch)
     _summary(store, tasks, target, remote=runner is not None)
@@ -182,24 +183,79 @@ def cmd_records(args) -> int:
 
 
 # -- RPC wiring (filled in by tuning/rpc.py) ------------------------------------------------------------
-def _rpc_runner(args, target):
+def _rpc_runner(args, target, config):
     if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
         if not target.is_host:
             raise UsageError(f"--target {target.name}: not this machine; measure on a device with "
                              "--rpc-tracker HOST:PORT --rpc-key KEY (or --rpc HOST:PORT)")
         return None
-    from .measure import MeasureConfig
+    if args.rpc_tracker and not args.rpc_key:
+        raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
     from .rpc import make_runner
 
-    return make_runner(args, MeasureConfig())
+    return make_runner(args, config, target)
 
 
 def _rpc_session(args, side):
     if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
         return None
+    if args.rpc_tracker and not args.rpc_key:
+        raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
     from .rpc import open_session
 
     return open_session(args, side)
+
+
+def cmd_tracker(args) -> int:
+    from .rpc import Tracker
+
+    tracker = Tracker.start(host=args.host, port=args.port, detach=args.detach)
+    print(f"RPC tracker on {tracker.address} (pid {tracker.pid}); register devices with "
+          f"`convtune device start --tracker {tracker.address}`", flush=True)
+    if args.detach:
+        return 0
+    try:
+        return tracker.wait()
+    finally:
+        tracker.stop()
+
+
+def cmd_devices(args) -> int:
+    from .rpc import devices, format_devices, parse_hostport
+
+    host, port = parse_hostport(args.rpc_tracker)
+    print(format_devices(devices(host, port)))
+    return 0
+
+
+def cmd_device(args) -> int:
+    from . import emulator
+
+    if args.action == "setup":
+        paths = emulator.setup(force=args.force)
+        print(f"emulated aarch64 device ready under {paths.base}")
+        return 0
+    if args.action == "list":
+        for d in emulator.detached_devices():
+            print(f"pid {d.pid}  {d.address}  key {d.key}  cpu {d.cpu}  tracker {d.tracker or '-'}  log {d.log_path}")
+        return 0
+    if args.action == "stop":
+        stopped = emulator.stop_detached(port=args.port, key=args.key if args.key_given else None)
+        print(f"stopped {len(stopped)} device(s)")
+        return 0
+    emulator.setup(quiet=True)
+    device = emulator.start(args.tracker, args.key, port=args.port, cpu=args.cpu, threads=args.threads or 1,
+                            detach=args.detach)
+    where = f"registered with {args.tracker} as {args.key!r}" if args.tracker else f"key {args.key!r}"
+    print(f"emulated aarch64 device ({args.cpu}) serving on {device.address}, {where}", flush=True)
+    print(emulator.EMULATED_NOTE)
+    if args.detach:
+        print("stop it with `convtune device stop`")
+        return 0
+    try:
+        return device.proc.wait()
+    finally:
+        device.stop()
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -219,6 +275,7 @@ def _add_rpc(p):
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure/run on devices registered with this tracker")
     p.add_argument("--rpc-key", help="device key at the tracker")
     p.add_argument("--rpc", metavar="HOST:PORT", help="a device's RPC server, without a tracker")
+    p.add_argument("--rpc-timeout", type=float, default=None, help="seconds to wait for a free device (default 60)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="trials measured per search iteration (records are "
                                                          "written, and the cost model retrained, after each)")
     p.add_argument("--flush-cache", action="store_true", help="flush the CPU caches before each repeat")
+    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one trial may run before it is failed")
     p.add_argument("--seed", type=int, default=None)
     _add_rpc(p)
     p.set_defaults(func=cmd_tune)
@@ -270,6 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("tracker", help="run a TVM RPC tracker (127.0.0.1 unless --host says otherwise)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9190)
+    p.add_argument("--detach", action="store_true", help="leave it running in the background")
+    p.set_defaults(func=cmd_tracker)
+
+    p = sub.add_parser("devices", help="devices registered with a tracker, per key")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", default="127.0.0.1:9190")
+    p.set_defaults(func=cmd_devices)
+
+    from .emulator import DEFAULT_CPU, DEFAULT_KEY
+
+    p = sub.add_parser("device", help="an emulated aarch64 RPC device (qemu-user): setup, start, stop, list")
+    p.add_argument("action", choices=["setup", "start", "stop", "list"])
+    p.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
+    p.add_argument("--key", default=None, help=f"device key (default {DEFAULT_KEY})")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--cpu", default=DEFAULT_CPU, help="qemu CPU model: cortex-a53, cortex-a72, cortex-a76, neoverse-n1, max")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--detach", action="store_true", help="leave it running; `convtune device stop` ends it")
+    p.add_argument("--force", action="store_true", help="setup: rebuild the cached sysroot")
+    p.set_defaults(func=cmd_device)
+
     p = sub.add_parser("records", help="best record per layer and algorithm")
     p.add_argument("--logs", default="logs")
     p.add_argument("--target", default=None)
@@ -282,16 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "device":
+        from .emulator import DEFAULT_KEY
+
+        args.key_given = args.key is not None
+        args.key = args.key or DEFAULT_KEY
     from schedules.template import Unsupported
 
+    from .emulator import EmulatorError
     from .kernel import LibraryError
     from .records import ForeignRecords
+    from .rpc import RPCError
     from .target import TargetError
     from .workload import WorkloadError
 
     try:
         return args.func(args)
-    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords) as err:
+    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords, RPCError,
+            EmulatorError) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -73,6 +73,9 @@ import tvm_ffi
 from tvm.rpc import server
 
 args = json.loads(sys.argv[1])
+# Each session is a forked child: it dies with the server rather than serve on alone.
+libc = ctypes.CDLL(None)
+os.register_at_fork(after_in_child=lambda: libc.prctl(1, 9))  # PR_SET_PDEATHSIG, SIGKILL
 # random_fill_for_measure and friends; loaded once here, inherited by every forked session
 ctypes.CDLL(args["extra"], ctypes.RTLD_GLOBAL)
 info = {"machine": platform.machine(), "emulated": True, "cpu": args["cpu"],
@@ -183,7 +186,8 @@ def _install_host_tools(install: bool, quiet: bool) -> None:
 
 def _deb(debs: Path, package: str) -> str:
     archives = debs / "var" / "cache" / "apt" / "archives"
-    found = sorted(glob.glob(str(archives / f"{package}_*_arm64.deb")) + glob.glob(str(archives / f"{package}_*_all.deb")))
+    found = sorted(glob.glob(str(archives / f"{package}_*_arm64.deb"))
+                   + glob.glob(str(archives / f"{package}_*_all.deb")))
     if not found:
         raise EmulatorError(f"debootstrap did not download {package} (looked in {archives})")
     return found[0]
@@ -245,8 +249,8 @@ def _smoke_test(paths: Paths, quiet: bool) -> None:
 def _qemu() -> str:
     path = shutil.which("qemu-aarch64-static")
     if path is None:
-        raise EmulatorUnavailable("qemu-aarch64-static is missing: run `convtune device setup` "
-                                  "(or `apt-get install -y qemu-user-static`)")
+        raise EmulatorError("qemu-aarch64-static is missing: run `convtune device setup` "
+                            "(or `apt-get install -y qemu-user-static`)")
     return path
 
 
@@ -259,15 +263,16 @@ def setup(install: bool = True, quiet: bool = False, force: bool = False) -> Pat
     paths.base.mkdir(parents=True, exist_ok=True)
     with open(paths.base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one setup at a time (a CLI and a test session, say)
-        if paths.ready() and not force and not missing_tools():
-            return paths
         started = time.time()
         _install_host_tools(install, quiet)
+        if paths.ready() and not force:
+            return paths
         (paths.base / READY).unlink(missing_ok=True)
         _build_sysroot(paths, quiet)
         _install_wheels(paths, quiet)
         _precompile(paths, quiet)
         _smoke_test(paths, quiet)
+        shutil.rmtree(paths.debs, ignore_errors=True)  # 85 MB, only needed to unpack the sysroot again
         (paths.base / READY).write_text(json.dumps({"layout": LAYOUT_VERSION, "wheels": list(DEVICE_WHEELS),
                                                     "suite": DEBIAN_SUITE, "created": time.time()}))
         _log(f"ready in {time.time() - started:.0f} s: {paths.base}", quiet)
@@ -306,7 +311,7 @@ class Device:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return rpc._pid_alive(self.pid) and _is_launcher(self.pid)
+        return rpc.pid_alive(self.pid) and _is_launcher(self.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -356,8 +361,38 @@ def start(tracker: str | None = None, key: str = DEFAULT_KEY, *, host: str = "12
     if tracker_addr:
         rpc.summary(*tracker_addr, timeout=5.0)  # a clear error now, not a device retrying forever
     paths.run.mkdir(parents=True, exist_ok=True)
-    paths.launcher.write_text(LAUNCHER)
-    port = port or rpc.free_port(host)
+    _prune_logs(paths)
+    _write_launcher(paths)
+    for attempt in range(3 if port is None else 1):
+        try:
+            return _start(paths, tracker, tracker_addr, key, host, port or rpc.free_port(host), cpu, threads,
+                          timeout, detach)
+        except EmulatorError as err:
+            # a free port taken by someone else in the meantime: pick another
+            if port is None and attempt < 2 and "cannot bind" in str(err):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _prune_logs(paths: Paths, days: float = 7.0) -> None:
+    """Device logs stay for diagnosis after a device stops; a week is enough."""
+    cutoff = time.time() - days * 86400
+    for log in paths.run.glob("device-*.log"):
+        try:
+            if log.stat().st_mtime < cutoff:
+                log.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _write_launcher(paths: Paths) -> None:
+    tmp = paths.launcher.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(LAUNCHER)
+    os.replace(tmp, paths.launcher)  # a device starting meanwhile never reads half a file
+
+
+def _start(paths: Paths, tracker, tracker_addr, key, host, port, cpu, threads, timeout, detach) -> Device:
     log_path = str(paths.run / f"device-{port}.log")
     open(log_path, "w").close()
     args = {"host": host, "port": port, "port_end": port + 1, "tracker": tracker_addr, "key": key,

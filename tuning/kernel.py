@@ -33,14 +33,12 @@ class Kernel:
     def load(cls, path: str, side: dict | None = None, session=None) -> "Kernel":
         """Load `path` here, or on a remote device through an RPC `session`."""
         side = side or read_sidecar(path)
-        from .rpc import check_library  # noqa: PLC0415 - rpc imports this module
+        from .rpc import check_library, load_remote  # noqa: PLC0415 - rpc imports this module
 
         check_library(path, session, side)  # a library of another architecture: a message, not a dlopen error
         if session is None:
             return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
-        name = os.path.basename(path)
-        session.upload(path, name)
-        return cls(session.load_module(name), side, session.cpu(0))
+        return cls(load_remote(session, path), side, session.cpu(0))
 
     @property
     def run_function(self) -> str:

@@ -17,9 +17,12 @@ error from the board.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -47,6 +50,10 @@ class RPCError(RuntimeError):
 
 class LibraryArchError(RPCError, LibraryError):
     """A library built for another architecture than the device's."""
+
+
+class RemoteLoadError(RPCError, LibraryError):
+    """The device could not load a library."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +87,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 _CHILDREN: set[int] = set()  # process groups we started and have not stopped
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+_SIGTERM = int(signal.SIGTERM)
 
 
 def start_child(argv: list[str], log_path: str, env: dict | None = None, detach: bool = False) -> subprocess.Popen:
@@ -100,10 +110,8 @@ def start_child(argv: list[str], log_path: str, env: dict | None = None, detach:
 
 
 def _die_with_parent() -> None:
-    import ctypes  # noqa: PLC0415 - runs in the child between fork and exec
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Runs in the child between fork and exec: no imports, no allocation-heavy work.
+    _LIBC.prctl(_PR_SET_PDEATHSIG, _SIGTERM)
 
 
 def stop_child(proc_or_pid, grace: float = 5.0) -> None:
@@ -119,7 +127,7 @@ def stop_child(proc_or_pid, grace: float = 5.0) -> None:
             return
         deadline = time.time() + grace
         while time.time() < deadline:
-            if _reap(proc_or_pid) and not _group_alive(pid):
+            if _reap(proc_or_pid) and not group_alive(pid):
                 break
             time.sleep(0.05)
         else:
@@ -136,10 +144,10 @@ def _reap(proc_or_pid) -> bool:
         done, _ = os.waitpid(proc_or_pid, os.WNOHANG)
         return done != 0
     except ChildProcessError:  # not our child: alive while /proc has it (and not a zombie)
-        return not _pid_alive(proc_or_pid)
+        return not pid_alive(proc_or_pid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -147,7 +155,7 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
@@ -183,14 +191,26 @@ def tail(path: str, lines: int = 15) -> str:
 # The tracker
 
 
+# What `python -m tvm.exec.rpc_tracker` runs, minus its extra worker process: a grandchild would
+# outlive us if we were killed (only our direct child gets the death signal).
+TRACKER_LAUNCHER = """
+import sys
+from tvm.rpc.tracker import PopenTrackerServerState
+state = PopenTrackerServerState(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]) + 1)
+print(f"convtune-tracker listening {sys.argv[1]}:{state.port}", flush=True)
+state.thread.join()
+"""
+
+
 @dataclass
 class Tracker:
-    """A tracker we started (`python -m tvm.exec.rpc_tracker`); `stop()` ends it and its workers."""
+    """A TVM RPC tracker we started (TVM's tracker in a child process); `stop()` ends it."""
 
     host: str
     port: int
     proc: subprocess.Popen
     log_path: str
+    own_log: bool = False  # a temporary log, removed by stop()
 
     @property
     def address(self) -> str:
@@ -204,33 +224,53 @@ class Tracker:
     def start(cls, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
               log_path: str | None = None, detach: bool = False) -> "Tracker":
         """Start a tracker on `host:port` (a free port when None) and wait until it answers."""
-        if log_path is None:
+        own_log = log_path is None
+        if own_log:
             fd, log_path = tempfile.mkstemp(prefix="convtune-tracker-", suffix=".log")
             os.close(fd)
-        if port is None:
-            port = free_port(host)
-        argv = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host,
-                "--port", str(port), "--port-end", str(port + 1)]
-        proc = start_child(argv, log_path, detach=detach)
-        tracker = cls(host, port, proc, log_path)
+        for attempt in range(3 if port is None else 1):
+            chosen = port or free_port(host)
+            # The tracker needs no compiler: the runtime library loads faster.
+            env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+            proc = start_child([sys.executable, "-c", TRACKER_LAUNCHER, host, str(chosen)], log_path, env=env,
+                               detach=detach)
+            tracker = cls(host, chosen, proc, log_path)
+            try:
+                tracker._wait_ready(timeout)
+                tracker.own_log = own_log
+                return tracker
+            except RPCError as err:
+                tracker.stop()
+                # a free port taken by someone else in the meantime: pick another
+                if port is None and attempt < 2 and "cannot bind" in str(err):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while True:
-            if proc.poll() is not None:
-                tracker.stop()
-                raise RPCError(f"the tracker on {host}:{port} exited at start (code {proc.returncode}):\n"
-                               f"{tail(log_path)}")
+            if self.proc.poll() is not None:
+                raise RPCError(f"the tracker on {self.address} exited at start (code {self.proc.returncode}):\n"
+                               f"{tail(self.log_path)}")
             try:
-                summary(host, port, timeout=2.0)
-                return tracker
+                summary(self.host, self.port, timeout=2.0)
+                return
             except RPCError:
                 if time.time() > deadline:
-                    tracker.stop()
-                    raise RPCError(f"the tracker on {host}:{port} did not answer within {timeout:.0f} s:\n"
-                                   f"{tail(log_path)}") from None
+                    raise RPCError(f"the tracker on {self.address} did not answer within {timeout:.0f} s:\n"
+                                   f"{tail(self.log_path)}") from None
                 time.sleep(0.2)
+
+    def wait(self) -> int:
+        """Block until the tracker exits (a foreground `convtune tracker`); its exit code."""
+        return self.proc.wait()
 
     def stop(self) -> None:
         stop_child(self.proc)
+        if self.own_log:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.log_path)
 
     def __enter__(self) -> "Tracker":
         return self
@@ -311,20 +351,14 @@ def free_devices(host: str, port: int, key: str, timeout: float = CONNECT_TIMEOU
     return devices(host, port, timeout).get(key, KeyStatus(0, 0, 0)).free
 
 
-def wait_for_devices(host: str, port: int, key: str, count: int = 1, timeout: float = 60.0,
-                     alive=None) -> KeyStatus:
-    """Wait until `count` devices are registered under `key` (and `alive()` stays true)."""
-    deadline = time.time() + timeout
-    while True:
-        status = devices(host, port).get(key, KeyStatus(0, 0, 0))
-        if status.total >= count:
-            return status
-        if alive is not None and not alive():
-            raise RPCError(f"the device for key {key!r} exited before it registered with {host}:{port}")
-        if time.time() > deadline:
-            raise RPCError(f"tracker {host}:{port}: {status.total} device(s) under key {key!r} after "
-                           f"{timeout:.0f} s, expected {count}")
-        time.sleep(0.5)
+def format_devices(status: dict[str, KeyStatus]) -> str:
+    """A table of keys and their devices, for `convtune tracker` and friends."""
+    if not status:
+        return "no devices registered"
+    width = max(len("key"), *(len(k) for k in status))
+    lines = [f"{'key':<{width}s}  total  free  pending"]
+    lines += [f"{k:<{width}s}  {s.total:5d}  {s.free:4d}  {s.pending:7d}" for k, s in status.items()]
+    return "\n".join(lines)
 
 
 def _describe_keys(status: dict[str, KeyStatus]) -> str:
@@ -393,9 +427,16 @@ def _bounded(fn, timeout: float, where: str, late: str):
     if thread.is_alive():
         raise RPCError(f"{where}: {late.format(t=timeout)}")
     if "error" in box:
-        message = str(box["error"]).strip().splitlines()
-        raise RPCError(f"{where}: cannot connect ({message[-1] if message else box['error']!r})") from None
+        raise RPCError(f"{where}: cannot connect ({_last_line(box['error'])}); "
+                       "is an RPC server running there?") from None
     return box["value"]
+
+
+def _last_line(err: BaseException) -> str:
+    """The useful line of a TVM error: no traceback, no `Check failed: (...) is false:` prefix."""
+    lines = [l.strip() for l in str(err).strip().strip("()'\"").splitlines() if l.strip()]
+    line = lines[-1] if lines else type(err).__name__
+    return re.sub(r"^Check failed: \(.*?\) is false: ", "", line).rstrip("'\",)")
 
 
 def session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
@@ -422,7 +463,8 @@ def open_session(args, side: dict | None = None):
     wanted, machine = _target_arch(side), device_info(sess).get("machine")
     if wanted and machine and wanted != machine:
         raise LibraryArchError(f"{side.get('library', 'the library')} is built for {wanted} "
-                               f"({side['target'].get('name')}), but the device is {machine}")
+                               f"(--target {side['target'].get('name')}), but the device is {machine}: "
+                               f"{_compile_hint(machine)}")
     return sess
 
 
@@ -482,11 +524,32 @@ def check_library(path: str, session=None, side: dict | None = None) -> str:
         if device is None:
             device, source = _target_arch(side), "the device (per the sidecar's target)"
     if device and arch != device:
-        hint = ("compile it with --target aarch64 (or aarch64-a72, ...)" if device == "aarch64"
-                else "compile it with --target x86" if device == "x86_64" else f"compile it for {device}")
-        run_remote = " or run it on a device with --rpc-tracker/--rpc" if session is None else ""
-        raise LibraryArchError(f"{name} is built for {arch}, but {source} is {device}: {hint}{run_remote}")
+        run_remote = ", or run it on a device with --rpc-tracker/--rpc" if session is None else ""
+        raise LibraryArchError(f"{name} is built for {arch}, but {source} is {device}: "
+                               f"{_compile_hint(device)}{run_remote}")
     return arch
+
+
+def _compile_hint(device: str) -> str:
+    if device == "aarch64":
+        return "compile it with --target aarch64 (or aarch64-a72, ...)"
+    if device == "x86_64":
+        return "compile it with --target x86"
+    return f"compile it for {device}"
+
+
+def load_remote(session, path: str):
+    """Upload `path` to the device and load it there (call `check_library` first).
+
+    A board's dlopen reports a library of another architecture as "No such file or directory":
+    a failure names the library's architecture so the cause can be seen."""
+    name = os.path.basename(path)
+    session.upload(path, name)
+    try:
+        return session.load_module(name)
+    except Exception as err:  # noqa: BLE001 - TVM's RPC error types vary
+        raise RemoteLoadError(f"the device could not load {name}, an {elf_machine(path)} library "
+                              f"({_last_line(err)}); is the device {elf_machine(path)}?") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,8 +578,7 @@ def _probe(session_factory, target: Target, where: str) -> dict:
     machine = info.get("machine")
     if machine and machine != target.arch:
         raise RPCError(f"{where} is {machine}, but the target {target.name} builds for {target.arch}: "
-                       f"use --target {'aarch64' if machine == 'aarch64' else 'x86' if machine == 'x86_64' else '...'} "
-                       "or a device of the right kind")
+                       f"measure on a {target.arch} device, or tune for this one ({_compile_hint(machine)})")
     return info
 
 
@@ -551,8 +613,8 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
         rpc_key = key
         create = functools.partial(_tracker_session, request_timeout=request_timeout)
         where = f"the device {key!r} at tracker {host}:{port}"
-        factory = functools.partial(request, host, port, key, timeout=request_timeout, session_timeout=session_timeout)
-        bound = request_timeout + session_timeout
+        factory = functools.partial(request, host, port, key, timeout=request_timeout,
+                                    session_timeout=session_timeout)
     elif rpc:
         host, port = parse_hostport(rpc, "--rpc")
         workers = 1  # one server serves one session at a time
@@ -561,7 +623,6 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
         where = f"the RPC server {host}:{port}"
         factory = functools.partial(connect, host, port, key or "", timeout=request_timeout,
                                     session_timeout=session_timeout)
-        bound = request_timeout + session_timeout
     else:
         raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
     info = _probe(factory, target, where) if probe else {}
@@ -573,10 +634,14 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
                                        session_priority=1, session_timeout_sec=int(session_timeout)),
         evaluator_config=config.evaluator(), cooldown_sec=0.0, f_create_session=create, max_workers=workers)
-    # RPCRunner's pool has no timeout: a device that stops answering would hang the run.
-    untimed = runner.pool
-    runner.pool = PopenPoolExecutor(max_workers=workers, timeout=bound)
-    untimed.shutdown(wait=False)
+    # RPCRunner's pool has no timeout: a device that stops answering would hang the run. Set the
+    # pool's per-call timeout in place (its worker is already up); replace the pool if that changed.
+    bound = request_timeout + session_timeout
+    if hasattr(runner.pool, "_timeout"):
+        runner.pool._timeout = bound
+    else:
+        untimed, runner.pool = runner.pool, PopenPoolExecutor(max_workers=workers, timeout=bound)
+        untimed.shutdown(wait=False)
     runner.device_info = info
     runner.workers = workers
     return runner
@@ -589,7 +654,8 @@ def make_runner(args, config: MeasureConfig = MeasureConfig(), target: Target | 
 
         target = resolve_target(getattr(args, "target", "x86"))
     return rpc_runner(target, config, tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
-                      rpc=getattr(args, "rpc", None), request_timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
+                      rpc=getattr(args, "rpc", None),
+                      request_timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
 
 
 def close_runner(runner) -> None:
