@@ -137,7 +137,9 @@ class LayerRecords:
             return []
         rejected = self.rejected()
         out = []
-        for r in self.database.get_top_k(self.database.commit_workload(task.mod), k + len(rejected)):
+        # TVM ranks by the mean of the repeats; we rank by the median (robust to a noisy repeat), so
+        # look a little deeper than k.
+        for r in self.database.get_top_k(self.database.commit_workload(task.mod), 2 * k + 8 + len(rejected)):
             if not r.run_secs or not self._same_target(r):
                 continue
             secs = sorted(float(s) for s in r.run_secs)
@@ -145,7 +147,7 @@ class LayerRecords:
             if median >= FAILED_SECONDS or trace_id(r.trace) in rejected:
                 continue
             out.append(Record(median, r.trace, task.algorithm))
-        return out[:k]
+        return sorted(out, key=lambda rec: rec.seconds)[:k]
 
     def best(self, task: Task) -> Record | None:
         top = self.top(task, 1)
