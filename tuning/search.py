@@ -59,8 +59,9 @@ class Progress:
               f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
 
 
-def _make_callback(progress: Progress, failure_log: str):
-    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time)."""
+def _make_callback(progress: Progress, failure_log: str | list[str]):
+    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time).
+    `failure_log`: one file, or one per task (a network run keeps each layer's in its directory)."""
 
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
@@ -78,7 +79,8 @@ def _make_callback(progress: Progress, failure_log: str):
                     secs = sorted(float(s) for s in ran.run_secs)
                     seconds.append(secs[len(secs) // 2])
             if failures:
-                with open(failure_log, "a") as f:
+                path = failure_log if isinstance(failure_log, str) else failure_log[task_id]
+                with open(path, "a") as f:
                     f.write("".join(json.dumps(x) + "\n" for x in failures))
             progress.report(task_id, seconds)
 
@@ -118,8 +120,9 @@ def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, run
             progress.best_sec[i] = best.seconds
     run_search(todo, target, store.directory, store.database, progress, budget=budget,
                max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
-               trials_per_iter=min(trials_per_iter, budget), weights=[1.0] * len(todo), strategy=strategy,
-               cost_model=cost_model, config=config, runner=runner, seed=seed)
+               trials_per_iter=min(trials_per_iter, budget), weights=[1.0] * len(todo),
+               failure_logs=[os.path.join(store.directory, records.FAILURE_LOG)] * len(todo),
+               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed)
     print(file=progress.stream)
 
 
@@ -131,11 +134,12 @@ def check_options(strategy: str, cost_model: str) -> None:
 
 
 def run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
-               max_trials_per_task: int, trials_per_iter: int, weights: list[float], strategy: str,
-               cost_model: str, config: MeasureConfig, runner, seed: int | None,
+               max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
+               strategy: str, cost_model: str, config: MeasureConfig, runner, seed: int | None,
                names: list[str] | None = None) -> None:
     """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
-    callbacks; `database` receives every trial. Shared by a layer's search and a network's."""
+    callbacks; `database` receives every trial. Shared by a layer's search and a network's
+    (tuning/network_search.py), whose database routes each task's trials to its layer's records."""
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
                        search_strategy=strategy, task_name=names[i] if names else t.algorithm,
@@ -143,7 +147,7 @@ def run_search(todo: list[Task], target: Target, work_dir: str, database, progre
         for i, t in enumerate(todo)
     ]
     callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
-                 ms.measure_callback.UpdateCostModel(), _make_callback(progress)]
+                 ms.measure_callback.UpdateCostModel(), _make_callback(progress, failure_logs)]
     cost = (ms.cost_model.XGBModel(num_tuning_cores=target.threads) if cost_model == "xgb"
             else ms.cost_model.RandomModel())
     ms.tune.tune_tasks(
@@ -154,7 +158,7 @@ def run_search(todo: list[Task], target: Target, work_dir: str, database, progre
         max_trials_per_task=max_trials_per_task,
         num_trials_per_iter=trials_per_iter,
         builder=measure.builder(target, config),
-        runner=runner or measure.local_runner(target, config),
+        runner=runner or measure.local_runner(target, config, todo),
         database=database,
         cost_model=cost,
         measure_callbacks=callbacks,
