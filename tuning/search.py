@@ -126,6 +126,66 @@ def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, run
     print(file=progress.stream)
 
 
+@derived_object
+class SkipRecorded(ms.search_strategy.PySearchStrategy):
+    """A search strategy that never measures a schedule already in the records.
+
+    MetaSchedule seeds its search from a reused database but may propose a recorded schedule
+    again (its evolutionary search keeps only this run's measured set). This wrapper drops such
+    candidates before they are built and tells the inner strategy their recorded times instead,
+    so they still steer the search but cost no measurement."""
+
+    def __init__(self, inner: str = "evolutionary"):
+        self.inner_name = inner
+        self.inner = ms.search_strategy.SearchStrategy.create(inner)
+        self.recorded: dict[str, list] = {}
+        self.held: list = []
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+        self.mod = context.mod
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+        self.recorded = {}
+        if database is not None and database.has_workload(self.mod):
+            token = database.commit_workload(self.mod)
+            for r in database.get_top_k(token, 1 << 30):
+                self.recorded[str(r.trace)] = list(r.run_secs or [])
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        self.held = []
+        for _ in range(16):  # a few rounds of only-recorded proposals, then let the search end
+            candidates = self.inner.generate_measure_candidates()
+            if candidates is None:
+                return None
+            fresh = [c for c in candidates if str(c.sch.trace) not in self.recorded]
+            held = [c for c in candidates if str(c.sch.trace) in self.recorded]
+            if fresh:
+                self.held = held
+                return fresh
+            self.inner.notify_runner_results(held, [self._recorded_result(c) for c in held])
+        return None
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        held = self.held
+        self.held = []
+        for c, r in zip(measure_candidates, results):
+            self.recorded[str(c.sch.trace)] = list(r.run_secs or [])
+        self.inner.notify_runner_results(list(measure_candidates) + held,
+                                         list(results) + [self._recorded_result(c) for c in held])
+
+    def _recorded_result(self, candidate):
+        secs = self.recorded.get(str(candidate.sch.trace)) or [records.FAILED_SECONDS]
+        return ms.runner.RunnerResult(run_secs=[float(x) for x in secs], error_msg=None)
+
+    def clone(self):
+        return SkipRecorded(self.inner_name)
+
+
 def check_options(strategy: str, cost_model: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -142,7 +202,7 @@ def run_search(todo: list[Task], target: Target, work_dir: str, database, progre
     (tuning/network_search.py), whose database routes each task's trials to its layer's records."""
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=strategy, task_name=names[i] if names else t.algorithm,
+                       search_strategy=SkipRecorded(strategy), task_name=names[i] if names else t.algorithm,
                        num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
         for i, t in enumerate(todo)
     ]
