@@ -56,6 +56,8 @@ def cmd_tune(args) -> int:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
     if args.batch <= 0:
         raise UsageError(f"--batch: must be positive, got {args.batch}")
+    if args.network:
+        return _tune_network(args)
     name, wl = _layer(args)
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm)
@@ -67,6 +69,25 @@ def cmd_tune(args) -> int:
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
                  config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch)
     _summary(store, tasks, target, remote=runner is not None)
+    return 0
+
+
+def _tune_network(args) -> int:
+    from .measure import MeasureConfig
+    from .model_import import load_network
+    from .network_search import tune_network
+
+    layers = load_network(args.network, args.layout or "NHWC")
+    target = _target(args)
+    total = args.trials_total or args.trials * len(layers)
+    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
+                           run_timeout=args.run_timeout)
+    runner = _rpc_runner(args, target, config)
+    print(f"tuning {len(layers)} distinct conv layers of {args.network} ({sum(l.count for l in layers)} in all) on "
+          f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
+          file=sys.stderr)
+    tune_network(layers, args.algorithm, target, args.logs, total, strategy=args.strategy,
+                 cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed)
     return 0
 
 
@@ -95,6 +116,17 @@ def _summary(store, tasks, target, remote: bool) -> None:
 def cmd_compile(args) -> int:
     from .library import choose, export
 
+    if args.network:
+        from .bundle import compile_bundle
+        from .model_import import load_network
+
+        layers = load_network(args.network, args.layout or "NHWC")
+        out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
+        manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
+        print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
+              + (f"; UNTUNED: {', '.join(manifest['untuned'])}" if manifest.get("untuned") else ""))
+        return 0
+
     name, wl = _layer(args)
     target = _target(args)
     choice = choose(wl, args.algorithm, target, args.logs)
@@ -111,6 +143,16 @@ def cmd_verify(args) -> int:
 
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
+    if os.path.isdir(args.library):
+        from .bundle import verify_bundle
+
+        failed = False
+        for layer, checks in verify_bundle(args.library, seed=args.seed):
+            for c in checks:
+                print(f"{layer}: {c.function}: max abs error {c.max_error:.3g} (tolerance {c.tolerance:.3g}) "
+                      f"{'ok' if c.ok else 'MISMATCH'}")
+                failed |= not c.ok
+        return 1 if failed else 0
     side = read_sidecar(args.library)
     session = _rpc_session(args, side)
     if session is None:
@@ -135,6 +177,19 @@ def cmd_bench(args) -> int:
     from .networks import NETWORKS, network_layers, resolve
 
     target = _target(args)
+    if args.network:
+        from .bundle import estimate_network, format_estimate
+        from .model_import import load_network
+
+        estimate = estimate_network(load_network(args.network, args.layout or "NHWC"), target, args.logs,
+                                    args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
+                                    rivals=not args.no_rivals)
+        print(format_estimate(estimate))
+        if args.json:
+            write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": environment(target),
+                                   **estimate})
+            print(f"wrote {args.json}")
+        return 0
     items = []
     for text in args.layers:
         if text in NETWORKS:
@@ -295,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--algorithm", default="direct", help=f"{algos}, a family (winograd) or auto (every one that fits)")
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
+    p.add_argument("--network", metavar="NAME|FILE", help="tune every conv layer of a zoo network, an .onnx or a "
+                                                          "torch.export .pt2 file, under one budget")
+    p.add_argument("--trials-total", type=int, default=None, help="--network: the shared budget "
+                                                                  "(default: --trials x distinct layers)")
     p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
     p.add_argument("--cost-model", choices=COST_MODELS, default="xgb")
     p.add_argument("--min-repeat-ms", type=int, default=50, help="each timed repeat lasts at least this long")
@@ -309,10 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="build a layer's best record into a shared library + sidecar JSON")
     _add_common(p)
     p.add_argument("--algorithm", default="auto", help=f"{algos}, or auto (the fastest recorded)")
-    p.add_argument("-o", "--output", default="kernel.so")
+    p.add_argument("-o", "--output", default="kernel.so", help="library path (a directory with --network)")
+    p.add_argument("--network", metavar="NAME|FILE", help="a bundle: every conv layer of a network, + manifest.json")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("verify", help="run a compiled library on random data against the numpy reference")
+    p = sub.add_parser("verify", help="run a compiled library (or a bundle directory) against the numpy reference")
     p.add_argument("library")
     p.add_argument("--seed", type=int, default=0)
     _add_rpc(p)
@@ -325,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
+    p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
 

@@ -59,7 +59,9 @@ def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
             if record and (best is None or record.seconds < best[1].seconds):
                 best = (task, record)
     if best is None:
-        task = candidates[0] if algorithm != "auto" else Task(wl, "direct")
+        # untuned under auto: depthwise layers have their own template; everything else, direct
+        fallback = "depthwise" if any(t.algorithm == "depthwise" for t in candidates) else "direct"
+        task = candidates[0] if algorithm != "auto" else Task(wl, fallback)
         return Choice(task, None, None)
     task, record = best
     config = None if task.generated else config_from_trace(record.trace, task.knob_names)
