@@ -81,6 +81,17 @@ class Task:
 def tasks_for(wl: Workload, algorithm: str) -> list[Task]:
     """`auto`: every template that fits the layer (the generated space is a rival, asked by name);
     a family name (`winograd`) gives the members that fit; a full name gives its one task."""
+    if "," in algorithm:  # a list: the members of each that fit
+        names = [n.strip() for n in algorithm.split(",") if n.strip()]
+        found = []
+        for name in names:
+            try:
+                found += [t for t in tasks_for(wl, name) if t not in found]
+            except Unsupported:
+                continue
+        if not found:
+            raise Unsupported(algorithm, f"none of these fits {wl.spec}")
+        return found
     if algorithm == GENERATED:
         return [Task(wl, GENERATED)]
     members = list(ALGORITHMS.values()) if algorithm == "auto" else family(algorithm)
