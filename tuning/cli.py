@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_records)
+
+    from .experiments import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

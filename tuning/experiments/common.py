@@ -1,0 +1,220 @@
+"""What every experiment shares: the run's provenance, kernels built in memory, interleaved
+timing, JSON output and matplotlib (an optional extra: without it, plots are skipped with a note).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+
+from schedules.reference import random_inputs
+
+from ..bench import Timing
+from ..kernel import Kernel
+from ..library import Choice, build, choose, sidecar
+from ..target import Target
+from ..task import Task
+from ..workload import Workload
+
+PLOT_MISSING = "matplotlib is not installed (pip install 'convtune[plot]'): no plot"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How big a run is: `tiny` (tests: code paths only), `default` (minutes on 2 cores), `full`
+    (the article's sizes, more rounds)."""
+
+    name: str
+    rounds: int  # timing rounds per kernel (median over rounds)
+    min_repeat_ms: int  # each round: back-to-back calls for at least this long
+
+    @property
+    def tiny(self) -> bool:
+        return self.name == "tiny"
+
+    @property
+    def full(self) -> bool:
+        return self.name == "full"
+
+
+PRESETS = {
+    "tiny": Preset("tiny", rounds=2, min_repeat_ms=5),
+    "default": Preset("default", rounds=7, min_repeat_ms=50),
+    "full": Preset("full", rounds=15, min_repeat_ms=100),
+}
+
+
+@dataclass
+class Context:
+    """One experiment run: where it writes, how big it is, on what target, with which records."""
+
+    out: str
+    preset: Preset
+    target: Target
+    logs: str = "logs"
+    command: str = ""
+
+    def path(self, name: str) -> str:
+        os.makedirs(self.out, exist_ok=True)
+        return os.path.join(self.out, name)
+
+
+# -- provenance ----------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def _caches() -> dict:
+    """Per-core cache sizes as the kernel reports them (sysfs), e.g. {"L1d": "32K", ...}."""
+    found = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    if not os.path.isdir(base):
+        return found
+    for index in sorted(os.listdir(base)):
+        try:
+            level = open(os.path.join(base, index, "level")).read().strip()
+            kind = open(os.path.join(base, index, "type")).read().strip()
+            size = open(os.path.join(base, index, "size")).read().strip()
+        except OSError:
+            continue
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        found[f"L{level}{suffix}"] = size
+    return found
+
+
+def _git_commit() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+modified" if dirty.stdout.strip() else "")
+
+
+def environment(ctx: Context) -> dict:
+    """Where and when the numbers were taken: stored with every experiment's JSON."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": ctx.command,
+        "preset": ctx.preset.name,
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "caches": _caches(),
+        "threads": ctx.target.threads,
+        "target": ctx.target.to_dict(),
+        "tvm": tvm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "convtune_commit": _git_commit(),
+    }
+
+
+# -- kernels ---------------------------------------------------------------------------------------------
+def kernel_for(wl: Workload, algorithm: str, target: Target, config: dict | None = None,
+               logs: str | None = None) -> tuple[Kernel, dict]:
+    """A kernel built in memory, and how it was configured: `config` if given, else the best
+    record under `logs` when there is one, else the template's default config."""
+    if config is None and logs is not None:
+        choice = choose(wl, algorithm, target, logs)
+    else:
+        choice = Choice(Task(wl, algorithm), None, config)
+    side = sidecar(choice, target, "in-memory", wl.spec)
+    kernel = Kernel(build(choice, target).mod, side, tvm.cpu(0))
+    how = {"algorithm": algorithm, "config": side["config"],
+           "source": ("tuned record" if choice.tuned else "given config" if config is not None else "default config"),
+           "record_gflops": side["record"]["gflops"] if side["record"] else None,
+           "timed_function": kernel.run_function}
+    return kernel, how
+
+
+def ready(kernel: Kernel, seed: int = 0) -> dict:
+    """The kernel's tensors on random inputs, its prepare phase done (what the run phase needs)."""
+    tensors = kernel.tensors(*random_inputs(kernel.workload, seed))
+    kernel.prepare(tensors)
+    return tensors
+
+
+def time_interleaved(timers: dict, preset: Preset) -> dict[str, Timing]:
+    """Seconds per call of each kernel's run function, round by round across the kernels, so
+    that drift (another process, a core's clock) hits them alike; `timers`: key -> (kernel, tensors)."""
+    calls = {key: kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=preset.min_repeat_ms)
+             for key, (kernel, tensors) in timers.items()}
+    timings = {key: Timing() for key in calls}
+    for fn in calls.values():  # warm-up: page faults, the thread pool, the caches
+        fn()
+    for _ in range(preset.rounds):
+        for key, fn in calls.items():
+            timings[key].samples.append(float(fn()[0]))
+    return timings
+
+
+def timing_summary(timing: Timing, flops: int) -> dict:
+    return dict(timing.summary(flops), samples_ms=[s * 1e3 for s in timing.samples])
+
+
+# -- output ------------------------------------------------------------------------------------------------
+def write_json(ctx: Context, name: str, payload: dict) -> str:
+    path = ctx.path(f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return plt
+
+
+def save_plot(ctx: Context, name: str, draw) -> dict:
+    """Call `draw(plt)` (returns the figure) and save it as <name>.png; the JSON notes either the
+    file (relative to the output directory) or why there is none."""
+    plt = pyplot()
+    if plt is None:
+        print(f"note: {PLOT_MISSING}", file=sys.stderr)
+        return {"plot": None, "plot_note": PLOT_MISSING}
+    fig = draw(plt)
+    path = ctx.path(f"{name}.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return {"plot": os.path.basename(path), "plot_note": None}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
