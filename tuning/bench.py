@@ -1,8 +1,10 @@
 """Benchmark: convtune's compiled kernel against PyTorch (oneDNN) and numpy im2col + BLAS.
 
 All contenders run in one process, interleaved round by round (so drift hits them alike), with the
-same thread count; each round times back-to-back calls for at least `min_repeat_ms` (a core idle
-for a few ms comes back at half its FMA speed); tables give the median over rounds with min/max.
+same thread count. Before each contender's turn a short pause lets the previous one's spinning
+thread pool sleep, then a warm-up (a core idle for a few ms comes back at half its FMA speed);
+each turn times back-to-back calls for at least `min_repeat_ms`; tables give the median over
+rounds with min/max.
 Two-phase kernels are timed in their run phase (weights pre-packed), as deployed engines run.
 """
 
@@ -26,6 +28,10 @@ from .library import build, choose, sidecar
 from .peak import fp32_peak_gflops
 from .target import Target
 from .workload import Workload
+
+
+PAUSE_S = 0.25
+WARMUP_MS = 30.0
 
 
 def time_call(fn, min_repeat_ms: float) -> float:
@@ -133,9 +139,14 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
     with blas_threads(target.threads):
         for _ in range(rounds):
             for key, fn in calls.items():
+                # A rival's thread pool keeps spinning after its calls (OpenBLAS for ~0.1 s): let it
+                # go to sleep, then warm the cores up again before timing the next contender.
+                time.sleep(PAUSE_S)
                 if key == "convtune":
+                    fn()
                     timings[key].samples.append(fn())  # TVM's own timer: seconds per call
                 else:
+                    time_call(fn, WARMUP_MS)
                     timings[key].samples.append(time_call(fn, min_repeat_ms))
     row = {"layer": name, "spec": wl.spec, "layout": wl.layout, "flops": wl.flops,
            "algorithm": choice.task.algorithm, "tuned": choice.tuned, "timed_function": kernel.run_function,

@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("layers", nargs="*", default=[DEFAULT_LAYER], help="layers or network names")
     _add_common(p, layer=False)
     p.add_argument("--algorithm", default="auto")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
     p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
