@@ -158,11 +158,15 @@ class Algorithm:
         if reason:
             raise Unsupported(self.name, reason.split(": ", 1)[1])
 
-    def knob_names(self, wl: Workload) -> list[str]:
+    def default_config(self, wl: Workload) -> dict:
+        """The template's own heuristic config (what an untuned library is built with)."""
         func = self.functions(wl)[self.tuned].func
         knobs = Knobs(s_tir.Schedule(func), default=True)
         self.schedule(knobs.sch, wl, knobs)
-        return knobs.names
+        return config_from_trace(knobs.sch.trace, knobs.names)
+
+    def knob_names(self, wl: Workload) -> list[str]:
+        return list(self.default_config(wl))
 
     def sample_config(self, wl: Workload, seed: int) -> dict:
         """A random point of the template's space (what the search might try)."""

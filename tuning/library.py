@@ -120,13 +120,8 @@ def export(choice: Choice, target: Target, path: str, layer_name: str | None = N
 
 
 def _default_config(choice: Choice) -> dict:
-    task = choice.task  # the generated space untuned falls back to the direct template's default
-    from schedules.template import Knobs  # noqa: PLC0415
-
-    func = task.template.functions(task.workload)[task.template.tuned].func
-    knobs = Knobs(s_tir.Schedule(func), default=True)
-    task.template.schedule(knobs.sch, task.workload, knobs)
-    return config_from_trace(knobs.sch.trace, knobs.names)
+    # the generated space, untuned, falls back to the direct template's default
+    return choice.task.template.default_config(choice.task.workload)
 
 
 def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None) -> dict:
