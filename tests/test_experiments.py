@@ -189,6 +189,19 @@ def test_tuning_curves(out):
     assert p["overall_best_gflops"] == max(c["best_gflops"] for c in p["curves"].values())
 
 
+def test_transfer(out):
+    """Both searches of the tiny layer ran their budget from empty records; the transfer search read
+    the neighbour tuned for it, never the layer's own records."""
+    p = run_tiny("transfer", out)
+    (name, layer), = p["layers"].items()
+    assert set(layer["curves"]) == {"cold", "transfer"}
+    for variant, c in layer["curves"].items():
+        assert c["trials_recorded"] == p["trials"], variant
+        assert c["best_gflops"] and c["best_gflops"] <= layer["best_known_gflops"]
+        assert c["trials_to_within_5pct_of_best_known"] is None or 1 <= c["trials_to_within_5pct_of_best_known"] <= p["trials"]
+    assert os.path.isdir(os.path.join(out, p["history"]))
+
+
 def test_trials_to_reach():
     assert trials_to_reach([None, 10.0, 10.0, 96.0, 100.0], 100.0) == 4
     assert trials_to_reach([10.0, 20.0], 100.0) is None

@@ -67,7 +67,7 @@ def cmd_tune(args) -> int:
     print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
           f"{args.trials} trials each, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
-                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch)
+                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch, transfer=_transfer(args))
     _summary(store, tasks, target, remote=runner is not None)
     return 0
 
@@ -87,8 +87,20 @@ def _tune_network(args) -> int:
           f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
           file=sys.stderr)
     tune_network(layers, args.algorithm, target, args.logs, total, strategy=args.strategy,
-                 cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed)
+                 cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed,
+                 transfer=_transfer(args))
     return 0
+
+
+def _transfer(args):
+    from .transfer import Transfer
+
+    if args.no_transfer:
+        return None
+    source = args.transfer_from or args.logs
+    if args.transfer_from and not os.path.isdir(args.transfer_from):
+        raise UsageError(f"--transfer-from: no such directory {args.transfer_from!r}")
+    return Transfer(source)
 
 
 def _summary(store, tasks, target, remote: bool) -> None:
@@ -362,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-cache", action="store_true", help="flush the CPU caches before each repeat")
     p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one trial may run before it is failed")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-transfer", action="store_true",
+                   help="start cold: no configs or cost-model data from similar layers' records")
+    p.add_argument("--transfer-from", metavar="LOGS", default=None,
+                   help="records of similar layers to start from (default: --logs)")
     _add_rpc(p)
     p.set_defaults(func=cmd_tune)
 

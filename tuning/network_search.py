@@ -189,7 +189,7 @@ def summarize(layers: list[Layer], algorithm: str, target: Target, logs: str) ->
 def tune_network(layers: list[Layer], algorithm: str, target: Target, logs: str, trials_total: int, *,
                  max_trials_per_task: int | None = None, strategy: str = "evolutionary", cost_model: str = "xgb",
                  config: MeasureConfig = MeasureConfig(), runner=None, trials_per_iter: int = 16,
-                 seed: int | None = None, quiet: bool = False) -> NetworkResult:
+                 seed: int | None = None, quiet: bool = False, transfer=None) -> NetworkResult:
     """Tune every layer of a network until the run's tasks hold `trials_total` records in all.
 
     `max_trials_per_task` caps one task's records (default: no cap but the total). Returns (and
@@ -215,7 +215,8 @@ def tune_network(layers: list[Layer], algorithm: str, target: Target, logs: str,
         for store in sorted(stores.values(), key=lambda s: s.directory):
             held.enter_context(store.lock())
         measured, budget = _search_locked(pairs, stores, target, logs, trials_total, max_trials_per_task,
-                                          strategy, cost_model, config, runner, trials_per_iter, seed, stream)
+                                          strategy, cost_model, config, runner, trials_per_iter, seed, stream,
+                                          transfer)
     if target.is_host and runner is None:
         for layer, task in pairs:
             check_top_records(stores[layer.workload], task, target)
@@ -227,7 +228,7 @@ def tune_network(layers: list[Layer], algorithm: str, target: Target, logs: str,
 
 
 def _search_locked(pairs, stores, target, logs, trials_total, max_trials_per_task, strategy, cost_model,
-                   config, runner, trials_per_iter, seed, stream) -> tuple[int, int]:
+                   config, runner, trials_per_iter, seed, stream, transfer) -> tuple[int, int]:
     by_layer: dict = {}
     for layer, task in pairs:
         by_layer.setdefault(layer.workload, []).append(task)
@@ -261,6 +262,7 @@ def _search_locked(pairs, stores, target, logs, trials_total, max_trials_per_tas
                max_trials_per_task=min(budget, max(cap - done[i] for i in todo)), trials_per_iter=per_iter,
                weights=[float(pairs[i][0].count) for i in todo],
                failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG) for i in todo],
-               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed, names=names)
+               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed, names=names,
+               transfer=transfer)
     print(file=stream)
     return progress.done, budget

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
@@ -21,10 +22,14 @@ from . import measure, records
 from .measure import MeasureConfig
 from .target import Target
 from .task import Task
+from .transfer import History, Transfer, pretrain, seed_traces
 from .verify import check_top_records
 
 STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
 COST_MODELS = ("xgb", "random")
+# MetaSchedule's XGBModel predicts at random until it holds 100 samples, i.e. for the whole of a
+# typical per-layer budget; two batches are enough for it to rank a template's configs.
+XGB_WARMUP_SAMPLES = 16
 
 
 @dataclass
@@ -89,8 +94,10 @@ def _make_callback(progress: Progress, failure_log: str | list[str]):
 
 def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy: str = "evolutionary",
          cost_model: str = "xgb", config: MeasureConfig = MeasureConfig(), runner=None,
-         trials_per_iter: int = 16, seed: int | None = None, quiet: bool = False) -> records.LayerRecords:
-    """Tune `tasks` (all of one workload) until each has `trials` records (shared budget)."""
+         trials_per_iter: int = 16, seed: int | None = None, quiet: bool = False,
+         transfer: Transfer | None = None) -> records.LayerRecords:
+    """Tune `tasks` (all of one workload) until each has `trials` records (shared budget).
+    `transfer`: start from the configs and trials of similar layers (tuning/transfer.py)."""
     check_options(strategy, cost_model)
     workload = tasks[0].workload
     store = records.LayerRecords.open(logs, target, workload)
@@ -99,14 +106,16 @@ def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy:
         raise records.ForeignRecords(f"{store.directory} holds records made with TVM {foreign}; this is TVM "
                                      f"{tvm.__version__}: their traces may not replay. Move them aside or use another --logs.")
     with store.lock():
-        _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet)
+        _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet,
+                     transfer)
     if target.is_host and runner is None:
         for task in tasks:
             check_top_records(store, task, target)
     return store
 
 
-def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet):
+def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet,
+                 transfer):
     store.note_tasks(tasks, config)
     done = {t.algorithm: store.trial_count(t) for t in tasks}
     todo = [t for t in tasks if done[t.algorithm] < trials]
@@ -122,7 +131,8 @@ def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, run
                max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
                trials_per_iter=min(trials_per_iter, budget), weights=[1.0] * len(todo),
                failure_logs=[os.path.join(store.directory, records.FAILURE_LOG)] * len(todo),
-               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed)
+               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed,
+               transfer=transfer)
     print(file=progress.stream)
 
 
@@ -133,17 +143,24 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
     MetaSchedule seeds its search from a reused database but may propose a recorded schedule
     again (its evolutionary search keeps only this run's measured set). This wrapper drops such
     candidates before they are built and tells the inner strategy their recorded times instead,
-    so they still steer the search but cost no measurement."""
+    so they still steer the search but cost no measurement.
 
-    def __init__(self, inner: str = "evolutionary"):
+    `seeds` (traces of schedules transferred from similar layers) are measured first, as the
+    first batch; their results reach the database, the cost model and the inner search like any
+    trial's."""
+
+    def __init__(self, inner: str = "evolutionary", seeds: list | None = None):
         self.inner_name = inner
         self.inner = ms.search_strategy.SearchStrategy.create(inner)
+        self.seeds = list(seeds or [])
         self.recorded: dict[str, list] = {}
         self.held: list = []
+        self.pending_seeds: list = []
 
     def _initialize_with_tune_context(self, context) -> None:
         self.inner._initialize_with_tune_context(context)
         self.mod = context.mod
+        self.postprocs = list(context.space_generator.postprocs or [])
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
@@ -152,12 +169,16 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
             token = database.commit_workload(self.mod)
             for r in database.get_top_k(token, 1 << 30):
                 self.recorded[str(r.trace)] = list(r.run_secs or [])
+        self.pending_seeds = self.seeds[:min(num_trials_per_iter, max_trials)]
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
         self.held = []
+        seeded = self._seed_candidates()
+        if seeded:
+            return seeded
         for _ in range(16):  # a few rounds of only-recorded proposals, then let the search end
             candidates = self.inner.generate_measure_candidates()
             if candidates is None:
@@ -178,12 +199,34 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         self.inner.notify_runner_results(list(measure_candidates) + held,
                                          list(results) + [self._recorded_result(c) for c in held])
 
+    def _seed_candidates(self) -> list:
+        """The transferred schedules not yet recorded, postprocessed as the search's own are."""
+        out = []
+        for trace in self.pending_seeds:
+            sch = s_tir.Schedule(self.mod)
+            trace.apply_to_schedule(sch, remove_postproc=True)
+            if not all(p.apply(sch) for p in self.postprocs) or str(sch.trace) in self.recorded:
+                continue
+            out.append(ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+        self.pending_seeds = []
+        return out
+
     def _recorded_result(self, candidate):
         secs = self.recorded.get(str(candidate.sch.trace)) or [records.FAILED_SECONDS]
         return ms.runner.RunnerResult(run_secs=[float(x) for x in secs], error_msg=None)
 
     def clone(self):
-        return SkipRecorded(self.inner_name)
+        return SkipRecorded(self.inner_name, self.seeds)
+
+
+def _union(histories: list[History]) -> History:
+    seen, merged = set(), []
+    for h in histories:
+        for n in h.neighbours:
+            if n.workload.key not in seen:
+                seen.add(n.workload.key)
+                merged.append(n)
+    return History(sorted(merged, key=lambda n: n.distance))
 
 
 def check_options(strategy: str, cost_model: str) -> None:
@@ -196,20 +239,33 @@ def check_options(strategy: str, cost_model: str) -> None:
 def run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
                max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
                strategy: str, cost_model: str, config: MeasureConfig, runner, seed: int | None,
-               names: list[str] | None = None) -> None:
+               names: list[str] | None = None, transfer: Transfer | None = None) -> None:
     """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
     callbacks; `database` receives every trial. Shared by a layer's search and a network's
     (tuning/network_search.py), whose database routes each task's trials to its layer's records."""
+    histories = [transfer.history(target, t.workload) if transfer else History() for t in todo]
+    seeds = [seed_traces(t, h, trials_per_iter) if transfer and transfer.configs else []
+             for t, h in zip(todo, histories)]
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=SkipRecorded(strategy), task_name=names[i] if names else t.algorithm,
+                       search_strategy=SkipRecorded(strategy, seeds[i]), task_name=names[i] if names else t.algorithm,
                        num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
         for i, t in enumerate(todo)
     ]
     callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
                  ms.measure_callback.UpdateCostModel(), _make_callback(progress, failure_logs)]
-    cost = (ms.cost_model.XGBModel(num_tuning_cores=target.threads) if cost_model == "xgb"
-            else ms.cost_model.RandomModel())
+    if cost_model == "xgb":
+        cost = ms.cost_model.XGBModel(num_tuning_cores=target.threads, num_warmup_samples=XGB_WARMUP_SAMPLES,
+                                      adaptive_training=False)
+        if transfer and transfer.model:
+            # One history per task; a network run's layers share neighbours, so feed each layer once.
+            fed = pretrain(cost, _union(histories), sorted({t.algorithm for t in todo}), target)
+            if fed:
+                print(f"transfer: cost model pre-trained on {fed} trials of similar layers", file=progress.stream)
+    else:
+        cost = ms.cost_model.RandomModel()
+    if any(seeds):
+        print(f"transfer: {sum(map(len, seeds))} configs from similar layers measured first", file=progress.stream)
     ms.tune.tune_tasks(
         tasks=contexts,
         task_weights=weights,

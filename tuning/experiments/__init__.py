@@ -1,7 +1,8 @@
 """The article's experiments, measured on this machine, one command each.
 
     convtune experiment NAME [--out DIR] [--full]      NAME: layout, im2col-memory, spatial-pack,
-                                                       winograd, indirect, tuning-curves, all
+                                                       winograd, indirect, tuning-curves,
+                                                       transfer, all
 
 Each experiment writes DIR/<name>.json (raw numbers with the machine, CPU, TVM version, date,
 thread count and the command), DIR/<name>.png (matplotlib, an optional extra), and the report
@@ -27,6 +28,7 @@ EXPERIMENTS = {
     "winograd": "winograd",
     "indirect": "indirect",
     "tuning-curves": "tuning_curves",
+    "transfer": "transfer",
 }
 NAMES = tuple(EXPERIMENTS)
 
