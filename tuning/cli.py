@@ -64,8 +64,10 @@ def cmd_tune(args) -> int:
     config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
                            run_timeout=args.run_timeout)
     runner = _rpc_runner(args, target, config)
+    shared = (f" ({args.trials * len(tasks)} shared: the task scheduler gives more to those still improving)"
+              if len(tasks) > 1 else "")
     print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
-          f"{args.trials} trials each, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
+          f"{args.trials} trials per algorithm{shared}, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
                  config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch, transfer=_transfer(args))
     _summary(store, tasks, target, remote=runner is not None)
