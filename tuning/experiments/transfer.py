@@ -23,7 +23,7 @@ from ..search import tune
 from ..task import Task
 from ..transfer import Transfer
 from .common import Context, environment, log, save_plot, write_json
-from .tuning_curves import WITHIN, read_curve, trials_to_reach
+from .tuning_curves import WITHIN, draw_curves, read_curve, trials_to_reach
 
 NAME = "transfer"
 TITLE = "Tuning efficiency: cold search vs transfer from similar layers"
@@ -90,19 +90,10 @@ def draw(plt, payload: dict):
     layers = payload["layers"]
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.8), squeeze=False)
     for ax, (name, layer) in zip(axes[0], layers.items()):
-        for variant, c in layer["curves"].items():
-            ys = [v if v is not None else float("nan") for v in c["best_so_far_gflops"]]
-            line, = ax.step(range(1, len(ys) + 1), ys, where="post", label=variant)
-            reach = c["trials_to_within_5pct_of_best_known"]
-            if reach:
-                ax.plot([reach], [ys[reach - 1]], "o", color=line.get_color())
-        if layer["best_known_gflops"]:
-            ax.axhline((1 - payload["within"]) * layer["best_known_gflops"], color="grey", ls=":", lw=0.8,
-                       label="95% of best known")
+        draw_curves(ax, layer["curves"], "trials_to_within_5pct_of_best_known", layer["best_known_gflops"],
+                    "95% of best known")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("trials")
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].set_ylabel("best GFLOP/s so far")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{payload['algorithm']} template, {payload['environment']['threads']} threads; "

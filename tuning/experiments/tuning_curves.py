@@ -110,25 +110,29 @@ def trials_to_reach(curve: list, target: float | None) -> int | None:
     return None
 
 
-def draw(plt, payload: dict):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for variant, c in payload["curves"].items():
-        xs = list(range(1, len(c["best_so_far_gflops"]) + 1))
+def draw_curves(ax, curves: dict, reach_key: str, reference: float | None, reference_label: str, label=None):
+    """Best-so-far step curves, a dot where each came within 5% (`reach_key`), and the 95% line."""
+    for variant, c in curves.items():
         ys = [v if v is not None else float("nan") for v in c["best_so_far_gflops"]]
-        line, = ax.step(xs, ys, where="post", label=f"{variant} (best {c['best_gflops'] or 0:.1f})")
-        reach = c["trials_to_within_5pct_of_own_best"]
+        line, = ax.step(range(1, len(ys) + 1), ys, where="post", label=label(variant, c) if label else variant)
+        reach = c[reach_key]
         if reach:
             ax.plot([reach], [ys[reach - 1]], "o", color=line.get_color())
-    if payload["overall_best_gflops"]:
-        ax.axhline((1 - payload["within"]) * payload["overall_best_gflops"], color="grey", ls=":", lw=0.8,
-                   label="95% of the overall best")
+    if reference:
+        ax.axhline((1 - WITHIN) * reference, color="grey", ls=":", lw=0.8, label=reference_label)
     ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+
+
+def draw(plt, payload: dict):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    draw_curves(ax, payload["curves"], "trials_to_within_5pct_of_own_best", payload["overall_best_gflops"],
+                "95% of the overall best", label=lambda variant, c: f"{variant} (best {c['best_gflops'] or 0:.1f})")
     ax.set_xlabel("trials (in the order measured)")
     ax.set_ylabel("best GFLOP/s so far")
     layer = payload["layer"] if payload["layer"] == payload["spec"] else f"{payload['layer']} ({payload['spec']})"
     ax.set_title(f"{layer}, {payload['environment']['threads']} threads; dot: within 5% of its own best",
                  fontsize=10)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
 
