@@ -287,3 +287,20 @@ def test_manifest_escaping_the_bundle_is_refused(tmp_path, library, message):
                                                       "target": resolve_target("x86").to_dict()}))
     with pytest.raises(BundleError, match=message):
         verify_bundle(str(bundle))
+
+
+def test_network_run_starts_a_new_layer_from_the_tuned_ones(tuned):
+    """A layer new to the logs gets the adapted best configs of its tuned neighbour (tiny.a, same
+    kernel and stride, twice the size) as its first trials."""
+    from schedules.template import config_from_trace
+    from tuning.transfer import History, Transfer, seed_traces
+
+    target, logs, _ = tuned
+    new = Layer("tiny.d", parse_spec("h=16,ci=4,co=8,k=3,pad=1"), 1)
+    task = Task(new.workload, "direct")
+    seeds = seed_traces(task, History.scan(logs, target, new.workload), 2)
+    assert seeds
+    result = tune_network([new], "direct", target, logs, 2, config=FAST, seed=7, quiet=True, transfer=Transfer(logs))
+    assert result.measured == 2
+    measured = [config_from_trace(r.trace, task.knob_names) for r in layer_records(logs, target, new.workload)]
+    assert config_from_trace(seeds[0], task.knob_names) in measured
