@@ -104,6 +104,7 @@ def test_generated_space_rival_tunes_and_compiles(tmp_path):
     (["tune", LAYER, "--target", "riscv"], "--target: unknown target 'riscv'"),
     (["tune", LAYER, "--target", "{not json"], "--target: not valid JSON"),
     (["tune", LAYER, "--threads", "0"], "--threads: must be positive"),
+    (["tune", LAYER, "--transfer-from", "/nonexistent/logs"], "--transfer-from: no such directory"),
     (["compile", "resnet18.layer7"], "no layer 'resnet18.layer7'"),
     (["verify", "/nonexistent/kernel.so"], "no such file"),
 ])

@@ -61,6 +61,7 @@ def cmd_tune(args) -> int:
     name, wl = _layer(args)
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm)
+    transfer = _transfer(args)
     config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
                            run_timeout=args.run_timeout)
     runner = _rpc_runner(args, target, config)
@@ -69,7 +70,7 @@ def cmd_tune(args) -> int:
     print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
           f"{args.trials} trials per algorithm{shared}, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
     store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
-                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch, transfer=_transfer(args))
+                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch, transfer=transfer)
     _summary(store, tasks, target, remote=runner is not None)
     return 0
 
@@ -81,6 +82,7 @@ def _tune_network(args) -> int:
 
     layers = load_network(args.network, args.layout or "NHWC")
     target = _target(args)
+    transfer = _transfer(args)
     total = args.trials_total or args.trials * len(layers)
     config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
                            run_timeout=args.run_timeout)
@@ -90,7 +92,7 @@ def _tune_network(args) -> int:
           file=sys.stderr)
     tune_network(layers, args.algorithm, target, args.logs, total, strategy=args.strategy,
                  cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed,
-                 transfer=_transfer(args))
+                 transfer=transfer)
     return 0
 
 
