@@ -194,11 +194,14 @@ def test_transfer(out):
     the neighbour tuned for it, never the layer's own records."""
     p = run_tiny("transfer", out)
     (name, layer), = p["layers"].items()
-    assert set(layer["curves"]) == {"cold", "transfer"}
-    for variant, c in layer["curves"].items():
-        assert c["trials_recorded"] == p["trials"], variant
-        assert c["best_gflops"] and c["best_gflops"] <= layer["best_known_gflops"]
-        assert c["trials_to_within_5pct_of_best_known"] is None or 1 <= c["trials_to_within_5pct_of_best_known"] <= p["trials"]
+    assert set(layer["runs"]) == {"cold", "transfer"}
+    for variant, runs in layer["runs"].items():
+        assert [c["seed"] for c in runs] == p["seeds"], variant
+        for c in runs:
+            assert c["trials_recorded"] == p["trials"], variant
+            assert c["best_gflops"] and c["best_gflops"] <= layer["best_known_gflops"]
+            reach = c["trials_to_within_5pct_of_best_known"]
+            assert reach is None or 1 <= reach <= p["trials"]
     assert os.path.isdir(os.path.join(out, p["history"]))
 
 
