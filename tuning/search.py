@@ -64,9 +64,9 @@ class Progress:
               f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
 
 
-def _make_callback(progress: Progress, failure_log: str | list[str]):
-    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time).
-    `failure_log`: one file, or one per task (a network run keeps each layer's in its directory)."""
+def _make_callback(progress: Progress, failure_logs: list[str]):
+    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time), into
+    `failure_logs[task]` (a network run keeps each layer's in its directory)."""
 
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
@@ -84,8 +84,7 @@ def _make_callback(progress: Progress, failure_log: str | list[str]):
                     secs = sorted(float(s) for s in ran.run_secs)
                     seconds.append(secs[len(secs) // 2])
             if failures:
-                path = failure_log if isinstance(failure_log, str) else failure_log[task_id]
-                with open(path, "a") as f:
+                with open(failure_logs[task_id], "a") as f:
                     f.write("".join(json.dumps(x) + "\n" for x in failures))
             progress.report(task_id, seconds)
 
@@ -219,16 +218,6 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         return SkipRecorded(self.inner_name, self.seeds)
 
 
-def _union(histories: list[History]) -> History:
-    seen, merged = set(), []
-    for h in histories:
-        for n in h.neighbours:
-            if n.workload.key not in seen:
-                seen.add(n.workload.key)
-                merged.append(n)
-    return History(sorted(merged, key=lambda n: n.distance))
-
-
 def check_options(strategy: str, cost_model: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -243,9 +232,10 @@ def run_search(todo: list[Task], target: Target, work_dir: str, database, progre
     """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
     callbacks; `database` receives every trial. Shared by a layer's search and a network's
     (tuning/network_search.py), whose database routes each task's trials to its layer's records."""
-    histories = [transfer.history(target, t.workload) if transfer else History() for t in todo]
-    seeds = [seed_traces(t, h, trials_per_iter) if transfer and transfer.configs else []
-             for t, h in zip(todo, histories)]
+    # One scan per layer: a layer's algorithms share its neighbours.
+    scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
+    histories = [scanned.get(t.workload, History()) for t in todo]
+    seeds = [seed_traces(t, h, trials_per_iter) for t, h in zip(todo, histories)]
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
                        search_strategy=SkipRecorded(strategy, seeds[i]), task_name=names[i] if names else t.algorithm,
@@ -257,9 +247,8 @@ def run_search(todo: list[Task], target: Target, work_dir: str, database, progre
     if cost_model == "xgb":
         cost = ms.cost_model.XGBModel(num_tuning_cores=target.threads, num_warmup_samples=XGB_WARMUP_SAMPLES,
                                       adaptive_training=False)
-        if transfer and transfer.model:
-            # One history per task; a network run's layers share neighbours, so feed each layer once.
-            fed = pretrain(cost, _union(histories), sorted({t.algorithm for t in todo}), target)
+        if transfer:
+            fed = pretrain(cost, History.merge(list(scanned.values())), sorted({t.algorithm for t in todo}), target)
             if fed:
                 print(f"transfer: cost model pre-trained on {fed} trials of similar layers", file=progress.stream)
     else:

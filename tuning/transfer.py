@@ -21,6 +21,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import tvm
 from tvm import s_tir
@@ -30,7 +31,7 @@ from schedules.template import Knobs, config_from_trace
 
 from .records import LayerRecords
 from .target import Target
-from .task import ALGORITHM_NAMES, Task
+from .task import Task
 from .workload import Workload
 
 NEAREST_LAYERS = 3  # layers whose best configs are transferred
@@ -59,9 +60,15 @@ def distance(a: Workload, b: Workload) -> float | None:
 @dataclass
 class Neighbour:
     workload: Workload
-    store: LayerRecords
+    directory: str
+    target: Target
     algorithms: dict  # algorithm -> {"knobs": [...]}, from task.json
     distance: float
+
+    @cached_property
+    def store(self) -> LayerRecords:
+        """Opened on first use: a scan reads every task.json, but only the nearest layers' records."""
+        return LayerRecords(self.directory, self.target, self.workload)
 
 
 @dataclass
@@ -90,17 +97,24 @@ class History:
                 d = distance(workload, other)
                 if d is None:
                     continue
-                found.append(Neighbour(other, LayerRecords(os.path.dirname(path), target, other),
-                                       info.get("algorithms", {}), d))
+                found.append(Neighbour(other, os.path.dirname(path), target, info.get("algorithms", {}), d))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 print(f"warning: transfer: skipping {path}: {err}", file=sys.stderr)
         return cls(sorted(found, key=lambda n: (n.distance, n.workload.key)))
 
-    def __len__(self) -> int:
-        return len(self.neighbours)
+    @classmethod
+    def merge(cls, histories: list["History"]) -> "History":
+        """One history for several tasks (a network run's layers share neighbours): each layer once."""
+        seen, merged = set(), []
+        for h in histories:
+            for n in h.neighbours:
+                if n.workload.key not in seen:
+                    seen.add(n.workload.key)
+                    merged.append(n)
+        return cls(sorted(merged, key=lambda n: n.distance))
 
     def with_algorithm(self, algorithm: str) -> list[Neighbour]:
-        return [n for n in self.neighbours if algorithm in n.algorithms and algorithm in ALGORITHM_NAMES]
+        return [n for n in self.neighbours if algorithm in n.algorithms]
 
 
 # -- configs ---------------------------------------------------------------------------------------------
@@ -137,11 +151,12 @@ def adapt(task: Task, config: dict) -> s_tir.Schedule:
 def seed_traces(task: Task, history: History, limit: int) -> list[s_tir.Trace]:
     """Up to `limit` distinct schedules of `task` adapted from the best records of the nearest
     layers tuned with the same algorithm (round-robin over the layers, best first)."""
-    if task.generated or limit <= 0:
+    nearest = history.with_algorithm(task.algorithm)[:NEAREST_LAYERS]
+    if task.generated or limit <= 0 or not nearest:
         return []
     names = task.knob_names
     per_layer = []
-    for n in history.with_algorithm(task.algorithm)[:NEAREST_LAYERS]:
+    for n in nearest:
         if n.algorithms[task.algorithm].get("knobs") != names:
             continue  # the template's knobs changed shape between the layers
         try:
@@ -173,7 +188,7 @@ def pretrain(model: ms.cost_model.XGBModel, history: History, algorithms: list[s
     fed = 0
     for n in history.neighbours[:MODEL_LAYERS]:
         for algorithm in algorithms:
-            if algorithm not in n.algorithms or algorithm not in ALGORITHM_NAMES:
+            if algorithm not in n.algorithms:
                 continue
             try:
                 task = Task(n.workload, algorithm)
@@ -203,8 +218,6 @@ class Transfer:
     being tuned into) and `--no-transfer`."""
 
     logs: str
-    configs: bool = True
-    model: bool = True
 
     def history(self, target: Target, workload: Workload) -> History:
         return History.scan(self.logs, target, workload)
