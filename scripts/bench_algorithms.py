@@ -41,7 +41,7 @@ def main() -> int:
             row = bench_layer(name, wl, target, args.logs, algorithm, rounds=args.rounds, rivals=(i == 0))
             rows.append(row)
     peak = env["fp32_peak_gflops"]
-    print(f"| layer | algorithm | trials-tuned GFLOP/s (median, min-max ms) | % peak | oneDNN best layout GFLOP/s | vs oneDNN |")
+    print("| layer | algorithm | trials-tuned GFLOP/s (median, min-max ms) | % peak | oneDNN best layout GFLOP/s | vs oneDNN |")
     print("|---|---|---|---|---|---|")
     onednn = {}
     for row in rows:

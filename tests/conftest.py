@@ -8,8 +8,7 @@ import pytest
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
-from tuning.kernel import Kernel  # noqa: E402
-from tuning.library import Choice, build, sidecar  # noqa: E402
+from tuning.library import Choice, in_memory_kernel  # noqa: E402
 from tuning.target import resolve_target  # noqa: E402
 from tuning.task import Task  # noqa: E402
 from tuning.verify import verify  # noqa: E402
@@ -36,9 +35,7 @@ def check_algorithm(algorithm: str, layer: str | Workload, config="default", see
         config = task.template.sample_config(wl, seed)
     choice = Choice(task, None, config)
     target = host_target()
-    import tvm
-
-    kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "in-memory", None), tvm.cpu(0))
+    kernel = in_memory_kernel(choice, target)
     checks = verify(kernel, seed=seed)
     for c in checks:
         assert c.ok, f"{algorithm} {wl.spec} config={config}: {c.function} max error {c.max_error:.3g} > {c.tolerance:.3g}"

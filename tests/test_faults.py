@@ -49,19 +49,13 @@ def test_crashing_hanging_and_unbuildable_trials_are_recorded_as_failed(tmp_path
     assert store.best(Task(wl, "direct")).seconds < 1  # the run went on and found working kernels
 
 
-def test_failing_builds_are_recorded_with_their_reason(tmp_path):
+def test_failing_builds_are_recorded_with_their_reason(tmp_path, monkeypatch):
     import tuning.measure as measure
 
     logs, wl = str(tmp_path), parse_spec(LAYER)
-    original = measure.fast_build
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=30, f_build=faults.failing_build)
-    measure_builder = measure.builder
-    measure.builder = lambda target, config: builder
-    try:
-        store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 6, config=QUICK, quiet=True)
-    finally:
-        measure.builder = measure_builder
-    assert measure.fast_build is original
+    monkeypatch.setattr(measure, "builder", lambda target, config: builder)
+    store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 6, config=QUICK, quiet=True)
     reasons = [json.loads(l) for l in open(os.path.join(store.directory, FAILURE_LOG))]
     assert reasons and all(r["stage"] == "build" and "injected build failure" in r["error"] for r in reasons)
     assert store.trial_count(Task(wl, "direct")) == 6

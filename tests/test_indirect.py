@@ -1,12 +1,10 @@
 import numpy as np
 import pytest
-import tvm
 
 from schedules import get_algorithm
 from schedules.indirect import channel_block, indirection_bytes
 from schedules.template import Unsupported
-from tuning.kernel import Kernel
-from tuning.library import Choice, build, sidecar
+from tuning.library import Choice, in_memory_kernel
 from tuning.task import Task
 from tuning.workload import parse_spec
 
@@ -41,7 +39,7 @@ def _prepared(layer):
     wl = parse_spec(layer)
     choice = Choice(Task(wl, "indirect"), None, None)
     target = host_target()
-    kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "in-memory", None), tvm.cpu(0))
+    kernel = in_memory_kernel(choice, target)
     data = np.random.default_rng(0).uniform(-1, 1, wl.data_shape).astype("float32")
     weight = np.random.default_rng(1).uniform(-1, 1, wl.weight_shape).astype("float32")
     tensors = kernel.tensors(data, weight)

@@ -23,8 +23,7 @@ import tvm
 
 from schedules.reference import random_inputs
 
-from .kernel import Kernel
-from .library import build, choose, sidecar
+from .library import choose, in_memory_kernel
 from .peak import fp32_peak_gflops
 from .target import Target
 from .workload import Workload
@@ -126,7 +125,7 @@ def blas_threads(threads: int):
 def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: str = "auto",
                 rounds: int = 7, min_repeat_ms: float = 100.0, rivals: bool = True) -> dict:
     choice = choose(wl, algorithm, target, logs)
-    kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "in-memory", name), tvm.cpu(0))
+    kernel = in_memory_kernel(choice, target, layer_name=name)
     data, weight = random_inputs(wl)
     tensors = kernel.tensors(data, weight)
     kernel.prepare(tensors)

@@ -24,10 +24,11 @@ import tvm
 
 from .bench import bench_layer
 from .kernel import Kernel, LibraryError
-from .library import choose, export
+from .library import choose, export, sidecar_path
 from .networks import Layer
+from .records import write_json_atomic
 from .target import Target, host_arch, set_threads
-from .verify import Check, verify
+from .verify import Check, print_checks, verify
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -53,7 +54,7 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
         library, side = built[wl]
         entries.append({
             "name": layer.name, "count": layer.count, "spec": wl.spec, "workload": wl.to_dict(),
-            "library": library, "sidecar": os.path.splitext(library)[0] + ".json",
+            "library": library, "sidecar": sidecar_path(library),
             "algorithm": side["algorithm"], "tuned": side["tuned"], "config": side["config"], "record": side["record"],
             "run_function": side["run_function"], "functions": side["functions"],
         })
@@ -72,10 +73,7 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
         # From the records' measured times; a partial sum when some layers are untuned.
         "estimated_conv_ms": sum(e["count"] * e["record"]["seconds"] for e in timed) * 1e3 if timed else None,
     }
-    tmp = os.path.join(out_dir, f".{MANIFEST}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     if untuned:
         print(f"WARNING: {len(untuned)} of {len(entries)} layers in {out_dir} are UNTUNED (default configs): "
               f"{', '.join(untuned)}. Tune the network first for fast kernels.", file=sys.stderr)
@@ -214,13 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LibraryError, WorkloadError, Unsupported) as err:
         print(f"verify: error: {err}", file=sys.stderr)
         return 2
-    failed = False
-    for name, checks in results:
-        for c in checks:
-            print(f"{name}: {c.function}: max abs error {c.max_error:.3g} (tolerance {c.tolerance:.3g}) "
-                  f"{'ok' if c.ok else 'MISMATCH'}")
-            failed |= not c.ok
-    return 1 if failed else 0
+    return print_checks(results)
 
 
 if __name__ == "__main__":

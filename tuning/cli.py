@@ -47,8 +47,6 @@ def cmd_layers(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .measure import MeasureConfig
-    from .records import LayerRecords
     from .search import tune
     from .task import tasks_for
 
@@ -62,8 +60,7 @@ def cmd_tune(args) -> int:
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm)
     transfer = _transfer(args)
-    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
-                           run_timeout=args.run_timeout)
+    config = _measure_config(args)
     runner = _rpc_runner(args, target, config)
     shared = (f" ({args.trials * len(tasks)} shared: the task scheduler gives more to those still improving)"
               if len(tasks) > 1 else "")
@@ -76,7 +73,6 @@ def cmd_tune(args) -> int:
 
 
 def _tune_network(args) -> int:
-    from .measure import MeasureConfig
     from .model_import import load_network
     from .network_search import tune_network
 
@@ -84,8 +80,7 @@ def _tune_network(args) -> int:
     target = _target(args)
     transfer = _transfer(args)
     total = args.trials_total or args.trials * len(layers)
-    config = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
-                           run_timeout=args.run_timeout)
+    config = _measure_config(args)
     runner = _rpc_runner(args, target, config)
     print(f"tuning {len(layers)} distinct conv layers of {args.network} ({sum(l.count for l in layers)} in all) on "
           f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
@@ -94,6 +89,12 @@ def _tune_network(args) -> int:
                  cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed,
                  transfer=transfer)
     return 0
+
+
+def _measure_config(args):
+    from .measure import MeasureConfig
+
+    return MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache, run_timeout=args.run_timeout)
 
 
 def _transfer(args):
@@ -155,20 +156,14 @@ def cmd_compile(args) -> int:
 
 def cmd_verify(args) -> int:
     from .kernel import Kernel, read_sidecar
-    from .verify import verify
+    from .verify import print_checks, verify
 
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
     if os.path.isdir(args.library):
         from .bundle import verify_bundle
 
-        failed = False
-        for layer, checks in verify_bundle(args.library, seed=args.seed):
-            for c in checks:
-                print(f"{layer}: {c.function}: max abs error {c.max_error:.3g} (tolerance {c.tolerance:.3g}) "
-                      f"{'ok' if c.ok else 'MISMATCH'}")
-                failed |= not c.ok
-        return 1 if failed else 0
+        return print_checks(verify_bundle(args.library, seed=args.seed))
     side = read_sidecar(args.library)
     session = _rpc_session(args, side)
     if session is None:
@@ -179,13 +174,7 @@ def cmd_verify(args) -> int:
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
         set_threads(int(side.get("threads", 1)))
     kernel = Kernel.load(args.library, side, session)
-    failed = False
-    for check in verify(kernel, seed=args.seed):
-        status = "ok" if check.ok else "MISMATCH"
-        print(f"{args.library}: {check.function}: max abs error {check.max_error:.3g} "
-              f"(tolerance {check.tolerance:.3g}) {status}")
-        failed |= not check.ok
-    return 1 if failed else 0
+    return print_checks([(args.library, verify(kernel, seed=args.seed))])
 
 
 def cmd_bench(args) -> int:
@@ -311,13 +300,14 @@ def cmd_device(args) -> int:
             print(f"pid {d.pid}  {d.address}  key {d.key}  cpu {d.cpu}  tracker {d.tracker or '-'}  log {d.log_path}")
         return 0
     if args.action == "stop":
-        stopped = emulator.stop_detached(port=args.port, key=args.key if args.key_given else None)
+        stopped = emulator.stop_detached(port=args.port, key=args.key)
         print(f"stopped {len(stopped)} device(s)")
         return 0
+    key = args.key or emulator.DEFAULT_KEY
     emulator.setup(quiet=True)
-    device = emulator.start(args.tracker, args.key, port=args.port, cpu=args.cpu, threads=args.threads or 1,
+    device = emulator.start(args.tracker, key, port=args.port, cpu=args.cpu, threads=args.threads or 1,
                             detach=args.detach)
-    where = f"registered with {args.tracker} as {args.key!r}" if args.tracker else f"key {args.key!r}"
+    where = f"registered with {args.tracker} as {key!r}" if args.tracker else f"key {key!r}"
     print(f"emulated aarch64 device ({args.cpu}) serving on {device.address}, {where}", flush=True)
     print(emulator.EMULATED_NOTE)
     if args.detach:
@@ -448,11 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "command", None) == "device":
-        from .emulator import DEFAULT_KEY
-
-        args.key_given = args.key is not None
-        args.key = args.key or DEFAULT_KEY
     from schedules.template import Unsupported
 
     from .emulator import EmulatorError

@@ -16,9 +16,9 @@ import tvm
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-import schedules
 from schedules.template import config_from_trace
 
+from .kernel import Kernel
 from .records import LayerRecords, Record
 from .target import Target
 from .task import Task, tasks_for
@@ -97,6 +97,12 @@ def _replay(func, trace) -> s_tir.Schedule:
 
 def build(choice: Choice, target: Target) -> tvm.runtime.Executable:
     return tvm.compile(schedule_functions(choice), target=target.tvm)
+
+
+def in_memory_kernel(choice: Choice, target: Target, label: str = "in-memory",
+                     layer_name: str | None = None) -> Kernel:
+    """`choice` built for this host and loaded without a file (reference checks, benchmarks, tests)."""
+    return Kernel(build(choice, target).mod, sidecar(choice, target, label, layer_name), tvm.cpu(0))
 
 
 def export(choice: Choice, target: Target, path: str, layer_name: str | None = None) -> dict:

@@ -10,11 +10,15 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from .target import Target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,10 @@ class StateFiller:
 
 def run_state(tasks, target: Target) -> dict[str, dict[int, "np.ndarray"]]:
     """The integer state arguments of each two-phase task's run function, from its prepare phase."""
-    from .kernel import Kernel  # noqa: PLC0415 - measurement set-up only
-    from .library import Choice, build, sidecar  # noqa: PLC0415
+    from .library import Choice, in_memory_kernel  # noqa: PLC0415 - measurement set-up only
     from schedules.reference import random_inputs  # noqa: PLC0415
 
+    host = Target("host", {"kind": "llvm"}, 1)
     states = {}
     for task in tasks:
         if task.generated or task.template.tuned == "conv2d":
@@ -104,9 +108,7 @@ def run_state(tasks, target: Target) -> dict[str, dict[int, "np.ndarray"]]:
         wanted = [i for i, a in enumerate(run.args) if not a.dtype.startswith("float")]
         if not wanted:
             continue
-        choice = Choice(task, None, None)
-        host = Target("host", {"kind": "llvm"}, 1)
-        kernel = Kernel(build(choice, host).mod, sidecar(choice, host, "state", None), tvm.cpu(0))
+        kernel = in_memory_kernel(Choice(task, None, None), host, "state")
         tensors = kernel.tensors(*random_inputs(task.workload))
         kernel.prepare(tensors)
         info = [["TENSOR", a.dtype, list(a.shape)] for a in run.args]

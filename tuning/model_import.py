@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import OrderedDict
 
-from .networks import NETWORKS, Layer, network_layers
+from .networks import NETWORKS, Layer, distinct_layers, network_layers
 from .workload import Workload, WorkloadError
 
 ONNX_PIP = "pip install onnx"
@@ -33,17 +32,6 @@ MODEL_SUFFIXES = (".onnx", ".pt2")
 
 class ModelError(WorkloadError):
     """A model convtune cannot read; `field` names the model (or file), the message says why."""
-
-
-def merge_layers(found: list[tuple[str, Workload]]) -> list[Layer]:
-    """Layers of equal workload merged into the first one's name, counted; first-seen order."""
-    merged: OrderedDict[Workload, list] = OrderedDict()
-    for name, wl in found:
-        if wl in merged:
-            merged[wl][1] += 1
-        else:
-            merged[wl] = [name, 1]
-    return [Layer(name, wl, count) for wl, (name, count) in merged.items()]
 
 
 def _workload(model: str, node: str, x_shape, w_shape, stride, pad, dilation, groups, layout) -> Workload:
@@ -149,7 +137,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
         print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
     if not found:
         raise ModelError(label, "has no Conv node")
-    return merge_layers(found)
+    return distinct_layers([Layer(name, wl) for name, wl in found])
 
 
 def _onnx_shape(label, where, role, value, shapes, unknown_domains) -> list[int]:
@@ -256,7 +244,7 @@ def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC
         print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
     if not found:
         raise ModelError(label, "has no 2-D convolution")
-    return merge_layers(found)
+    return distinct_layers([Layer(name, wl) for name, wl in found])
 
 
 def _bind(node) -> dict:

@@ -35,7 +35,7 @@ from schedules.template import Unsupported
 from . import records
 from .library import choose
 from .measure import MeasureConfig
-from .networks import Layer
+from .networks import Layer, distinct_layers
 from .records import LayerRecords
 from .search import Progress, check_options, run_search
 from .target import Target
@@ -95,20 +95,6 @@ class LayerRoutedDatabase(ms.database.PyDatabase):
 
 
 # -- the network's layers ------------------------------------------------------------------------------
-def distinct_layers(layers: list[Layer]) -> list[Layer]:
-    """Layers of equal workload are one task: counts summed, the first name kept."""
-    merged: dict = {}
-    for layer in layers:
-        if layer.count <= 0:
-            raise ValueError(f"{layer.name}: count must be positive, got {layer.count}")
-        if layer.workload in merged:
-            first = merged[layer.workload]
-            merged[layer.workload] = Layer(first.name, first.workload, first.count + layer.count)
-        else:
-            merged[layer.workload] = layer
-    return list(merged.values())
-
-
 def network_tasks(layers: list[Layer], algorithm: str) -> list[tuple[Layer, Task]]:
     pairs = []
     for layer in layers:
@@ -202,13 +188,7 @@ def tune_network(layers: list[Layer], algorithm: str, target: Target, logs: str,
     pairs = network_tasks(layers, algorithm)
     stores: dict = {}
     for layer in layers:
-        store = LayerRecords.open(logs, target, layer.workload)
-        foreign = store.foreign_version()
-        if foreign:
-            raise records.ForeignRecords(
-                f"{store.directory} ({layer.name}) holds records made with TVM {foreign}; this is TVM "
-                f"{tvm.__version__}: their traces may not replay. Move them aside or use another --logs.")
-        stores[layer.workload] = store
+        stores[layer.workload] = LayerRecords.open_for_tuning(logs, target, layer.workload, layer.name)
     with contextlib.ExitStack() as held:
         stream = held.enter_context(open(os.devnull, "w")) if quiet else sys.stderr
         # Sorted, so two network runs sharing layers take their locks in one order (no deadlock).

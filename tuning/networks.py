@@ -18,6 +18,20 @@ class Layer:
     count: int = 1
 
 
+def distinct_layers(layers: list[Layer]) -> list[Layer]:
+    """Layers of equal workload are one task: counts summed, the first name kept."""
+    merged: dict = {}
+    for layer in layers:
+        if layer.count <= 0:
+            raise ValueError(f"{layer.name}: count must be positive, got {layer.count}")
+        if layer.workload in merged:
+            first = merged[layer.workload]
+            merged[layer.workload] = Layer(first.name, first.workload, first.count + layer.count)
+        else:
+            merged[layer.workload] = layer
+    return list(merged.values())
+
+
 def _conv(h, ci, co, k, stride=1, pad=None, groups=1) -> str:
     pad = k // 2 if pad is None else pad
     return f"h={h},ci={ci},co={co},k={k},stride={stride},pad={pad},groups={groups}"

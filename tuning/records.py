@@ -94,6 +94,18 @@ class LayerRecords:
         return cls(directory, target, workload)
 
     @classmethod
+    def open_for_tuning(cls, logs: str, target: Target, workload: Workload, label: str | None = None) -> "LayerRecords":
+        """`open`, refusing records made with another TVM (their traces may not replay); `label`
+        names the layer in the message (a network run)."""
+        store = cls.open(logs, target, workload)
+        foreign = store.foreign_version()
+        if foreign:
+            raise ForeignRecords(f"{store.directory}{f' ({label})' if label else ''} holds records made with TVM "
+                                 f"{foreign}; this is TVM {tvm.__version__}: their traces may not replay. Move them "
+                                 "aside or use another --logs.")
+        return store
+
+    @classmethod
     def existing(cls, logs: str, target: Target, workload: Workload) -> "LayerRecords | None":
         directory = layer_directory(logs, target, workload)
         return cls(directory, target, workload) if os.path.isdir(directory) else None
@@ -167,7 +179,7 @@ class LayerRecords:
     def reject(self, record: Record, reason: str) -> None:
         rejected = self.rejected()
         rejected[trace_id(record.trace)] = f"{record.algorithm}: {reason}"
-        _write_json(os.path.join(self.directory, "rejected.json"), rejected)
+        write_json_atomic(os.path.join(self.directory, "rejected.json"), rejected)
 
     def foreign_version(self) -> str | None:
         """The TVM version the records were made with, if it is not this one."""
@@ -185,10 +197,10 @@ class LayerRecords:
         algorithms = info.setdefault("algorithms", {})
         for t in tasks:
             algorithms[t.algorithm] = {"knobs": t.knob_names}
-        _write_json(path, info)
+        write_json_atomic(path, info)
 
 
-def _write_json(path: str, payload) -> None:
+def write_json_atomic(path: str, payload) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)

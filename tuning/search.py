@@ -16,8 +16,6 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
-import tvm
-
 from . import measure, records
 from .measure import MeasureConfig
 from .target import Target
@@ -99,11 +97,7 @@ def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy:
     `transfer`: start from the configs and trials of similar layers (tuning/transfer.py)."""
     check_options(strategy, cost_model)
     workload = tasks[0].workload
-    store = records.LayerRecords.open(logs, target, workload)
-    foreign = store.foreign_version()
-    if foreign:
-        raise records.ForeignRecords(f"{store.directory} holds records made with TVM {foreign}; this is TVM "
-                                     f"{tvm.__version__}: their traces may not replay. Move them aside or use another --logs.")
+    store = records.LayerRecords.open_for_tuning(logs, target, workload)
     with store.lock():
         _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet,
                      transfer)

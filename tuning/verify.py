@@ -49,19 +49,29 @@ def verify(kernel: Kernel, seed: int = 0) -> list[Check]:
     return checks
 
 
+def print_checks(results: list[tuple[str, list[Check]]]) -> int:
+    """One line per checked function, `label: function: max abs error ... ok|MISMATCH`; returns the
+    exit status (1 if any mismatched)."""
+    failed = False
+    for label, checks in results:
+        for c in checks:
+            print(f"{label}: {c.function}: max abs error {c.max_error:.3g} (tolerance {c.tolerance:.3g}) "
+                  f"{'ok' if c.ok else 'MISMATCH'}")
+            failed |= not c.ok
+    return 1 if failed else 0
+
+
 def check_top_records(store, task, target, k: int = 3) -> Record | None:
     """Check the fastest records of `task` against the reference, fastest first, until one passes;
     failures are marked rejected so a schedule that computes garbage never becomes the best.
     MetaSchedule itself times candidates but never looks at their output."""
-    import tvm  # noqa: PLC0415
-
-    from .library import Choice, build, sidecar  # noqa: PLC0415 - library imports this module's users
+    from .library import Choice, in_memory_kernel  # noqa: PLC0415 - library imports this module's users
 
     for record in store.top(task, k):
         config = None if task.generated else config_from_trace(record.trace, task.knob_names)
         choice = Choice(task, record, config)
         try:
-            kernel = Kernel(build(choice, target).mod, sidecar(choice, target, "check", None), tvm.cpu(0))
+            kernel = in_memory_kernel(choice, target, "check")
             failures = [c for c in verify(kernel) if not c.ok]
             reason = "; ".join(f"{c.function} max error {c.max_error:.3g} > {c.tolerance:.3g}" for c in failures)
         except Exception as err:  # noqa: BLE001 - a record that no longer builds is as bad as a wrong one

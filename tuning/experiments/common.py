@@ -19,7 +19,7 @@ from schedules.reference import random_inputs
 
 from ..bench import Timing
 from ..kernel import Kernel
-from ..library import Choice, build, choose, sidecar
+from ..library import Choice, choose, in_memory_kernel
 from ..target import Target
 from ..task import Task
 from ..workload import Workload
@@ -136,8 +136,8 @@ def kernel_for(wl: Workload, algorithm: str, target: Target, config: dict | None
         choice = choose(wl, algorithm, target, logs)
     else:
         choice = Choice(Task(wl, algorithm), None, config)
-    side = sidecar(choice, target, "in-memory", wl.spec)
-    kernel = Kernel(build(choice, target).mod, side, tvm.cpu(0))
+    kernel = in_memory_kernel(choice, target, layer_name=wl.spec)
+    side = kernel.side
     how = {"algorithm": algorithm, "config": side["config"],
            "source": ("tuned record" if choice.tuned else "given config" if config is not None else "default config"),
            "record_gflops": side["record"]["gflops"] if side["record"] else None,
