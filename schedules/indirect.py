@@ -59,7 +59,7 @@ from tvm import s_tir, te, tirx
 
 from tuning.workload import Workload
 
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, has_block, largest_divisor, phase
 
 NAME = "indirect"
 INDEX_DTYPE = "int32"
@@ -71,7 +71,7 @@ def channel_block(co: int) -> int:
     for nb in (16, 8):
         if co % nb == 0:
             return nb
-    return co if co <= 16 else max(d for d in range(1, 17) if co % d == 0)
+    return largest_divisor(co, 16)
 
 
 def input_rows(wl: Workload) -> int:

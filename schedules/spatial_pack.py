@@ -47,7 +47,7 @@ from tvm import s_tir, te, tirx
 from tuning.workload import Workload
 
 from .direct import conv2d_compute
-from .template import Algorithm, Knobs, Phase, Unsupported, default_tile, has_block, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, default_tile, has_block, largest_divisor, phase
 
 NAME = "spatial-pack"
 FLOAT_BYTES = 4
@@ -99,27 +99,22 @@ def functions(wl: Workload) -> dict[str, Phase]:
 
 
 # -- schedule ----------------------------------------------------------------------------------
-
-def _largest_divisor(extent: int, cap: int) -> int:
-    return max(d for d in range(1, min(extent, cap) + 1) if extent % d == 0)
-
-
 def _register_pixels(ow: int) -> int:
     """NHWC register tile width: 4 pixels if it divides, else a divisor in 5..8 (7x7 and 14x14
     maps), else the largest divisor below 4 (a prime width leaves 1)."""
     for wish in (4, 8, 7, 6, 5):
         if ow % wish == 0:
             return wish
-    return _largest_divisor(ow, 3)
+    return largest_divisor(ow, 3)
 
 
 def _default_tile_h(wl: Workload, tile_w: int) -> int:
     """8 rows (the article's 4- or 8-pixel tiles), fewer when that leaves too few tiles for the
     threads: a halo copy is cheap next to a whole core idling."""
     col_tiles = wl.ow // tile_w
-    tile_h = _largest_divisor(wl.oh, 8)
+    tile_h = largest_divisor(wl.oh, 8)
     while tile_h > 1 and wl.n * (wl.oh // tile_h) * col_tiles < DEFAULT_PARALLEL_TILES:
-        tile_h = _largest_divisor(wl.oh, tile_h - 1)
+        tile_h = largest_divisor(wl.oh, tile_h - 1)
     return tile_h
 
 
@@ -211,19 +206,14 @@ def tile_config(wl: Workload, tile_h: int, tile_w: int, base: dict | None = None
     if wl.oh % tile_h or wl.ow % tile_w:
         raise ValueError(f"{NAME}: tile {tile_h}x{tile_w} does not divide the output {wl.oh}x{wl.ow}")
     config = dict(base) if base is not None else default_config(wl)
-    inner = _largest_divisor(tile_w, int(config["tile_w"][2]))
+    inner = largest_divisor(tile_w, int(config["tile_w"][2]))
     config["tile_h"] = [wl.oh // tile_h, tile_h]
     config["tile_w"] = [wl.ow // tile_w, tile_w // inner, inner]
     return config
 
 
 def default_config(wl: Workload) -> dict:
-    from .template import config_from_trace  # noqa: PLC0415
-
-    func = functions(wl)["conv2d"].func
-    knobs = Knobs(s_tir.Schedule(func), default=True)
-    schedule(knobs.sch, wl, knobs)
-    return config_from_trace(knobs.sch.trace, knobs.names)
+    return ALGORITHM.default_config(wl)
 
 
 def scheduled(wl: Workload, config: dict | None = None) -> tvm.IRModule:

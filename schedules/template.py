@@ -71,6 +71,11 @@ class Knobs:
         self.sch.annotate(self.sch.get_sblock("root"), UNROLL_KEY, step)
 
 
+def largest_divisor(n: int, cap: int) -> int:
+    """The largest divisor of `n` not above `cap` (1 at least)."""
+    return max(d for d in range(1, max(1, min(cap, n)) + 1) if n % d == 0)
+
+
 def default_tile(extent: int, n: int, prefer: tuple[int, ...], max_inner: int) -> list[int]:
     """Perfect factors of `extent`, innermost first as close to `prefer` as divisibility allows."""
     factors = [1] * n
@@ -78,7 +83,7 @@ def default_tile(extent: int, n: int, prefer: tuple[int, ...], max_inner: int) -
     wishes = list(prefer) + [1] * (n - 1 - len(prefer))
     for pos, wish in enumerate(wishes[: n - 1]):
         cap = min(wish, rest, max_inner if pos == 0 else rest)
-        best = max(d for d in range(1, cap + 1) if rest % d == 0)
+        best = largest_divisor(rest, cap)
         factors[n - 1 - pos] = best
         rest //= best
     factors[0] = rest

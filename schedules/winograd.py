@@ -50,7 +50,7 @@ from tvm.topi.nn.winograd_util import winograd_transform_matrices
 
 from tuning.workload import Workload
 
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, has_block, largest_divisor, phase
 
 KERNEL = 3
 TILES = (2, 4, 6)
@@ -203,13 +203,9 @@ def make_functions(m: int):
 
 
 # -- schedule --------------------------------------------------------------------------------------
-def _largest_divisor(n: int, cap: int) -> int:
-    return max(d for d in range(1, max(1, min(cap, n)) + 1) if n % d == 0)
-
-
 def _vector(channels: int) -> int:
     """Lanes for a transform's channel loop (one zmm when the channel count allows)."""
-    return _largest_divisor(channels, 16)
+    return largest_divisor(channels, 16)
 
 
 def default_blocks(wl: Workload, m: int, threads: int = 2) -> tuple[tuple[int, ...], ...]:
@@ -219,17 +215,17 @@ def default_blocks(wl: Workload, m: int, threads: int = 2) -> tuple[tuple[int, .
     the layer allows it; a layer with fewer tile blocks than threads gets channel blocks."""
     alpha = m + 2
     nh, nw = tile_grid(wl, m)
-    tw2 = _largest_divisor(nw, 8)
-    th2 = _largest_divisor(nh, max(1, 8 // tw2))
+    tw2 = largest_divisor(nw, 8)
+    th2 = largest_divisor(nh, max(1, 8 // tw2))
     budget = max(8, min(64, (512 << 10) // (alpha * alpha * (wl.ci + wl.co) * 4)))
-    tw1 = _largest_divisor(nw // tw2, max(1, budget // tw2))
-    th1 = _largest_divisor(nh // th2, max(1, budget // (tw2 * tw1 * th2)))
+    tw1 = largest_divisor(nw // tw2, max(1, budget // tw2))
+    th1 = largest_divisor(nh // th2, max(1, budget // (tw2 * tw1 * th2)))
 
     def blocks() -> int:
         return wl.n * (nh // (th1 * th2)) * (nw // (tw1 * tw2))
 
     while th1 > 1 and blocks() % threads and blocks() < 4 * threads:
-        th1 = _largest_divisor(nh // th2, th1 - 1)
+        th1 = largest_divisor(nh // th2, th1 - 1)
     co2 = _vector(wl.co)
     cb = threads if blocks() < threads and (wl.co // co2) % threads == 0 else 1
     return (th2, th1), (tw2, tw1), (co2, wl.co // (co2 * cb), 1)
@@ -327,7 +323,7 @@ def schedule_run(sch: s_tir.Schedule, wl: Workload, m: int, knobs: Knobs) -> Non
         # without bounds checks.
         pad = sch.get_sblock("data_pad")
         sch.compute_at(pad, tw0, preserve_unit_loops=True)
-        pc0, pc1 = sch.split(sch.get_loops(pad)[-1], [None, _vector(wl.ci)])
+        _, pc1 = sch.split(sch.get_loops(pad)[-1], [None, _vector(wl.ci)])
         sch.vectorize(pc1)
 
     sch.parallel(sch.fuse(n, cb, th0, tw0))

@@ -43,9 +43,14 @@ def test_every_algorithm_that_accepts_a_layer_computes_it(wl, seed):
 @given(st.integers(-3, 40), st.integers(-3, 40), st.integers(0, 9), st.integers(0, 4), st.integers(0, 5),
        st.integers(-1, 3), st.integers(0, 3))
 def test_workload_validation_accepts_exactly_the_computable_layers(h, ci, k, stride, groups, pad, dil):
+    # computable, written out independently of Workload.validate (co is 4)
+    computable = (h > 0 and ci > 0 and k > 0 and stride > 0 and groups > 0 and pad >= 0 and dil > 0
+                  and ci % groups == 0 and 4 % groups == 0 and (k - 1) * dil + 1 <= h + 2 * pad)
     try:
         wl = Workload(n=1, h=h, w=h, ci=ci, co=4, kh=k, kw=k, stride=stride, pad=pad, dilation=dil, groups=groups)
     except WorkloadError as err:
+        assert not computable, (err.field, err.rule)
         assert err.field in ("h", "ci", "co", "kh", "kw", "stride", "pad", "dilation", "groups")
         return
+    assert computable
     assert wl.oh >= 1 and wl.ow >= 1 and wl.ci % wl.groups == 0 and wl.co % wl.groups == 0
