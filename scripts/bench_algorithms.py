@@ -16,7 +16,7 @@ from tuning.bench import bench_layer, environment, write_json
 from tuning.networks import resolve
 from tuning.records import LayerRecords
 from tuning.target import resolve_target, set_threads
-from tuning.task import ALGORITHM_NAMES, Task
+from tuning.task import ALGORITHM_NAMES, tasks_for
 
 DEFAULT = ["resnet18.layer1", "resnet18.layer2.0.conv1", "resnet18.layer2.0.downsample"]
 
@@ -35,7 +35,7 @@ def main() -> int:
     for text in args.layers:
         name, wl = resolve(text)
         store = LayerRecords.existing(args.logs, target, wl)
-        tuned = [a for a in ALGORITHM_NAMES if store and _fits(wl, a) and store.best(Task(wl, a))]
+        tuned = [t.algorithm for t in tasks_for(wl, ",".join(ALGORITHM_NAMES)) if store and store.best(t)]
         for i, algorithm in enumerate(tuned):
             print(f"{name}: {algorithm}", file=sys.stderr)
             row = bench_layer(name, wl, target, args.logs, algorithm, rounds=args.rounds, rivals=(i == 0))
@@ -55,14 +55,6 @@ def main() -> int:
     write_json(args.json, {"command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "environment": env,
                            "rows": rows})
     return 0
-
-
-def _fits(wl, algorithm) -> bool:
-    try:
-        Task(wl, algorithm)
-        return True
-    except ValueError:
-        return False
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ FAILURE_LOG = "failures.jsonl"  # why each failed trial failed
 FAILED_SECONDS = 1e9  # MetaSchedule's stand-in run time for a failed trial
 
 
+def median_seconds(run_secs) -> float | None:
+    """A trial's time: the median of its repeats; None when it failed (no time, or MetaSchedule's
+    stand-in for a failure)."""
+    secs = sorted(float(s) for s in run_secs or [])
+    median = secs[len(secs) // 2] if secs else None
+    return None if median is None or median >= FAILED_SECONDS else median
+
+
 class ForeignRecords(ValueError):
     """Records from another TVM version: not applied silently."""
 
@@ -152,11 +160,8 @@ class LayerRecords:
         # TVM ranks by the mean of the repeats; we rank by the median (robust to a noisy repeat), so
         # look a little deeper than k.
         for r in self.database.get_top_k(self.database.commit_workload(task.mod), 2 * k + 8 + len(rejected)):
-            if not r.run_secs or not self._same_target(r):
-                continue
-            secs = sorted(float(s) for s in r.run_secs)
-            median = secs[len(secs) // 2]
-            if median >= FAILED_SECONDS or trace_id(r.trace) in rejected:
+            median = median_seconds(r.run_secs)
+            if median is None or not self._same_target(r) or trace_id(r.trace) in rejected:
                 continue
             out.append(Record(median, r.trace, task.algorithm))
         return sorted(out, key=lambda rec: rec.seconds)[:k]

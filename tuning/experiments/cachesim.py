@@ -199,6 +199,7 @@ def valgrind_path() -> str | None:
     return shutil.which("valgrind")
 
 
+@functools.lru_cache(maxsize=None)
 def valgrind_version() -> str | None:
     path = valgrind_path()
     if not path:

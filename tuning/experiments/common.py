@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import platform
 import subprocess
 import sys
@@ -214,6 +215,12 @@ def save_plot(ctx: Context, name: str, draw) -> dict:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return {"plot": os.path.basename(path), "plot_note": None}
+
+
+def fresh(logs: str) -> None:
+    """Empty records for a search: recorded trials would otherwise count and seed it."""
+    if os.path.isdir(logs):
+        shutil.rmtree(logs)
 
 
 def log(message: str) -> None:

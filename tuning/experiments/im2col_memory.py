@@ -28,7 +28,7 @@ import tvm
 from schedules.im2col import im2col_bytes, skips_copy
 from schedules.spatial_pack import allocated_buffers
 
-from ..library import Choice, schedule_functions, sidecar
+from ..library import Choice, schedule_functions, sidecar, sidecar_path
 from ..task import Task
 from ..workload import parse_spec
 from .common import Context, environment, log, save_plot, write_json
@@ -93,7 +93,7 @@ def describe_layer(ctx: Context, wl, workdir: str) -> tuple[dict, dict[str, str]
         library = os.path.join(workdir, f"{algorithm}-{wl.key}.so")
         tvm.compile(scheduled, target=ctx.target.tvm).export_library(library)
         side = sidecar(choice, ctx.target, os.path.basename(library), wl.spec)
-        with open(os.path.splitext(library)[0] + ".json", "w") as f:
+        with open(sidecar_path(library), "w") as f:
             json.dump(side, f)
         entry = {"one_shot_allocations": allocations, "one_shot_allocated_bytes": sum(allocations.values())}
         if algorithm == "im2col":
@@ -204,6 +204,13 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.2f}"
 
 
+def _startup_kib(payload: dict) -> str:
+    """RSS growth beyond the allocated buffers, over every measured run: the run-time's start-up."""
+    extra = [r[a]["rss"]["growth_bytes"] - r[a]["one_shot_allocated_bytes"] for r in payload["rows"]
+             for a in ("im2col", "direct") if (r[a].get("rss") or {}).get("growth_bytes") is not None]
+    return f"{min(extra) / 1024:.0f}-{max(extra) / 1024:.0f} KiB beyond the buffers here" if extra else "not measured"
+
+
 def section(payload: dict, image: str | None) -> str:
     lines = [f"## {TITLE}", "",
              "The article: the im2col matrix holds about KH*KW copies of the input (stride 1), and a 1x1 "
@@ -211,7 +218,7 @@ def section(payload: dict, image: str | None) -> str:
              "one-shot `conv2d`'s intermediate buffers in the lowered TIR (im2col matrix + packed weight + GEMM "
              "tile); *RSS*: the growth of the peak resident memory while the one-shot `conv2d` runs once, in a "
              f"fresh process ({payload.get('rss_method')}); it also holds the first call's run-time start-up (the "
-             "thread pool: tens of KiB). `col arg`: the two-phase run function's workspace "
+             f"thread pool: {_startup_kib(payload)}). `col arg`: the two-phase run function's workspace "
              "argument. Padding is \"same\" (k // 2). MiB throughout.", "",
              "| layer | layout | input | im2col (formula) | ratio | KH*KW | col arg | im2col allocated | "
              "im2col RSS growth | direct allocated | direct RSS growth |",

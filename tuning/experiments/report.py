@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from . import EXPERIMENTS, NAMES, module
+from . import NAMES, module
 
 HEADER = """# The article's experiments, measured
 
@@ -81,4 +81,4 @@ def write(out: str, report: str) -> str:
     return report
 
 
-__all__ = ["EXPERIMENTS", "load", "render", "write"]
+__all__ = ["load", "render", "write"]

@@ -15,14 +15,13 @@ records under --logs).
 from __future__ import annotations
 
 import os
-import shutil
 
 from ..networks import resolve
 from ..records import LayerRecords
 from ..search import tune
 from ..task import Task
 from ..transfer import Transfer
-from .common import Context, environment, log, save_plot, write_json
+from .common import Context, environment, fresh, log, save_plot, write_json
 from .tuning_curves import WITHIN, draw_curves, read_curve, trials_to_reach
 
 NAME = "transfer"
@@ -48,7 +47,7 @@ def run(ctx: Context) -> dict:
     history = ctx.logs
     if ctx.preset.tiny:
         history = os.path.join(ctx.out, NAME, "history")
-        _fresh(history)
+        fresh(history)
         _, neighbour = resolve(TINY_HISTORY)
         tune([Task(neighbour, ALGORITHM)], ctx.target, history, 4, seed=1, trials_per_iter=2, quiet=True)
     layers = {}
@@ -59,11 +58,12 @@ def run(ctx: Context) -> dict:
         for seed in SEEDS[preset]:
             for variant in VARIANTS:
                 logs = os.path.join(ctx.out, NAME, f"{variant}-seed{seed}", name.replace(",", "_").replace("=", ""))
-                _fresh(logs)
+                fresh(logs)
                 log(f"transfer: {name}: {variant}, seed {seed}, {trials} trials")
                 transfer = Transfer(history) if variant == "transfer" else None
                 store = tune([task], ctx.target, logs, trials, seed=seed, trials_per_iter=batch, transfer=transfer)
-                runs[variant].append({"seed": seed, **read_curve(store, task, wl.flops)})
+                runs[variant].append({"seed": seed, "logs": os.path.relpath(store.directory, ctx.out),
+                                      **read_curve(store, task, wl.flops)})
         shipped = LayerRecords.existing(ctx.logs, ctx.target, wl)
         shipped_best = shipped.best(task) if shipped else None
         known = max([c["best_gflops"] for rs in runs.values() for c in rs if c["best_gflops"]]
@@ -80,11 +80,6 @@ def run(ctx: Context) -> dict:
     payload.update(save_plot(ctx, NAME, lambda plt: draw(plt, payload)))
     write_json(ctx, NAME, payload)
     return payload
-
-
-def _fresh(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)  # recorded trials would count and seed the search
 
 
 def draw(plt, payload: dict):

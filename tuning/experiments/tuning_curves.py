@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 from tvm.s_tir import meta_schedule as ms
 
 from ..networks import resolve
 from ..peak import fp32_peak_gflops
-from ..records import FAILED_SECONDS, LayerRecords, trace_id
+from ..records import DB_FILES, LayerRecords, median_seconds, trace_id
 from ..search import tune
 from ..task import Task
-from .common import Context, environment, log, save_plot, write_json
+from .common import Context, environment, fresh, log, save_plot, write_json
 
 NAME = "tuning-curves"
 TITLE = "Tuning curves: XGBoost vs random search vs MetaSchedule's generated space"
@@ -49,8 +48,7 @@ def run(ctx: Context) -> dict:
     curves = {}
     for variant, (algorithm, cost_model) in VARIANTS.items():
         logs = os.path.join(ctx.out, NAME, variant)
-        if os.path.isdir(logs):
-            shutil.rmtree(logs)  # a fresh search: recorded trials would otherwise count and seed it
+        fresh(logs)
         log(f"tuning-curves: {variant}: {name}, {trials} trials")
         task = Task(wl, algorithm)
         store = tune([task], ctx.target, logs, trials, cost_model=cost_model, seed=SEED,
@@ -75,19 +73,16 @@ def read_curve(store: LayerRecords, task: Task, flops: int) -> dict:
     """Every trial of `task` in the order the database appended it: its median time (None when it
     failed or was rejected by the reference check) and the best GFLOP/s so far."""
     directory = store.directory
-    workloads = [ms.database.Workload.from_json(json.loads(line))
-                 for line in open(os.path.join(directory, "database_workload.json")) if line.strip()]
+    workload_file, record_file = (os.path.join(directory, name) for name in DB_FILES)
+    workloads = [ms.database.Workload.from_json(json.loads(line)) for line in open(workload_file) if line.strip()]
     rejected = store.rejected()
     seconds, best, best_so_far, rejected_count = [], None, [], 0
-    for line in open(os.path.join(directory, "database_tuning_record.json")):
+    for line in open(record_file):
         if not line.strip():
             continue
         index, body = json.loads(line)
         record = ms.database.TuningRecord.from_json(body, workloads[index])
-        secs = sorted(float(s) for s in (record.run_secs or []))
-        median = secs[len(secs) // 2] if secs else None
-        if median is not None and median >= FAILED_SECONDS:
-            median = None
+        median = median_seconds(record.run_secs)
         if median is not None and trace_id(record.trace) in rejected:
             median, rejected_count = None, rejected_count + 1
         seconds.append(median)
