@@ -167,6 +167,19 @@ def time_interleaved(timers: dict, preset: Preset) -> dict[str, Timing]:
     return timings
 
 
+def time_algorithms(ctx: "Context", wl: Workload, algorithms) -> tuple[dict, dict, dict]:
+    """Each algorithm's best kernel for `wl` (its record under ctx.logs, else its default config),
+    timed interleaved; returns ({algorithm: kernel}, {algorithm: Timing}, {algorithm: table row})."""
+    kernels, hows = {}, {}
+    for a in algorithms:
+        kernels[a], hows[a] = kernel_for(wl, a, ctx.target, logs=ctx.logs)
+    timings = time_interleaved({a: (k, ready(k)) for a, k in kernels.items()}, ctx.preset)
+    rows = {a: {"algorithm": a, "source": hows[a]["source"], "config": hows[a]["config"],
+                "timed_function": hows[a]["timed_function"], "time": timing_summary(timings[a], wl.flops)}
+            for a in algorithms}
+    return kernels, timings, rows
+
+
 def timing_summary(timing: Timing, flops: int) -> dict:
     return dict(timing.summary(flops), samples_ms=[s * 1e3 for s in timing.samples])
 

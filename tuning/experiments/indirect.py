@@ -22,8 +22,7 @@ from schedules import indirect as indirect_module
 
 from ..networks import resolve
 from ..workload import parse_spec
-from .common import (Context, environment, kernel_for, log, ready, save_plot, time_interleaved, timing_summary,
-                     write_json)
+from .common import Context, environment, log, save_plot, time_algorithms, write_json
 
 NAME = "indirect"
 TITLE = "Indirect convolution: indirection buffer vs im2col matrix"
@@ -64,14 +63,8 @@ def run(ctx: Context) -> dict:
     for layer in LAYERS[preset]:
         name, wl = resolve(layer)
         log(f"indirect: {name}")
-        timers, hows = {}, {}
-        for algorithm in ALGORITHMS:
-            kernel, how = kernel_for(wl, algorithm, ctx.target, logs=ctx.logs)
-            timers[algorithm], hows[algorithm] = (kernel, ready(kernel)), how
-        timings = time_interleaved(timers, ctx.preset)
-        rows = [{"algorithm": a, "source": hows[a]["source"], "config": hows[a]["config"],
-                 "timed_function": hows[a]["timed_function"],
-                 "time": timing_summary(timings[a], wl.flops)} for a in ALGORITHMS]
+        _, timings, timed = time_algorithms(ctx, wl, ALGORITHMS)
+        rows = [timed[a] for a in ALGORITHMS]
         layers.append({"layer": name, "spec": wl.spec, "flops": wl.flops, "memory": memory_row(wl), "rows": rows,
                        "indirect_speedup_over_im2col": timings["im2col"].median / timings["indirect"].median})
     payload = {"experiment": NAME, "title": TITLE, "environment": environment(ctx), "logs": ctx.logs,

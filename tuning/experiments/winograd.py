@@ -21,8 +21,7 @@ from schedules.reference import conv2d_reference, random_inputs
 from schedules.winograd import ERROR_GROWTH, KERNEL, TILES, multiplications_per_output
 
 from ..networks import resolve
-from .common import (Context, environment, kernel_for, log, ready, save_plot, time_interleaved, timing_summary,
-                     write_json)
+from .common import Context, environment, log, save_plot, time_algorithms, write_json
 
 NAME = "winograd"
 TITLE = "Winograd: multiplications, speed-up and numerical error"
@@ -42,22 +41,10 @@ def run(ctx: Context) -> dict:
     for layer in LAYERS[ctx.preset.name]:
         name, wl = resolve(layer)
         log(f"winograd: {name}")
-        kernels, timers = {}, {}
-        for algorithm in ALGORITHMS:
-            kernel, how = kernel_for(wl, algorithm, ctx.target, logs=ctx.logs)
-            kernels[algorithm] = (kernel, how)
-            timers[algorithm] = (kernel, ready(kernel))
-        timings = time_interleaved(timers, ctx.preset)
-        errors = measure_errors(wl, {a: k for a, (k, _) in kernels.items()}, SEEDS[ctx.preset.name])
-        rows = []
-        for algorithm in ALGORITHMS:
-            how = kernels[algorithm][1]
-            t = timing_summary(timings[algorithm], wl.flops)
-            rows.append({"algorithm": algorithm, "source": how["source"], "config": how["config"],
-                         "timed_function": how["timed_function"], "time": t,
-                         "speedup_over_direct": timings["direct"].median / timings[algorithm].median,
-                         "error": errors[algorithm],
-                         "error_growth_bound": get_algorithm(algorithm).error_growth(wl)})
+        kernels, timings, timed = time_algorithms(ctx, wl, ALGORITHMS)
+        errors = measure_errors(wl, kernels, SEEDS[ctx.preset.name])
+        rows = [dict(timed[a], speedup_over_direct=timings["direct"].median / timings[a].median, error=errors[a],
+                     error_growth_bound=get_algorithm(a).error_growth(wl)) for a in ALGORITHMS]
         layers.append({"layer": name, "spec": wl.spec, "flops": wl.flops, "rows": rows})
     payload = {"experiment": NAME, "title": TITLE, "environment": environment(ctx), "logs": ctx.logs,
                "multiplications": multiplications, "seeds": SEEDS[ctx.preset.name],
