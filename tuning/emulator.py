@@ -363,16 +363,8 @@ def start(tracker: str | None = None, key: str = DEFAULT_KEY, *, host: str = "12
     paths.run.mkdir(parents=True, exist_ok=True)
     _prune_logs(paths)
     _write_launcher(paths)
-    for attempt in range(3 if port is None else 1):
-        try:
-            return _start(paths, tracker, tracker_addr, key, host, port or rpc.free_port(host), cpu, threads,
-                          timeout, detach)
-        except EmulatorError as err:
-            # a free port taken by someone else in the meantime: pick another
-            if port is None and attempt < 2 and "cannot bind" in str(err):
-                continue
-            raise
-    raise AssertionError("unreachable")
+    return rpc.on_free_port(host, port, lambda chosen: _start(paths, tracker, tracker_addr, key, host, chosen, cpu,
+                                                              threads, timeout, detach), EmulatorError)
 
 
 def _prune_logs(paths: Paths, days: float = 7.0) -> None:

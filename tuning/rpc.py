@@ -82,6 +82,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def on_free_port(host: str, port: int | None, start, errors):
+    """`start(port)`, or `start(a free port)` when `port` is None; a free port taken by someone else
+    in the meantime (an error saying "cannot bind") is retried on another, twice."""
+    for attempt in range(3 if port is None else 1):
+        try:
+            return start(port or free_port(host))
+        except errors as err:
+            if port is None and attempt < 2 and "cannot bind" in str(err):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 # --------------------------------------------------------------------------------------------
 # Child processes that never outlive us
 
@@ -228,8 +241,8 @@ class Tracker:
         if own_log:
             fd, log_path = tempfile.mkstemp(prefix="convtune-tracker-", suffix=".log")
             os.close(fd)
-        for attempt in range(3 if port is None else 1):
-            chosen = port or free_port(host)
+
+        def start(chosen: int) -> "Tracker":
             # The tracker needs no compiler: the runtime library loads faster.
             env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
             proc = start_child([sys.executable, "-c", TRACKER_LAUNCHER, host, str(chosen)], log_path, env=env,
@@ -237,15 +250,13 @@ class Tracker:
             tracker = cls(host, chosen, proc, log_path)
             try:
                 tracker._wait_ready(timeout)
-                tracker.own_log = own_log
-                return tracker
-            except RPCError as err:
+            except RPCError:
                 tracker.stop()
-                # a free port taken by someone else in the meantime: pick another
-                if port is None and attempt < 2 and "cannot bind" in str(err):
-                    continue
                 raise
-        raise AssertionError("unreachable")
+            tracker.own_log = own_log
+            return tracker
+
+        return on_free_port(host, port, start, RPCError)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
