@@ -34,6 +34,15 @@ class ModelError(WorkloadError):
     """A model convtune cannot read; `field` names the model (or file), the message says why."""
 
 
+def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], conv: str) -> list[Layer]:
+    """The convolutions a model reader found, as distinct layers; transposed ones are named and left out."""
+    if skipped:
+        print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
+    if not found:
+        raise ModelError(label, f"has no {conv}")
+    return distinct_layers([Layer(name, wl) for name, wl in found])
+
+
 def _workload(model: str, node: str, x_shape, w_shape, stride, pad, dilation, groups, layout) -> Workload:
     n, ci, h, w = x_shape
     co, cig, kh, kw = w_shape
@@ -133,11 +142,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
             raise ModelError(label, f"{where}: unknown auto_pad {auto_pad!r}")
         wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(attrs.get("group", 1)), layout)
         found.append((f"{network}.{name}", wl))
-    if skipped:
-        print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
-    if not found:
-        raise ModelError(label, "has no Conv node")
-    return distinct_layers([Layer(name, wl) for name, wl in found])
+    return _layers(label, found, skipped, "Conv node")
 
 
 def _onnx_shape(label, where, role, value, shapes, unknown_domains) -> list[int]:
@@ -240,11 +245,7 @@ def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC
             pad = (ph, pw, ph, pw)
         wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(args["groups"]), layout)
         found.append((f"{network}.{_module_name(node)}", wl))
-    if skipped:
-        print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
-    if not found:
-        raise ModelError(label, "has no 2-D convolution")
-    return distinct_layers([Layer(name, wl) for name, wl in found])
+    return _layers(label, found, skipped, "2-D convolution")
 
 
 def _bind(node) -> dict:
