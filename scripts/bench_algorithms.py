@@ -50,8 +50,9 @@ def main() -> int:
     for row in rows:
         r = row["results"]["convtune"]
         o = onednn.get(row["layer"])
+        rival = f"{o['gflops']:.1f} | {o['median_ms'] / r['median_ms']:.2f}x" if o else "- (no PyTorch) | -"
         print(f"| {row['layer']} | {row['algorithm']} | {r['gflops']:.1f} ({r['min_ms']:.3f}-{r['max_ms']:.3f}) | "
-              f"{100 * r['gflops'] / peak:.0f}% | {o['gflops']:.1f} | {o['median_ms'] / r['median_ms']:.2f}x |")
+              f"{100 * r['gflops'] / peak:.0f}% | {rival} |")
     write_json(args.json, {"command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "environment": env,
                            "rows": rows})
     return 0
