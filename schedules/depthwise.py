@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from tvm import s_tir, te
 
-from tuning.workload import Workload
-
 from .direct import padded, schedule_pad
 from .template import Algorithm, Knobs, Phase, Unsupported, phase
+from .workload import Workload
 
 NAME = "depthwise"
 
@@ -94,7 +93,7 @@ def check(wl: Workload) -> None:
 ALGORITHM = Algorithm(
     name=NAME,
     layouts=("NHWC", "NCHW"),
-    summary="depthwise convolution: register tile over width x channel vector, kernel loops unrolled",
+    description="depthwise convolution: register tile over width x channel vector, kernel loops unrolled",
     check=check,
     functions=functions,
     schedule=schedule,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from tvm import s_tir, te, tirx
 
-from tuning.workload import Workload
-
-from .template import Algorithm, Knobs, Phase, has_block, phase
+from .template import Algorithm, Knobs, Phase, has_block, phase, register_tile
+from .workload import Workload
 
 
 def padded(wl: Workload, data: te.Tensor) -> te.Tensor:
@@ -81,21 +80,28 @@ def schedule_register_tile(sch: s_tir.Schedule, wl: Workload, knobs: Knobs, bloc
     """Tile a direct-convolution block; shared by templates whose inner loop is a direct conv."""
     block = sch.get_sblock(block_name)
     n, a, b, c, r0, r1, r2 = sch.get_loops(block)
+    # The register tile (rows broadcast x width vectorised) from the machine's register budget;
+    # the bounds let the search reach twice the default width and 8 rows (more rows than 8 leave
+    # long remainders on 7- and 14-wide maps and, with 2+ vectors, exceed 32 registers).
+    machine = knobs.machine
+    max_width = 4 * machine.lanes
     if wl.layout == "NHWC":  # a=y, b=x, c=channels (vector); reduction rh, rw, rc
         y, x, ch = a, b, c
         rh, rw, rc = r0, r1, r2
+        rows, width = register_tile(machine, wl.ow, wl.co, max_rows=8)
         y0, y1 = knobs.split("tile_y", y, 2, prefer=(1,))
-        x0, x1, x2 = knobs.split("tile_x", x, 3, max_inner=8, prefer=(4,))
-        c0, c1, c2 = knobs.split("tile_c", ch, 3, max_inner=32, prefer=(16,))
+        x0, x1, x2 = knobs.split("tile_x", x, 3, max_inner=8, prefer=(rows,))
+        c0, c1, c2 = knobs.split("tile_c", ch, 3, max_inner=max_width, prefer=(width,))
         rc0, rc1 = knobs.split("tile_rc", rc, 2, prefer=(wl.ci // wl.groups,))
         sch.reorder(n, y0, x0, c0, y1, x1, c1, rc0, rh, rw, rc1, x2, c2)
         outer, tile_root, unrolled, vector = [n, y0, x0, c0], c1, x2, c2
     else:  # NCHW: a=channels, b=y, c=x (vector); reduction rc, rh, rw
         ch, y, x = a, b, c
         rc, rh, rw = r0, r1, r2
-        c0, c1, c2 = knobs.split("tile_c", ch, 3, max_inner=8, prefer=(4,))
+        rows, width = register_tile(machine, wl.co, wl.ow, max_rows=8)
+        c0, c1, c2 = knobs.split("tile_c", ch, 3, max_inner=8, prefer=(rows,))
         y0, y1 = knobs.split("tile_y", y, 2, prefer=(1,))
-        x0, x1, x2 = knobs.split("tile_x", x, 3, max_inner=32, prefer=(16,))
+        x0, x1, x2 = knobs.split("tile_x", x, 3, max_inner=max_width, prefer=(width,))
         rc0, rc1 = knobs.split("tile_rc", rc, 2, prefer=(wl.ci // wl.groups,))
         sch.reorder(n, c0, y0, x0, c1, y1, x1, rc0, rh, rw, rc1, c2, x2)
         outer, tile_root, unrolled, vector = [n, c0, y0, x0], x1, c2, x2
@@ -123,7 +129,7 @@ def check(wl: Workload) -> None:
 ALGORITHM = Algorithm(
     name="direct",
     layouts=("NHWC", "NCHW"),
-    summary="seven-loop direct convolution, register-tiled, vectorised along the contiguous output axis",
+    description="seven-loop direct convolution, register-tiled, vectorised along the contiguous output axis",
     check=check,
     functions=functions,
     schedule=schedule,

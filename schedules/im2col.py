@@ -40,10 +40,9 @@ from __future__ import annotations
 
 from tvm import s_tir, te, tirx
 
-from tuning.workload import Workload
-
 from .direct import padded, schedule_pad
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase, register_tile
+from .workload import Workload
 
 NAME = "im2col"
 VECTOR = (16, 8)  # vector widths of the N axis: AVX-512 (two AVX2 registers), or one AVX2 one
@@ -222,9 +221,12 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
     k_extent = gemm_k(wl)
     if wl.layout == "NHWC":  # M = pixels; N = weight panels x vector lanes
         n, m, c, k = sch.get_loops(gemm)
-        o, vector = sch.split(c, [None, weight_panel(wl)], preserve_unit_iters=True)
-        m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(7, 4))
-        n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(2, 1))
+        panel = weight_panel(wl)
+        o, vector = sch.split(c, [None, panel], preserve_unit_iters=True)
+        # Register tile: m2 pixels x n2 panels, from the machine's register budget.
+        rows, width = register_tile(knobs.machine, wl.n * wl.oh * wl.ow, weight_panels(wl) * panel, step=panel)
+        m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(rows, 4))
+        n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(max(1, width // panel), 1))
         k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
         sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, vector)
         outer, unrolled = [n, m0, n0], [m2, n2]
@@ -233,9 +235,13 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
     else:  # M = weight panels x 4 rows; N = pixel vectors x lanes
         n, c, p, k = sch.get_loops(gemm)
         o, row = sch.split(c, [None, NCHW_ROWS], preserve_unit_iters=True)
-        q, vector = sch.split(p, [None, pixel_vector(wl)[0]], preserve_unit_iters=True)
-        m0, m1, m2 = knobs.split("tile_m", o, 3, max_inner=4, prefer=(2, 1))
-        n0, n1, n2 = knobs.split("tile_n", q, 3, max_inner=4, prefer=(2, 2))
+        lanes, padded_rows = pixel_vector(wl)
+        q, vector = sch.split(p, [None, lanes], preserve_unit_iters=True)
+        # Register tile: m2 panels of NCHW_ROWS channels x n2 pixel vectors, within the registers.
+        rows, width = register_tile(knobs.machine, weight_panels(wl) * NCHW_ROWS, padded_rows * wl.ow,
+                                    max_rows=4 * NCHW_ROWS, step=lanes)
+        m0, m1, m2 = knobs.split("tile_m", o, 3, max_inner=4, prefer=(max(1, rows // NCHW_ROWS), 1))
+        n0, n1, n2 = knobs.split("tile_n", q, 3, max_inner=4, prefer=(max(1, width // lanes), 2))
         k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
         # Pixel blocks outermost as in NHWC, so a thread's consecutive blocks share col columns.
         sch.reorder(n, n0, m0, k0, m1, n1, k1, m2, row, n2, vector)
@@ -276,9 +282,9 @@ def check(wl: Workload) -> None:
 ALGORITHM = Algorithm(
     name=NAME,
     layouts=("NHWC", "NCHW"),
-    summary="im2col + GEMM (Caffe): the input unfolded into a matrix, packed weight panels, tiled GEMM",
+    description="im2col + GEMM (Caffe): the input unfolded into a matrix, packed weight panels, tiled GEMM",
     check=check,
     functions=functions,
     schedule=schedule,
-    tuned="conv2d_packed",
+    run_function="conv2d_packed",
 )

@@ -31,9 +31,9 @@ Phases (the premise of the article: the input lives at a fixed address):
   conv2d(data, weight, out)                one shot: the three prepare stages, then the run.
 An entry of the table outside the input buffer reads the zero row (clamped, hoisted out of the IC
 loop): the run phase never reads out of bounds whatever the table holds. MetaSchedule's runner
-times conv2d_packed on random arguments, and random int32 bits would otherwise crash every trial;
-with the clamp those trials read the zero row only, so its timings see a cache-hot input (the
-input is a small part of the traffic for IC >= 16; the reference check uses the real table).
+times conv2d_packed on random arguments; convtune's trials instead receive the real table that
+build_indirection makes for the layer (tuning/deploy/state.py's StateFiller), so a trial times the
+real access pattern; the clamp is the guard for any caller that passes a table of its own.
 
 Row indices (int32, 4 bytes) instead of QNNPACK's pointers (8 bytes): TIR indexes a buffer by a
 loaded value, and LLVM turns `input_buffer[indirection[...], ic]` into M base pointers per kernel
@@ -57,9 +57,17 @@ from __future__ import annotations
 
 from tvm import s_tir, te, tirx
 
-from tuning.workload import Workload
-
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, largest_divisor, phase
+from .template import (
+    Algorithm,
+    Knobs,
+    Phase,
+    Unsupported,
+    has_block,
+    largest_divisor,
+    phase,
+    register_tile,
+)
+from .workload import Workload
 
 NAME = "indirect"
 INDEX_DTYPE = "int32"
@@ -187,10 +195,11 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
     sch.transform_block_layout(out, lambda n, y, x, c: ((n * wl.oh + y) * wl.ow + x, c))
     pixel, c = sch.get_loops(out)
     cb, cv = sch.split(c, [wl.co // nb, nb], preserve_unit_iters=True)
-    # Default micro-kernel 7 x 32: 14 AVX-512 accumulators, and 7 divides the output sizes of
-    # the usual networks (224, 112, 56, 28, 14, 7) where 4 or 8 would not divide 7x7.
-    p0, p1, p2 = knobs.split("tile_m", pixel, 3, max_inner=16, prefer=(7,))
-    b0, b1, b2 = knobs.split("tile_n", cb, 3, max_inner=4, prefer=(max(1, 32 // nb),))
+    # Default micro-kernel M x N from the machine's register budget (template.register_tile):
+    # M pixels x N channels in blocks of NB, M | the pixel count.
+    rows, width = register_tile(knobs.machine, wl.n * wl.oh * wl.ow, wl.co, step=nb)
+    p0, p1, p2 = knobs.split("tile_m", pixel, 3, max_inner=16, prefer=(rows,))
+    b0, b1, b2 = knobs.split("tile_n", cb, 3, max_inner=4, prefer=(max(1, width // nb),))
     sch.reorder(p0, b0, p1, b1, p2, b2, cv)
     # The M x N block accumulates in a buffer of its own under the block loop (registers after
     # LLVM; "global" scope, because TVM puts small global buffers on the stack but "local" ones
@@ -227,10 +236,10 @@ def check(wl: Workload) -> None:
 ALGORITHM = Algorithm(
     name=NAME,
     layouts=("NHWC",),
-    summary="indirect convolution (QNNPACK): M x N micro-kernel GEMM reading input rows through an "
+    description="indirect convolution (QNNPACK): M x N micro-kernel GEMM reading input rows through an "
             "indirection buffer, one zero row for padding",
     check=check,
     functions=functions,
     schedule=schedule,
-    tuned="conv2d_packed",
+    run_function="conv2d_packed",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuning.workload import Workload
+from .workload import Workload
 
 
 def random_inputs(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -44,15 +44,24 @@ import math
 import tvm
 from tvm import s_tir, te, tirx
 
-from tuning.workload import Workload
-
 from .direct import conv2d_compute
-from .template import Algorithm, Knobs, Phase, Unsupported, default_tile, has_block, largest_divisor, phase
+from .template import (
+    Algorithm,
+    Knobs,
+    Phase,
+    Unsupported,
+    default_tile,
+    has_block,
+    largest_divisor,
+    phase,
+    register_tile,
+)
+from .workload import Workload
 
 NAME = "spatial-pack"
 FLOAT_BYTES = 4
-# Threads the default config wants tiles for (2-core machines; twice that for balance).
-DEFAULT_PARALLEL_TILES = 4
+# Spatial tiles the default config wants per thread: two, so that uneven tiles still balance.
+TILES_PER_THREAD = 2
 
 
 # -- the article's arithmetic ------------------------------------------------------------------
@@ -99,21 +108,12 @@ def functions(wl: Workload) -> dict[str, Phase]:
 
 
 # -- schedule ----------------------------------------------------------------------------------
-def _register_pixels(ow: int) -> int:
-    """NHWC register tile width: 4 pixels if it divides, else a divisor in 5..8 (7x7 and 14x14
-    maps), else the largest divisor below 4 (a prime width leaves 1)."""
-    for wish in (4, 8, 7, 6, 5):
-        if ow % wish == 0:
-            return wish
-    return largest_divisor(ow, 3)
-
-
-def _default_tile_h(wl: Workload, tile_w: int) -> int:
-    """8 rows (the article's 4- or 8-pixel tiles), fewer when that leaves too few tiles for the
-    threads: a halo copy is cheap next to a whole core idling."""
+def _default_tile_h(wl: Workload, tile_w: int, threads: int) -> int:
+    """8 rows (the article's 4- or 8-pixel tiles), fewer when that leaves fewer than
+    TILES_PER_THREAD tiles per thread: a halo copy is cheap next to a whole core idling."""
     col_tiles = wl.ow // tile_w
     tile_h = largest_divisor(wl.oh, 8)
-    while tile_h > 1 and wl.n * (wl.oh // tile_h) * col_tiles < DEFAULT_PARALLEL_TILES:
+    while tile_h > 1 and wl.n * (wl.oh // tile_h) * col_tiles < TILES_PER_THREAD * threads:
         tile_h = largest_divisor(wl.oh, tile_h - 1)
     return tile_h
 
@@ -129,21 +129,23 @@ def schedule(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
     conv = sch.get_sblock("conv2d")
     n, a, b, c, r0, r1, r2 = sch.get_loops(conv)
     nhwc = wl.layout == "NHWC"
+    machine = knobs.machine  # the register tile from its register budget (see template.register_tile)
     if nhwc:  # a=y, b=x, c=channels (vector); reduction rh, rw, rc
         y, x, ch, rh, rw, rc = a, b, c, r0, r1, r2
-        reg = _register_pixels(wl.ow)
+        reg, width = register_tile(machine, wl.ow, wl.co)
         tile_w_wish = (reg, max(1, 8 // reg))
-        c_wish, c_max = (16,), 32
+        c_wish, c_max = (width,), 4 * machine.lanes
         w_max = 8
     else:  # a=channels, b=y, c=x (vector); reduction rc, rh, rw
         ch, y, x, rc, rh, rw = a, b, c, r0, r1, r2
-        tile_w_wish = (16, 1)
-        c_wish, c_max = (4,), 8
-        w_max = 32
+        rows, width = register_tile(machine, wl.co, wl.ow)
+        tile_w_wish = (width, 1)
+        c_wish, c_max = (rows,), 8
+        w_max = 4 * machine.lanes
     tw = math.prod(default_tile(wl.ow, 3, tile_w_wish, w_max)[1:])
 
     # The spatial tiles (the article's h*w pieces), then the pixels inside one tile.
-    y0, y1 = knobs.split("tile_h", y, 2, prefer=(_default_tile_h(wl, tw),))
+    y0, y1 = knobs.split("tile_h", y, 2, prefer=(_default_tile_h(wl, tw, machine.threads),))
     x0, x1, x2 = knobs.split("tile_w", x, 3, max_inner=w_max, prefer=tile_w_wish)
     c0, c1, c2 = knobs.split("tile_c", ch, 3, max_inner=c_max, prefer=c_wish)
     rc0, rc1 = knobs.split("tile_rc", rc, 2, prefer=(wl.ci,))
@@ -189,7 +191,7 @@ def check(wl: Workload) -> None:
 ALGORITHM = Algorithm(
     name=NAME,
     layouts=("NHWC", "NCHW"),
-    summary="spatial pack: output split into tiles, each tile's input+halo packed contiguously, "
+    description="spatial pack: output split into tiles, each tile's input+halo packed contiguously, "
             "a small register-tiled convolution per tile",
     check=check,
     functions=functions,
@@ -218,7 +220,7 @@ def default_config(wl: Workload) -> dict:
 
 def scheduled(wl: Workload, config: dict | None = None) -> tvm.IRModule:
     """The one-shot conv2d scheduled at `config` (None: default), as the build sees it. To time
-    it, build with `tuning.library.build(Choice(Task(wl, "spatial-pack"), None, config), target)`."""
+    it, build with `tuning.deploy.library.build(Choice(Task(wl, "spatial-pack"), None, config), target)`."""
     sch = ALGORITHM.apply(functions(wl)["conv2d"].func, wl, config)
     return sch.mod
 

@@ -13,7 +13,8 @@ from typing import Callable
 
 from tvm import s_tir, te, tirx
 
-from tuning.workload import Workload
+from .machine import Machine, host_machine
+from .workload import Workload
 
 # Categorical unroll knob: MetaSchedule's own convention, so its MutateUnroll mutator and its
 # RewriteParallelVectorizeUnroll postprocessor understand it.
@@ -31,16 +32,20 @@ class Unsupported(ValueError):
 
 
 class Knobs:
-    """The tunable decisions of one template application.
+    """The tunable decisions of one template application, and the machine it schedules for.
 
     mode "sample": decisions left to MetaSchedule (a search space); "default": the template's
-    own heuristic config; "fixed": replay `config` (knob name -> decision).
+    own heuristic config; "fixed": replay `config` (knob name -> decision). `machine` (default:
+    this host) is what the template derives its default tiles and bounds from; the knob names
+    and their number never depend on it, so a record replays on any machine.
     """
 
-    def __init__(self, sch: s_tir.Schedule, config: dict | None = None, default: bool = False):
+    def __init__(self, sch: s_tir.Schedule, config: dict | None = None, default: bool = False,
+                 machine: Machine | None = None):
         self.sch = sch
         self.config = config
         self.default = default
+        self.machine = machine or host_machine()
         self.names: list[str] = []
 
     def _decision(self, name: str, fallback):
@@ -74,6 +79,35 @@ class Knobs:
 def largest_divisor(n: int, cap: int) -> int:
     """The largest divisor of `n` not above `cap` (1 at least)."""
     return max(d for d in range(1, max(1, min(cap, n)) + 1) if n % d == 0)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def register_tile(machine: Machine, rows_extent: int, vector_extent: int, max_rows: int = 8,
+                  max_vectors: int = 4, step: int = 1) -> tuple[int, int]:
+    """The default accumulator tile of a micro-kernel: (rows, width) with rows | rows_extent (the
+    broadcast axis: output pixels, or output channels in NCHW) and width | vector_extent (the
+    vectorised axis), width a multiple of `step` (a packed panel) where the extent allows.
+
+    The tile lives in registers: rows x ceil(width / lanes) accumulators, plus one weight vector
+    per accumulator column and one broadcast register, must fit the machine's vector registers,
+    or LLVM spills accumulators inside the reduction loop. Among the tiles that fit: the most FMA
+    lanes per reduction step (rows x width), then the fewest idle lanes (a width that fills whole
+    vectors), then the fewest loads per step (rows + vectors). AVX2 (16 registers, 8 lanes) gets
+    4 x 16 where the extents allow, AVX-512 (32, 16) 4 x 64, NEON (32, 4) 6 x 16."""
+    lanes, best = machine.lanes, None
+    widths = [w for w in divisors(vector_extent) if w <= max_vectors * lanes and w % step == 0] or [step]
+    for rows in (r for r in divisors(rows_extent) if r <= max_rows):
+        for width in widths:
+            vectors = -(-width // lanes)
+            if rows * vectors + vectors + 1 > machine.registers:
+                continue
+            key = (rows * width, width / (vectors * lanes), -(rows + vectors), rows)
+            if best is None or key > best[0]:
+                best = (key, (rows, width))
+    return best[1] if best else (1, widths[0])
 
 
 def default_tile(extent: int, n: int, prefer: tuple[int, ...], max_inner: int) -> list[int]:
@@ -136,15 +170,16 @@ class Algorithm:
 
     name: str
     layouts: tuple[str, ...]
-    summary: str
+    description: str
     # wl -> None, or raise Unsupported
     check: Callable[[Workload], None]
     # wl -> {function name: Phase}; always has "conv2d" (plain-layout weight, one shot)
     functions: Callable[[Workload], dict[str, Phase]]
     # (sch, wl, knobs) -> None: schedules every block of whichever function it is given
     schedule: Callable[[s_tir.Schedule, Workload, Knobs], None]
-    # the function whose run time is tuned: "conv2d", or "conv2d_packed" for two-phase algorithms
-    tuned: str = "conv2d"
+    # the function called per input, whose run time is tuned: "conv2d", or "conv2d_packed" for
+    # two-phase algorithms (their prepare functions run once); the sidecar's "run_function"
+    run_function: str = "conv2d"
     # amplification of float32 error over direct (tests' tolerance; Winograd > 1)
     error_growth: Callable[[Workload], float] = field(default=lambda wl: 1.0)
 
@@ -163,28 +198,30 @@ class Algorithm:
         if reason:
             raise Unsupported(self.name, reason.split(": ", 1)[1])
 
-    def default_config(self, wl: Workload) -> dict:
-        """The template's own heuristic config (what an untuned library is built with)."""
-        func = self.functions(wl)[self.tuned].func
-        knobs = Knobs(s_tir.Schedule(func), default=True)
+    def default_config(self, wl: Workload, machine: Machine | None = None) -> dict:
+        """The template's own heuristic config for `machine` (default: this host): what an
+        untuned library is built with."""
+        func = self.functions(wl)[self.run_function].func
+        knobs = Knobs(s_tir.Schedule(func), default=True, machine=machine)
         self.schedule(knobs.sch, wl, knobs)
         return config_from_trace(knobs.sch.trace, knobs.names)
 
     def knob_names(self, wl: Workload) -> list[str]:
         return list(self.default_config(wl))
 
-    def sample_config(self, wl: Workload, seed: int) -> dict:
+    def sample_config(self, wl: Workload, seed: int, machine: Machine | None = None) -> dict:
         """A random point of the template's space (what the search might try)."""
-        func = self.functions(wl)[self.tuned].func
+        func = self.functions(wl)[self.run_function].func
         sch = s_tir.Schedule(func, seed=max(seed, 1))
-        knobs = Knobs(sch)
+        knobs = Knobs(sch, machine=machine)
         self.schedule(sch, wl, knobs)
         return config_from_trace(sch.trace, knobs.names)
 
-    def apply(self, func: tirx.PrimFunc, wl: Workload, config: dict | None) -> s_tir.Schedule:
-        """Schedule `func` with `config` (None: the template's default config)."""
+    def apply(self, func: tirx.PrimFunc, wl: Workload, config: dict | None,
+              machine: Machine | None = None) -> s_tir.Schedule:
+        """Schedule `func` with `config` (None: the template's default config for `machine`)."""
         sch = s_tir.Schedule(func)
-        self.schedule(sch, wl, Knobs(sch, config=config, default=config is None))
+        self.schedule(sch, wl, Knobs(sch, config=config, default=config is None, machine=machine))
         return sch
 
 

@@ -48,9 +48,18 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.topi.nn.winograd_util import winograd_transform_matrices
 
-from tuning.workload import Workload
-
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, largest_divisor, phase
+from .machine import Machine
+from .template import (
+    Algorithm,
+    Knobs,
+    Phase,
+    Unsupported,
+    has_block,
+    largest_divisor,
+    phase,
+    register_tile,
+)
+from .workload import Workload
 
 KERNEL = 3
 TILES = (2, 4, 6)
@@ -208,16 +217,19 @@ def _vector(channels: int) -> int:
     return largest_divisor(channels, 16)
 
 
-def default_blocks(wl: Workload, m: int, threads: int = 2) -> tuple[tuple[int, ...], ...]:
-    """Default `prefer` for tile_th, tile_tw and tile_co: a register tile of up to 8 tiles x 16
-    lanes, and a block whose V and M (alpha^2 x tiles x (CI + CO) floats) fit in about 512 KiB of
-    L2, in a number of blocks that keeps the (two, on the tuning machines) threads evenly busy when
-    the layer allows it; a layer with fewer tile blocks than threads gets channel blocks."""
+def default_blocks(wl: Workload, m: int, machine: Machine) -> tuple[tuple[int, ...], ...]:
+    """Default `prefer` for tile_th, tile_tw and tile_co: a register tile of tiles x co2 lanes
+    (one vector) within the machine's registers (template.register_tile: 8 tiles x 16 lanes on
+    AVX-512, 8 x 8 on AVX2), and a block whose V and M (alpha^2 x tiles x (CI + CO) floats) fit in
+    half the L2, in a number of blocks that keeps the machine's threads evenly busy when the layer
+    allows it; a layer with fewer tile blocks than threads gets channel blocks."""
     alpha = m + 2
     nh, nw = tile_grid(wl, m)
-    tw2 = largest_divisor(nw, 8)
-    th2 = largest_divisor(nh, max(1, 8 // tw2))
-    budget = max(8, min(64, (512 << 10) // (alpha * alpha * (wl.ci + wl.co) * 4)))
+    threads = machine.threads
+    tiles, co2 = register_tile(machine, 8, wl.co, max_rows=8, max_vectors=1)
+    tw2 = largest_divisor(nw, tiles)
+    th2 = largest_divisor(nh, max(1, tiles // tw2))
+    budget = max(8, min(64, (machine.l2 // 2) // (alpha * alpha * (wl.ci + wl.co) * 4)))
     tw1 = largest_divisor(nw // tw2, max(1, budget // tw2))
     th1 = largest_divisor(nh // th2, max(1, budget // (tw2 * tw1 * th2)))
 
@@ -226,7 +238,6 @@ def default_blocks(wl: Workload, m: int, threads: int = 2) -> tuple[tuple[int, .
 
     while th1 > 1 and blocks() % threads and blocks() < 4 * threads:
         th1 = largest_divisor(nh // th2, th1 - 1)
-    co2 = _vector(wl.co)
     cb = threads if blocks() < threads and (wl.co // co2) % threads == 0 else 1
     return (th2, th1), (tw2, tw1), (co2, wl.co // (co2 * cb), 1)
 
@@ -274,7 +285,7 @@ def schedule_run(sch: s_tir.Schedule, wl: Workload, m: int, knobs: Knobs) -> Non
     nh, nw = tile_grid(wl, m)
     yt, yi = sch.split(y, [nh, m])  # partial edge tiles and padding tiles: predicated
     xt, xi = sch.split(x, [nw, m])
-    prefer_th, prefer_tw, prefer_co = default_blocks(wl, m)
+    prefer_th, prefer_tw, prefer_co = default_blocks(wl, m, knobs.machine)
     (th0, th1, th2), th_f = _split(knobs, "tile_th", yt, 3, max_inner=4, prefer=prefer_th)
     (tw0, tw1, tw2), tw_f = _split(knobs, "tile_tw", xt, 3, max_inner=8, prefer=prefer_tw)
     (cb, co0, co1, co2), co_f = _split(knobs, "tile_co", co, 4, max_inner=32, prefer=prefer_co)
@@ -365,12 +376,12 @@ def make_algorithm(m: int) -> Algorithm:
     return Algorithm(
         name=name,
         layouts=("NHWC",),
-        summary=(f"Winograd F({m}x{m},3x3): {(m + 2) ** 2} multiplications per {m * m} outputs "
+        description=(f"Winograd F({m}x{m},3x3): {(m + 2) ** 2} multiplications per {m * m} outputs "
                  f"({KERNEL * KERNEL / multiplications_per_output(m):.2f}x fewer than direct), block-fused transforms"),
         check=partial(check, name=name),
         functions=make_functions(m),
         schedule=make_schedule(m),
-        tuned="conv2d_packed",
+        run_function="conv2d_packed",
         error_growth=lambda wl: ERROR_GROWTH[m],
     )
 

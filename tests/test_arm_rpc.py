@@ -16,16 +16,22 @@ import time
 
 import pytest
 
-from tuning import emulator, rpc
-from tuning.kernel import Kernel, LibraryError
-from tuning.library import Choice, choose, export
-from tuning.measure import MeasureConfig
+from schedules.workload import parse_spec
+from tuning.deploy.kernel import Kernel
+from tuning.deploy.library import Choice, choose, export
+from tuning.deploy.verify import verify
 from tuning.records import FAILED_SECONDS, LayerRecords
-from tuning.search import tune
-from tuning.target import resolve_target
+from tuning.remote import emulator
+from tuning.remote import session as rs
+from tuning.remote.address import RPCError, free_port, parse_hostport
+from tuning.remote.process import group_alive
+from tuning.remote.tracker import Tracker, devices, format_devices, tracker_summary
+from tuning.search.measure import MeasureConfig, close_runner, rpc_runner
+from tuning.search.tune import SearchOptions, tune
+from tuning.target import LibraryError, elf_machine, resolve_target
 from tuning.task import Task
-from tuning.verify import verify
-from tuning.workload import parse_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.device]  # the emulated aarch64 device
 
 LAYER = "h=8,ci=8,co=8,k=3,pad=1"
 KEY = "aarch64-test"
@@ -37,7 +43,7 @@ LIGHT_SEARCH = {"strategy": "replay-trace", "cost_model": "random"}
 
 
 def _gone(pid: int) -> bool:
-    return not rpc.group_alive(pid)
+    return not group_alive(pid)
 
 
 def _stop_and_check(thing) -> None:
@@ -61,12 +67,12 @@ def emulator_paths():
 
 @pytest.fixture(scope="module")
 def tracker():
-    t = rpc.Tracker.start()
-    assert rpc.devices(t.host, t.port) == {}
+    t = Tracker.start()
+    assert devices(t.host, t.port) == {}
     yield t
     _stop_and_check(t)
-    with pytest.raises(rpc.RPCError, match="cannot connect"):
-        rpc.summary(t.host, t.port, timeout=2)
+    with pytest.raises(RPCError, match="cannot connect"):
+        tracker_summary(t.host, t.port, timeout=2)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +92,11 @@ def tuned(device, tracker, aarch64, tmp_path_factory):
     """A small layer tuned on the emulated device through the tracker: (logs, store, task)."""
     logs = str(tmp_path_factory.mktemp("arm-logs"))
     task = Task(parse_spec(LAYER), "direct")
-    runner = rpc.rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
+    runner = rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
     try:
-        store = tune([task], aarch64, logs, 6, config=QUICK, runner=runner, trials_per_iter=6, seed=1, **LIGHT_SEARCH)
+        store = tune([task], aarch64, logs, 6, SearchOptions(measure=QUICK, trials_per_iter=6, seed=1, **LIGHT_SEARCH), runner)
     finally:
-        rpc.close_runner(runner)
+        close_runner(runner)
     return logs, store, task
 
 
@@ -121,40 +127,40 @@ def x86_library(tmp_path_factory):
     ("127.0.0.1:70000", "port must be a number"),
 ])
 def test_bad_addresses_are_refused_clearly(text, message):
-    with pytest.raises(rpc.RPCError, match=message) as err:
-        rpc.parse_hostport(text, "--rpc-tracker")
+    with pytest.raises(RPCError, match=message) as err:
+        parse_hostport(text, "--rpc-tracker")
     assert "--rpc-tracker" in str(err.value)
 
 
 def test_addresses_parse():
-    assert rpc.parse_hostport("127.0.0.1:9190") == ("127.0.0.1", 9190)
-    assert rpc.parse_hostport("[::1]:9090", "--rpc") == ("::1", 9090)
+    assert parse_hostport("127.0.0.1:9190") == ("127.0.0.1", 9190)
+    assert parse_hostport("[::1]:9090", "--rpc") == ("::1", 9090)
 
 
 def test_unreachable_tracker_fails_fast():
-    port = rpc.free_port()
+    port = free_port()
     started = time.time()
-    with pytest.raises(rpc.RPCError, match=f"tracker 127.0.0.1:{port}: cannot connect"):
-        rpc.request("127.0.0.1", port, KEY, timeout=30)
-    with pytest.raises(rpc.RPCError, match="cannot connect"):
-        rpc.rpc_runner(resolve_target("aarch64"), QUICK, tracker=f"127.0.0.1:{port}", key=KEY)
+    with pytest.raises(RPCError, match=f"tracker 127.0.0.1:{port}: cannot connect"):
+        rs.request("127.0.0.1", port, KEY, timeout=30)
+    with pytest.raises(RPCError, match="cannot connect"):
+        rpc_runner(resolve_target("aarch64"), QUICK, tracker=f"127.0.0.1:{port}", key=KEY)
     assert time.time() - started < 5  # TVM's own client retries for a minute
 
 
 def test_unreachable_server_fails_fast():
-    port = rpc.free_port()
+    port = free_port()
     started = time.time()
-    with pytest.raises(rpc.RPCError, match=f"RPC server 127.0.0.1:{port}"):
-        rpc.connect("127.0.0.1", port, timeout=10)
+    with pytest.raises(RPCError, match=f"RPC server 127.0.0.1:{port}"):
+        rs.connect("127.0.0.1", port, timeout=10)
     assert time.time() - started < 10
 
 
 def test_tracker_without_the_key_fails_fast(tracker):
     started = time.time()
-    with pytest.raises(rpc.RPCError, match="no device registered under key 'no-such-board'"):
-        rpc.request(tracker.host, tracker.port, "no-such-board", timeout=30)
-    with pytest.raises(rpc.RPCError, match="no device registered"):
-        rpc.rpc_runner(resolve_target("aarch64"), QUICK, tracker=tracker.address, key="no-such-board")
+    with pytest.raises(RPCError, match="no device registered under key 'no-such-board'"):
+        rs.request(tracker.host, tracker.port, "no-such-board", timeout=30)
+    with pytest.raises(RPCError, match="no device registered"):
+        rpc_runner(resolve_target("aarch64"), QUICK, tracker=tracker.address, key="no-such-board")
     assert time.time() - started < 5
 
 
@@ -162,34 +168,34 @@ def test_not_a_library_is_refused(tmp_path):
     bogus = tmp_path / "kernel.so"
     bogus.write_text("not a library")
     with pytest.raises(LibraryError, match="not an ELF shared library"):
-        rpc.elf_machine(str(bogus))
+        elf_machine(str(bogus))
 
 
 def test_cli_options_are_checked():
-    with pytest.raises(rpc.RPCError, match="needs --rpc-key"):
-        rpc.session(tracker="127.0.0.1:9190")
-    with pytest.raises(rpc.RPCError, match="not both"):
-        rpc.session(tracker="127.0.0.1:9190", key="k", rpc="127.0.0.1:9090")
+    with pytest.raises(RPCError, match="needs --rpc-key"):
+        rs.session(tracker="127.0.0.1:9190")
+    with pytest.raises(RPCError, match="not both"):
+        rs.session(tracker="127.0.0.1:9190", key="k", rpc="127.0.0.1:9090")
 
 
 # -- the emulated device -------------------------------------------------------------------------
 
 
 def test_device_reports_itself(device, tracker):
-    status = rpc.devices(tracker.host, tracker.port)[KEY]
+    status = devices(tracker.host, tracker.port)[KEY]
     assert status.total == 1
-    assert KEY in rpc.format_devices(rpc.devices(tracker.host, tracker.port))
-    sess = rpc.request(tracker.host, tracker.port, KEY, timeout=30)
-    info = rpc.device_info(sess)
+    assert KEY in format_devices(devices(tracker.host, tracker.port))
+    sess = rs.request(tracker.host, tracker.port, KEY, timeout=30)
+    info = rs.device_info(sess)
     assert info["machine"] == "aarch64" and info["emulated"] and info["cpu"] == "cortex-a72"
     assert "EMULATED" in emulator.EMULATED_NOTE and "not ARM timings" in emulator.EMULATED_NOTE
 
 
 def test_busy_device_times_out(device, tracker):
-    held = rpc.request(tracker.host, tracker.port, KEY, timeout=30)  # one server, one session
+    held = rs.request(tracker.host, tracker.port, KEY, timeout=30)  # one server, one session
     started = time.time()
-    with pytest.raises(rpc.RPCError, match=r"no device of key .* became free within 2 s \(1 registered, all busy\)"):
-        rpc.request(tracker.host, tracker.port, KEY, timeout=2)
+    with pytest.raises(RPCError, match=r"no device of key .* became free within 2 s \(1 registered, all busy\)"):
+        rs.request(tracker.host, tracker.port, KEY, timeout=2)
     assert time.time() - started < 6
     del held
 
@@ -209,23 +215,23 @@ def test_tune_on_the_emulated_device(tuned, aarch64):
 
 def test_exported_library_runs_on_the_device(arm_library, tracker):
     path, side = arm_library
-    assert rpc.elf_machine(path) == "aarch64"
+    assert elf_machine(path) == "aarch64"
     assert side["tuned"] and side["target"]["config"]["mtriple"] == "aarch64-linux-gnu"
-    sess = rpc.request(tracker.host, tracker.port, KEY, timeout=30)
-    checks = verify(Kernel.load(path, session=sess))
+    sess = rs.request(tracker.host, tracker.port, KEY, timeout=30)
+    checks = verify(Kernel(rs.load_library(sess, path), side, sess.cpu(0)))
     assert checks and all(c.ok for c in checks), checks
 
 
 def test_x86_library_is_refused_by_the_device(x86_library, device, tracker):
-    assert rpc.elf_machine(x86_library) == "x86_64"
-    sess = rpc.request(tracker.host, tracker.port, KEY, timeout=30)
+    assert elf_machine(x86_library) == "x86_64"
+    sess = rs.request(tracker.host, tracker.port, KEY, timeout=30)
     with pytest.raises(LibraryError, match="conv.so is built for x86_64, but the device is aarch64"):
-        Kernel.load(x86_library, session=sess)
+        rs.load_library(sess, x86_library)
     # the session is still usable: nothing was uploaded or crashed
-    assert rpc.device_info(sess)["machine"] == "aarch64"
+    assert rs.device_info(sess)["machine"] == "aarch64"
     # a stock server cannot say what it is: then the board's own dlopen error is explained
     with pytest.raises(LibraryError, match=r"could not load conv.so, an x86_64 library \(.*\); is the device x86_64"):
-        rpc.load_remote(sess, x86_library)
+        rs.load_remote(sess, x86_library)
 
 
 def test_arm_library_is_refused_here(arm_library):
@@ -236,8 +242,8 @@ def test_arm_library_is_refused_here(arm_library):
 def test_runner_refuses_a_device_of_another_architecture(device, tracker):
     """The runner's first session checks the device against the target: x86 code on an ARM board
     would fail every trial."""
-    with pytest.raises(rpc.RPCError, match="is aarch64, but the target x86 builds for x86_64"):
-        rpc.rpc_runner(resolve_target("x86"), QUICK, tracker=tracker.address, key=KEY)
+    with pytest.raises(RPCError, match="is aarch64, but the target x86 builds for x86_64"):
+        rpc_runner(resolve_target("x86"), QUICK, tracker=tracker.address, key=KEY)
 
 
 def _artifacts(target, n: int) -> list:
@@ -245,7 +251,7 @@ def _artifacts(target, n: int) -> list:
     (built here: a builder pool would start two more TVM processes on the shared cores)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tuning import measure
+    from tuning.search import measure
 
     task = Task(parse_spec(LAYER), "direct")
     mod = task.template.apply(task.mod["main"], task.workload, None).mod
@@ -270,7 +276,7 @@ def test_devices_under_one_key_measure_in_parallel(device, tracker, emulator_pat
     second = emulator.start(tracker.address, KEY, cpu="cortex-a53", paths=emulator_paths)
     runner = None
     try:
-        runner = rpc.rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
+        runner = rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
         assert runner.workers == 2
         before = _trial_loads(device), _trial_loads(second)
         results = _run(runner, _artifacts(aarch64, 4))
@@ -278,7 +284,7 @@ def test_devices_under_one_key_measure_in_parallel(device, tracker, emulator_pat
         assert _trial_loads(device) > before[0] and _trial_loads(second) > before[1]
     finally:
         if runner is not None:
-            rpc.close_runner(runner)
+            close_runner(runner)
         _stop_and_check(second)
 
 
@@ -286,15 +292,15 @@ def test_direct_server_without_tracker(emulator_paths, aarch64):
     direct = emulator.start(None, "", paths=emulator_paths)
     runner = None
     try:
-        sess = rpc.connect(direct.host, direct.port, timeout=30)
-        assert rpc.device_info(sess)["machine"] == "aarch64"
+        sess = rs.connect(direct.host, direct.port, timeout=30)
+        assert rs.device_info(sess)["machine"] == "aarch64"
         del sess
-        runner = rpc.rpc_runner(aarch64, QUICK, rpc=direct.address)
+        runner = rpc_runner(aarch64, QUICK, rpc=direct.address)
         results = _run(runner, _artifacts(aarch64, 2))
         assert all(r.error_msg is None and r.run_secs for r in results), [r.error_msg for r in results]
     finally:
         if runner is not None:
-            rpc.close_runner(runner)
+            close_runner(runner)
         _stop_and_check(direct)
 
 
@@ -316,7 +322,7 @@ def test_killed_device_ends_the_run_with_records_kept(emulator_paths, tracker, a
     recorded, the one in flight and the ones after the kill as failed."""
     doomed = emulator.start(tracker.address, "doomed", paths=emulator_paths)
     config = MeasureConfig(number=2, repeat=3, min_repeat_ms=100, run_timeout=20.0)
-    runner = rpc.rpc_runner(aarch64, config, tracker=tracker.address, key="doomed")
+    runner = rpc_runner(aarch64, config, tracker=tracker.address, key="doomed")
     killed = threading.Event()
 
     def kill_during_second_trial():
@@ -333,11 +339,11 @@ def test_killed_device_ends_the_run_with_records_kept(emulator_paths, tracker, a
     task = Task(parse_spec("h=6,ci=4,co=8,k=3,pad=1"), "direct")
     started = time.time()
     try:
-        store = tune([task], aarch64, str(tmp_path), 6, config=config, runner=runner, trials_per_iter=6, seed=2,
-                     **LIGHT_SEARCH)
+        store = tune([task], aarch64, str(tmp_path), 6,
+                     SearchOptions(measure=config, trials_per_iter=6, seed=2, **LIGHT_SEARCH), runner)
     finally:
         killed.set()
-        rpc.close_runner(runner)
+        close_runner(runner)
         _stop_and_check(doomed)
     killer.join(5)
     assert time.time() - started < 240

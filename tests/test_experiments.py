@@ -14,11 +14,21 @@ import pytest
 import tvm
 from tvm import te
 
-from tuning.experiments import NAMES, add_parser, cachesim, command_line, module, report, run
+from schedules.workload import parse_spec
+from tuning.experiments import (
+    NAMES,
+    add_parser,
+    cachesim,
+    command_line,
+    module,
+    report,
+    run,
+)
 from tuning.experiments.tuning_curves import trials_to_reach
 from tuning.records import LayerRecords
 from tuning.task import Task
-from tuning.workload import parse_spec
+
+pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 HAVE_VALGRIND = cachesim.valgrind_path() is not None
 NO_VALGRIND = "valgrind is not installed (apt-get install -y valgrind): no cache simulation"

@@ -12,16 +12,18 @@ from tvm.s_tir import meta_schedule as ms
 
 from schedules import ALGORITHMS, direct
 from schedules.template import Algorithm
-from tuning.kernel import LibraryError, read_sidecar
-from tuning.library import choose
-from tuning.measure import MeasureConfig
+from schedules.workload import parse_spec
+from tuning.deploy.kernel import LibraryError, read_sidecar
+from tuning.deploy.library import choose
 from tuning.records import FAILURE_LOG, LayerRecords, repair_json_lines
-from tuning.search import tune
+from tuning.search.measure import MeasureConfig
+from tuning.search.tune import SearchOptions, tune
 from tuning.target import resolve_target
 from tuning.task import Task
-from tuning.workload import parse_spec
 
-from . import faults
+from .support import faults
+
+pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 LAYER = "h=6,w=7,ci=4,co=8,k=3,pad=1"
 QUICK = MeasureConfig(min_repeat_ms=1, run_timeout=4, build_timeout=30)
@@ -37,7 +39,7 @@ def test_crashing_hanging_and_unbuildable_trials_are_recorded_as_failed(tmp_path
     runner = ms.runner.LocalRunner(timeout_sec=QUICK.run_timeout, evaluator_config=QUICK.evaluator(),
                                    f_run_evaluator=faults.faulty_run)
     started = time.time()
-    store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 8, config=QUICK, runner=runner, quiet=True)
+    store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 8, SearchOptions(measure=QUICK, quiet=True), runner)
     assert time.time() - started < 240  # the hung trials were cut off by the run timeout
     records = store.database.get_all_tuning_records()
     assert len(records) == 8  # crashed and hung trials are records too (MetaSchedule's failed time)
@@ -50,12 +52,12 @@ def test_crashing_hanging_and_unbuildable_trials_are_recorded_as_failed(tmp_path
 
 
 def test_failing_builds_are_recorded_with_their_reason(tmp_path, monkeypatch):
-    import tuning.measure as measure
+    import tuning.search.measure as measure
 
     logs, wl = str(tmp_path), parse_spec(LAYER)
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=30, f_build=faults.failing_build)
     monkeypatch.setattr(measure, "builder", lambda target, config: builder)
-    store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 6, config=QUICK, quiet=True)
+    store = tune([Task(wl, "direct")], resolve_target("x86"), logs, 6, SearchOptions(measure=QUICK, quiet=True))
     reasons = [json.loads(l) for l in open(os.path.join(store.directory, FAILURE_LOG))]
     assert reasons and all(r["stage"] == "build" and "injected build failure" in r["error"] for r in reasons)
     assert store.trial_count(Task(wl, "direct")) == 6
@@ -119,7 +121,7 @@ def test_two_concurrent_runs_do_not_corrupt_the_records(tmp_path):
 
 def test_records_of_another_tvm_version_or_cpu_are_not_applied(tmp_path, capsys):
     logs, wl = str(tmp_path), parse_spec(LAYER)
-    tune([Task(wl, "direct")], resolve_target("x86"), logs, 2, config=QUICK, quiet=True)
+    tune([Task(wl, "direct")], resolve_target("x86"), logs, 2, SearchOptions(measure=QUICK, quiet=True))
     target = resolve_target("x86")
     store = LayerRecords.existing(logs, target, wl)
     assert choose(wl, "direct", target, logs).tuned
@@ -138,7 +140,7 @@ def test_records_of_another_tvm_version_or_cpu_are_not_applied(tmp_path, capsys)
     assert not choose(wl, "direct", target, logs).tuned
     assert "made with TVM 0.18.0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="made with TVM 0.18.0"):
-        tune([Task(wl, "direct")], target, logs, 4, config=QUICK, quiet=True)
+        tune([Task(wl, "direct")], target, logs, 4, SearchOptions(measure=QUICK, quiet=True))
 
 
 def _wrong_conv(wl):
@@ -162,7 +164,7 @@ def test_a_kernel_that_computes_garbage_never_wins(tmp_path, monkeypatch, capsys
     monkeypatch.setitem(ALGORITHMS, "wrong", wrong)
     monkeypatch.setattr("tuning.task.ALGORITHM_NAMES", tuple(ALGORITHMS) + ("ms-auto",))
     logs = str(tmp_path)
-    store = tune([Task(wl, "wrong")], resolve_target("x86"), logs, 3, config=QUICK, quiet=True)
+    store = tune([Task(wl, "wrong")], resolve_target("x86"), logs, 3, SearchOptions(measure=QUICK, quiet=True))
     assert "rejected by the reference check" in capsys.readouterr().err
     assert store.best(Task(wl, "wrong")) is None  # every record was rejected
     assert len(store.rejected()) == 3

@@ -5,35 +5,11 @@ from schedules import get_algorithm
 from schedules.im2col import im2col_bytes
 from schedules.indirect import channel_block, indirection_bytes
 from schedules.template import Unsupported
-from tuning.library import Choice, in_memory_kernel
+from schedules.workload import parse_spec
+from tuning.deploy.library import Choice, in_memory_kernel
 from tuning.task import Task
-from tuning.workload import parse_spec
 
-from .conftest import check_algorithm, host_target
-
-LAYERS = [
-    "h=9,w=7,ci=5,co=6,k=3",  # odd sizes, no padding, CO below one vector
-    "h=10,ci=8,co=16,k=3,pad=1",
-    "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1",
-    "h=8,ci=3,co=5,k=5,pad=2",
-    "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0",  # asymmetric (top, left, bottom, right); CO in blocks of 8
-    "h=12,ci=6,co=6,k=3,pad=2,dilation=2",
-    "h=7,ci=16,co=20,k=1",  # 1x1: the table points at each pixel's own row
-    "h=13,w=5,ci=3,co=7,kh=3,kw=1,stride=1x2,pad=1",
-    "n=2,h=7,ci=8,co=32,k=3,stride=2,pad=1",  # a pixel tile may span two images
-    "h=7,ci=32,co=64,k=3,pad=1",  # 7x7: the default 7-pixel micro-kernel
-]
-
-
-@pytest.mark.parametrize("layer", LAYERS)
-def test_indirect_default_config(layer):
-    check_algorithm("indirect", layer)
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_indirect_random_configs(seed):
-    for layer in ("h=10,ci=8,co=32,k=3,pad=1", "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=0x1x1x2"):
-        check_algorithm("indirect", layer, config="random", seed=seed)
+from .support.checks import host_target
 
 
 def _prepared(layer):
@@ -89,7 +65,7 @@ def test_indirect_knobs_golden():
     wl = parse_spec("h=56,ci=64,co=64,k=3,pad=1")
     algorithm = get_algorithm("indirect")
     assert algorithm.knob_names(wl) == ["tile_m", "tile_n", "tile_ic", "unroll"]
-    assert algorithm.tuned == "conv2d_packed"
+    assert algorithm.run_function == "conv2d_packed"
     assert list(algorithm.functions(wl)) == ["conv2d", "load_input", "build_indirection", "pack_weight",
                                              "conv2d_packed"]
 

@@ -10,15 +10,25 @@ import numpy as np
 import pytest
 
 from schedules.reference import conv2d_reference
-from tuning.bundle import BundleError, compile_bundle, estimate_network, read_manifest, verify_bundle
-from tuning.measure import MeasureConfig
+from schedules.workload import Workload, parse_spec
+from tuning.bench import estimate_network
+from tuning.deploy.bundle import (
+    BundleError,
+    compile_bundle,
+    read_manifest,
+    verify_bundle,
+)
 from tuning.model_import import ModelError, from_onnx, from_torch, load_network
-from tuning.network_search import LayerRoutedDatabase, tune_network
 from tuning.networks import Layer
 from tuning.records import LayerRecords
+from tuning.search.measure import MeasureConfig
+from tuning.search.network import tune_network
+from tuning.search.plugins import LayerRoutedDatabase
+from tuning.search.tune import SearchOptions
 from tuning.target import resolve_target, set_threads
 from tuning.task import Task
-from tuning.workload import Workload, parse_spec
+
+pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 
 # -- ONNX ------------------------------------------------------------------------------------------------
@@ -211,7 +221,7 @@ def tuned(tmp_path_factory):
     target = resolve_target("x86")
     set_threads(target.threads)
     logs = str(tmp_path_factory.mktemp("logs"))
-    first = tune_network(TINY, "direct", target, logs, 8, config=FAST, seed=5)
+    first = tune_network(TINY, "direct", target, logs, 8, options=SearchOptions(measure=FAST, seed=5))
     return target, logs, first
 
 
@@ -238,10 +248,10 @@ def test_shared_budget_goes_to_each_layers_own_records(tuned):
 
 def test_resume_measures_only_the_difference(tuned):
     target, logs, _ = tuned
-    again = tune_network(TINY, "direct", target, logs, 10, config=FAST, seed=6, quiet=True)
+    again = tune_network(TINY, "direct", target, logs, 10, options=SearchOptions(measure=FAST, seed=6, quiet=True))
     per_layer = [layer_records(logs, target, l.workload) for l in TINY]
     assert again.measured == 2 and sum(map(len, per_layer)) == 10
-    assert tune_network(TINY, "direct", target, logs, 10, config=FAST, quiet=True).measured == 0
+    assert tune_network(TINY, "direct", target, logs, 10, options=SearchOptions(measure=FAST, quiet=True)).measured == 0
     assert sum(len(layer_records(logs, target, l.workload)) for l in TINY) == 10
 
 
@@ -256,7 +266,7 @@ def test_bundle_compiles_and_verifies_in_a_fresh_process(tuned, tmp_path):
     assert all(os.path.basename(e["library"]) == e["library"] and e["tuned"] for e in entries.values())
     assert entries["tiny.a"]["functions"]["conv2d"]["args"][1]["shape"] == [3, 3, 4, 8]
     assert read_manifest(out) == json.loads(json.dumps(manifest))
-    done = subprocess.run([sys.executable, "-m", "tuning.bundle", "verify", out], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "tuning.deploy.bundle", "verify", out], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(" ok") == 3 and "tiny.c: conv2d" in done.stdout
@@ -293,14 +303,15 @@ def test_network_run_starts_a_new_layer_from_the_tuned_ones(tuned):
     """A layer new to the logs gets the adapted best configs of its tuned neighbour (tiny.a, same
     kernel and stride, twice the size) as its first trials."""
     from schedules.template import config_from_trace
-    from tuning.transfer import History, Transfer, seed_traces
+    from tuning.search.transfer import History, Transfer, seed_traces
 
     target, logs, _ = tuned
     new = Layer("tiny.d", parse_spec("h=16,ci=4,co=8,k=3,pad=1"), 1)
     task = Task(new.workload, "direct")
     seeds = seed_traces(task, History.scan(logs, target, new.workload), 2)
     assert seeds
-    result = tune_network([new], "direct", target, logs, 2, config=FAST, seed=7, quiet=True, transfer=Transfer(logs))
+    result = tune_network([new], "direct", target, logs, 2,
+                          options=SearchOptions(measure=FAST, seed=7, quiet=True, transfer=Transfer(logs)))
     assert result.measured == 2
     measured = [config_from_trace(r.trace, task.knob_names) for r in layer_records(logs, target, new.workload)]
     assert config_from_trace(seeds[0], task.knob_names) in measured

@@ -7,11 +7,13 @@ import sys
 
 import pytest
 
+from schedules.workload import Workload, parse_spec
 from tuning.cli import main
 from tuning.records import LayerRecords, summaries
 from tuning.target import resolve_target
 from tuning.task import Task
-from tuning.workload import Workload, parse_spec
+
+pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 LAYER = "h=10,w=9,ci=8,co=16,k=3,pad=1"
 

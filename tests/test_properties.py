@@ -1,11 +1,13 @@
 """Property tests: random valid layers, every algorithm that accepts them, against the reference."""
 
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from schedules import ALGORITHMS
-from tuning.workload import Workload, WorkloadError
+from schedules.workload import Workload, WorkloadError
 
-from .conftest import check_algorithm
+from .support.checks import check_algorithm
 
 
 @st.composite
@@ -29,7 +31,7 @@ def layers(draw):
         return None  # kernel larger than the padded input: a valid refusal, not a case
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
 @given(layers(), st.integers(1, 1000))
 def test_every_algorithm_that_accepts_a_layer_computes_it(wl, seed):
     assume(wl is not None)

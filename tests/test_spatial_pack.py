@@ -3,35 +3,10 @@ import pytest
 from schedules import get_algorithm
 from schedules import spatial_pack as sp
 from schedules.template import Unsupported
+from schedules.workload import parse_spec
 from tuning.task import Task
-from tuning.workload import parse_spec
 
-from .conftest import check_algorithm
-
-LAYERS = [
-    "h=9,w=7,ci=5,co=6,k=3",  # odd sizes, no padding (the pack is a plain copy of data)
-    "h=10,ci=8,co=20,k=3,pad=1",  # channels that do not divide the vector
-    "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1",
-    "h=8,ci=3,co=5,k=5,pad=2",
-    "h=9,w=8,ci=4,co=8,k=3,pad=0x1x2x0",  # asymmetric (top, left, bottom, right)
-    "h=12,ci=6,co=6,k=3,pad=2,dilation=2",
-    "h=7,ci=16,co=24,k=1",
-    "h=13,w=5,ci=3,co=7,kh=3,kw=1,stride=1x2",
-    "h=6,ci=80,co=16,k=3,pad=1",  # wide channel rows: the pack copies them in 16-lane pieces
-]
-
-
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("layer", LAYERS)
-def test_spatial_pack_default_config(layer, layout):
-    check_algorithm("spatial-pack", parse_spec(layer, layout=layout))
-
-
-@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_spatial_pack_random_configs(layout, seed):
-    for layer in ("h=10,ci=8,co=16,k=3,pad=1", "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1x0x2x1"):
-        check_algorithm("spatial-pack", parse_spec(layer, layout=layout), config="random", seed=seed)
+from .support.checks import check_algorithm
 
 
 @pytest.mark.parametrize("tile", [(1, 1), (2, 5), (5, 10), (10, 10)])
@@ -75,17 +50,6 @@ def test_packed_tile_arithmetic():
     assert sp.packed_tile_shape(strided, 3, 2) == (1, 2 * 2 + 2 * 2 + 1, 1 * 2 + 2 * 2 + 1, 4)
     overheads = [sp.halo_overhead(wl, t, t) for t in (56, 28, 14, 8, 4, 2, 1)]
     assert overheads == sorted(overheads)  # finer tiles copy more halo
-
-
-def test_spatial_pack_knobs_golden():
-    """The space the search explores; a change here must be deliberate."""
-    wl = parse_spec("h=56,ci=64,co=64,k=3,pad=1")
-    names = ["tile_h", "tile_w", "tile_c", "tile_rc", "unroll"]
-    algorithm = get_algorithm("spatial-pack")
-    assert algorithm.knob_names(wl) == names
-    assert algorithm.knob_names(wl.with_layout("NCHW")) == names
-    assert sp.default_config(wl) == {"tile_h": [7, 8], "tile_w": [7, 2, 4], "tile_c": [4, 1, 16],
-                                     "tile_rc": [1, 64], "unroll": 1}
 
 
 def test_spatial_pack_refuses_groups():

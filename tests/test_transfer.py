@@ -11,13 +11,22 @@ import pytest
 from tvm.s_tir import meta_schedule as ms
 
 from schedules.template import config_from_trace
+from schedules.workload import parse_spec
 from tuning.records import LayerRecords
-from tuning.search import tune
+from tuning.search.transfer import (
+    History,
+    Transfer,
+    adapt,
+    distance,
+    pretrain,
+    seed_traces,
+)
+from tuning.search.tune import SearchOptions, tune
 from tuning.task import Task
-from tuning.transfer import History, Transfer, adapt, distance, pretrain, seed_traces
-from tuning.workload import parse_spec
 
-from .conftest import check_algorithm
+from .support.checks import check_algorithm
+
+pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 NEIGHBOUR = parse_spec("h=16,w=16,ci=8,co=16,k=3,pad=1")
 LAYER = parse_spec("h=8,w=8,ci=8,co=32,k=3,pad=1")
@@ -64,9 +73,9 @@ def test_adapted_config_tiles_the_new_extents_and_is_correct(layer, config):
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("history") / "logs")
-    from .conftest import host_target
+    from .support.checks import host_target
 
-    tune([Task(NEIGHBOUR, "direct")], host_target(), logs, 4, trials_per_iter=2, seed=3, quiet=True)
+    tune([Task(NEIGHBOUR, "direct")], host_target(), logs, 4, SearchOptions(trials_per_iter=2, seed=3, quiet=True))
     return logs
 
 
@@ -89,8 +98,8 @@ def test_transferred_search_measures_the_adapted_configs_first(history, target, 
     assert expected[0] == config_from_trace(adapt(task, config_from_trace(best.trace, source.knob_names)).trace,
                                             task.knob_names)
 
-    store = tune([task], target, str(tmp_path / "logs"), len(seeds) + 2, trials_per_iter=2, seed=5, quiet=True,
-                 transfer=Transfer(history))
+    store = tune([task], target, str(tmp_path / "logs"), len(seeds) + 2,
+                 SearchOptions(trials_per_iter=2, seed=5, quiet=True, transfer=Transfer(history)))
     lines = [json.loads(line) for line in open(os.path.join(store.directory, "database_tuning_record.json"))]
     assert len(lines) == len(seeds) + 2
     workload = ms.database.Workload.from_json(

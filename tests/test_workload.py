@@ -1,8 +1,9 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from schedules.workload import Workload, WorkloadError, parse_spec
 from tuning.networks import NETWORKS, find_layer, network_layers, resolve
-from tuning.workload import Workload, WorkloadError, parse_spec
 
 
 def test_spec_defaults_and_shapes():

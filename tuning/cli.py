@@ -1,4 +1,21 @@
-"""convtune's command line: layers, tune, compile, verify, bench, records."""
+"""convtune's command line.
+
+  layers      the conv layers of the built-in networks
+  tune        search a layer's (or a network's) schedules, record every trial
+  compile     build the best record into a shared library + sidecar (a bundle with --network)
+  verify      run a library or a bundle against the numpy float64 reference
+  bench       time the best kernels against the rivals, in one run
+  records     best record per layer and algorithm
+  peak        the machine's FP32 peak for the ISA the kernels use
+  tracker     run a TVM RPC tracker
+  devices     devices registered with a tracker
+  device      an emulated aarch64 RPC device: setup, start, stop, list
+  experiment  the article's experiments (see `convtune experiment --help`)
+
+The CLI wires the rooms together: search (tuning/search/), deploy (tuning/deploy/) and remote
+(tuning/remote/) never import each other's CLI-facing pieces; a remote library is loaded by
+tuning.remote.session and handed to tuning.deploy's Kernel here.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +64,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .search import tune
+    from .search.tune import tune
     from .task import tasks_for
 
     if args.trials <= 0:
@@ -58,47 +75,47 @@ def cmd_tune(args) -> int:
         return _tune_network(args)
     name, wl = _layer(args)
     target = _target(args)
-    tasks = tasks_for(wl, args.algorithm)
-    transfer = _transfer(args)
-    config = _measure_config(args)
-    runner = _rpc_runner(args, target, config)
+    tasks = tasks_for(wl, args.algorithm, target.machine)
+    options = _search_options(args)
+    runner = _rpc_runner(args, target, options.measure)
     shared = (f" ({args.trials * len(tasks)} shared: the task scheduler gives more to those still improving)"
               if len(tasks) > 1 else "")
     print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
           f"{args.trials} trials per algorithm{shared}, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
-    store = tune(tasks, target, args.logs, args.trials, strategy=args.strategy, cost_model=args.cost_model,
-                 config=config, runner=runner, seed=args.seed, trials_per_iter=args.batch, transfer=transfer)
-    _summary(store, tasks, target, remote=runner is not None)
+    store = tune(tasks, target, args.logs, args.trials, options, runner)
+    print_tune_table(store, tasks, target, runner)
     return 0
 
 
 def _tune_network(args) -> int:
     from .model_import import load_network
-    from .network_search import tune_network
+    from .search.network import tune_network
 
     layers = load_network(args.network, args.layout or "NHWC")
     target = _target(args)
-    transfer = _transfer(args)
     total = args.trials_total or args.trials * len(layers)
-    config = _measure_config(args)
-    runner = _rpc_runner(args, target, config)
+    options = _search_options(args)
+    runner = _rpc_runner(args, target, options.measure)
     print(f"tuning {len(layers)} distinct conv layers of {args.network} ({sum(l.count for l in layers)} in all) on "
           f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
           file=sys.stderr)
-    tune_network(layers, args.algorithm, target, args.logs, total, strategy=args.strategy,
-                 cost_model=args.cost_model, config=config, runner=runner, trials_per_iter=args.batch, seed=args.seed,
-                 transfer=transfer)
+    tune_network(layers, args.algorithm, target, args.logs, total, options=options, runner=runner)
+    _print_emulated_note(runner)
     return 0
 
 
-def _measure_config(args):
-    from .measure import MeasureConfig
+def _search_options(args):
+    from .search.measure import MeasureConfig
+    from .search.tune import SearchOptions
 
-    return MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache, run_timeout=args.run_timeout)
+    measure = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
+                            run_timeout=args.run_timeout)
+    return SearchOptions(strategy=args.strategy, cost_model=args.cost_model, measure=measure,
+                         trials_per_iter=args.batch, seed=args.seed, transfer=_transfer(args))
 
 
 def _transfer(args):
-    from .transfer import Transfer
+    from .search.transfer import Transfer
 
     if args.no_transfer:
         return None
@@ -108,11 +125,12 @@ def _transfer(args):
     return Transfer(source)
 
 
-def _summary(store, tasks, target, remote: bool) -> None:
-    from .peak import fp32_peak_gflops
+def print_tune_table(store, tasks, target, runner=None) -> None:
+    """The closing table of a layer's tune: per algorithm, trials, best time, GFLOP/s, % of peak."""
+    from .peak import target_peak
 
     wl = tasks[0].workload
-    peak = fp32_peak_gflops(target.threads) if target.is_host and not remote else None
+    peak = target_peak(target) if runner is None else None
     print(f"{'algorithm':>14s} {'trials':>7s} {'best ms':>9s} {'GFLOP/s':>9s} {'% peak':>7s}")
     for task in tasks:
         best = store.best(task)
@@ -123,18 +141,25 @@ def _summary(store, tasks, target, remote: bool) -> None:
         pct = f"{100 * best.gflops(wl) / peak:6.0f}%" if peak else "      -"
         print(f"{task.algorithm:>14s} {trials:7d} {best.seconds * 1e3:9.3f} {best.gflops(wl):9.1f} {pct}")
     if peak:
-        print(f"(FP32 peak of this machine at {target.threads} threads, measured: {peak:.0f} GFLOP/s)")
-    if remote:
-        from .emulator import EMULATED_NOTE
+        print(f"(FP32 {target.machine.isa} peak of this machine at {target.threads} threads, measured: "
+              f"{peak:.0f} GFLOP/s)")
+    _print_emulated_note(runner)
+
+
+def _print_emulated_note(runner) -> None:
+    """Times from an emulated device say nothing about a board: said when, and only when, the
+    device reported itself emulated (a real board's times stand as measured)."""
+    if runner is not None and getattr(runner, "device_info", {}).get("emulated"):
+        from .remote.emulator import EMULATED_NOTE
 
         print(EMULATED_NOTE)
 
 
 def cmd_compile(args) -> int:
-    from .library import choose, export
+    from .deploy.library import choose, export
 
     if args.network:
-        from .bundle import compile_bundle
+        from .deploy.bundle import compile_bundle
         from .model_import import load_network
 
         layers = load_network(args.network, args.layout or "NHWC")
@@ -155,35 +180,46 @@ def cmd_compile(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .kernel import Kernel, read_sidecar
-    from .verify import print_checks, verify
+    from .deploy.kernel import Kernel, read_sidecar
+    from .deploy.verify import print_checks, verify
 
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
     if os.path.isdir(args.library):
-        from .bundle import verify_bundle
+        from .deploy.bundle import verify_bundle
 
         return print_checks(verify_bundle(args.library, seed=args.seed))
     side = read_sidecar(args.library)
     session = _rpc_session(args, side)
     if session is None:
-        from .target import host_arch, set_threads
+        from .target import host_arch, set_threads, sidecar_arch
 
-        arch = side["target"]["config"].get("mtriple", host_arch())
-        if not arch.startswith(host_arch()):
+        arch = sidecar_arch(side)
+        if arch and arch != host_arch():
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
         set_threads(int(side.get("threads", 1)))
-    kernel = Kernel.load(args.library, side, session)
+        kernel = Kernel.load(args.library, side)
+    else:
+        from .remote.session import load_library
+
+        kernel = Kernel(load_library(session, args.library, side), side, session.cpu(0))
     return print_checks([(args.library, verify(kernel, seed=args.seed))])
 
 
 def cmd_bench(args) -> int:
-    from .bench import bar_chart, bench_layer, environment, format_table, geomean, write_json
+    from .bench import (
+        bar_chart,
+        bench_layer,
+        environment,
+        format_table,
+        geomean,
+        write_json,
+    )
     from .networks import NETWORKS, network_layers, resolve
 
     target = _target(args)
     if args.network:
-        from .bundle import estimate_network, format_estimate
+        from .bench import estimate_network, format_estimate
         from .model_import import load_network
 
         estimate = estimate_network(load_network(args.network, args.layout or "NHWC"), target, args.logs,
@@ -209,14 +245,21 @@ def cmd_bench(args) -> int:
                                 min_repeat_ms=args.min_repeat_ms, rivals=not args.no_rivals))
     table = format_table(rows, env["fp32_peak_gflops"])
     ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
+    rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
     print(table)
-    print(f"\nFP32 peak ({target.threads} threads, measured): {env['fp32_peak_gflops']:.0f} GFLOP/s; "
-          f"median of {args.rounds} rounds, each >= {args.min_repeat_ms:.0f} ms of back-to-back calls.")
+    peak = env["fp32_peak_gflops"]
+    print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
+          f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {args.rounds} rounds, "
+          f"each >= {args.min_repeat_ms:.0f} ms of back-to-back calls.")
     if ratios:
         print(f"geomean speed-up over oneDNN (the better PyTorch layout per layer): {geomean(ratios):.2f}x")
+    if rival_ratios:
+        print(f"geomean speed-up over the better of oneDNN and ONNX Runtime per layer: {geomean(rival_ratios):.2f}x; "
+              f"worst layer {min(rival_ratios):.2f}x")
     if args.json:
         write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, "layers": rows,
-                               "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None})
+                               "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None,
+                               "geomean_speedup_vs_best_rival": geomean(rival_ratios) if rival_ratios else None})
         chart = bar_chart(rows, os.path.splitext(args.json)[0] + ".png", " ".join(args.layers))
         print(f"wrote {args.json}" + (f" and {chart}" if chart else ""))
     return 0
@@ -242,7 +285,7 @@ def cmd_records(args) -> int:
     return 0
 
 
-# -- RPC wiring (filled in by tuning/rpc.py) ------------------------------------------------------------
+# -- RPC wiring (tuning/remote/ and the runner in tuning/search/measure.py) -------------------------------
 def _rpc_runner(args, target, config):
     if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
         if not target.is_host:
@@ -251,7 +294,7 @@ def _rpc_runner(args, target, config):
         return None
     if args.rpc_tracker and not args.rpc_key:
         raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
-    from .rpc import make_runner
+    from .search.measure import make_runner
 
     return make_runner(args, config, target)
 
@@ -261,13 +304,36 @@ def _rpc_session(args, side):
         return None
     if args.rpc_tracker and not args.rpc_key:
         raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
-    from .rpc import open_session
+    from .remote.session import open_session
 
     return open_session(args, side)
 
 
+def cmd_peak(args) -> int:
+    """The true FP32 peak of the ISA the target's kernels use, per thread count."""
+    from .peak import cpu_model, target_peak
+
+    target = _target(args)
+    counts = [args.threads] if args.threads else sorted({1, target.threads})
+    gflops = {str(t): target_peak(target, t) for t in counts}
+    report = {"isa": target.machine.isa, "cpu": cpu_model(), "target": target.tag,
+              "fma_units": target.machine.fma_units, "lanes": target.machine.lanes, "gflops": gflops}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if None in gflops.values():
+        print(f"{target.tag}: peak unknown here ({target.machine.isa} kernels for another machine; "
+              "measure it on that machine with `convtune peak`)")
+        return 0
+    print(f"FP32 peak of {report['cpu']}, {target.machine.isa} ({target.machine.lanes} lanes, "
+          f"{target.machine.fma_units} FMA unit(s) per core) for {target.tag}:")
+    for t, value in gflops.items():
+        print(f"  {t} thread(s): {value:7.1f} GFLOP/s")
+    return 0
+
+
 def cmd_tracker(args) -> int:
-    from .rpc import Tracker
+    from .remote.tracker import Tracker
 
     tracker = Tracker.start(host=args.host, port=args.port, detach=args.detach)
     print(f"RPC tracker on {tracker.address} (pid {tracker.pid}); register devices with "
@@ -281,7 +347,8 @@ def cmd_tracker(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from .rpc import devices, format_devices, parse_hostport
+    from .remote.address import parse_hostport
+    from .remote.tracker import devices, format_devices
 
     host, port = parse_hostport(args.rpc_tracker)
     print(format_devices(devices(host, port)))
@@ -289,7 +356,7 @@ def cmd_devices(args) -> int:
 
 
 def cmd_device(args) -> int:
-    from . import emulator
+    from .remote import emulator
 
     if args.action == "setup":
         paths = emulator.setup(force=args.force)
@@ -340,8 +407,11 @@ def _add_rpc(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .search import COST_MODELS, STRATEGIES
+    from .search.measure import MeasureConfig
+    from .search.tune import COST_MODELS, STRATEGIES, SearchOptions
     from .task import ALGORITHM_NAMES
+
+    measure, search = MeasureConfig(), SearchOptions()  # the CLI's defaults are theirs
 
     algos = ", ".join(ALGORITHM_NAMES)
     parser = argparse.ArgumentParser(prog="convtune", description="Auto-tune 2-D convolutions for a CPU with TVM.")
@@ -360,13 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "torch.export .pt2 file, under one budget")
     p.add_argument("--trials-total", type=int, default=None, help="--network: the shared budget "
                                                                   "(default: --trials x distinct layers)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="evolutionary")
-    p.add_argument("--cost-model", choices=COST_MODELS, default="xgb")
-    p.add_argument("--min-repeat-ms", type=int, default=50, help="each timed repeat lasts at least this long")
-    p.add_argument("--batch", type=int, default=16, help="trials measured per search iteration (records are "
-                                                         "written, and the cost model retrained, after each)")
-    p.add_argument("--flush-cache", action="store_true", help="flush the CPU caches before each repeat")
-    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one trial may run before it is failed")
+    p.add_argument("--strategy", choices=STRATEGIES, default=search.strategy)
+    p.add_argument("--cost-model", choices=COST_MODELS, default=search.cost_model)
+    p.add_argument("--min-repeat-ms", type=int, default=measure.min_repeat_ms,
+                   help="each timed repeat lasts at least this long")
+    p.add_argument("--batch", type=int, default=search.trials_per_iter,
+                   help="trials measured per search iteration (records are written, and the cost model "
+                        "retrained, after each)")
+    p.add_argument("--flush-cache", action="store_true", default=measure.flush_cache,
+                   help="flush the CPU caches before each repeat")
+    p.add_argument("--run-timeout", type=float, default=measure.run_timeout,
+                   help="seconds one trial may run before it is failed")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-transfer", action="store_true",
                    help="start cold: no configs or cost-model data from similar layers' records")
@@ -399,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("peak", help="the FP32 peak of the ISA the target's kernels use (widest FMA, per thread count)")
+    p.add_argument("--target", default="x86", help="x86 (this CPU), or a TVM target JSON dict (e.g. mcpu haswell)")
+    p.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and the target's)")
+    p.add_argument("--json", action="store_true", help="print {isa, cpu, gflops: {threads: GFLOP/s}}")
+    p.set_defaults(func=cmd_peak)
+
     p = sub.add_parser("tracker", help="run a TVM RPC tracker (127.0.0.1 unless --host says otherwise)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9190)
@@ -409,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", default="127.0.0.1:9190")
     p.set_defaults(func=cmd_devices)
 
-    from .emulator import DEFAULT_CPU, DEFAULT_KEY
+    from .remote.emulator import DEFAULT_CPU, DEFAULT_KEY
 
     p = sub.add_parser("device", help="an emulated aarch64 RPC device (qemu-user): setup, start, stop, list")
     p.add_argument("action", choices=["setup", "start", "stop", "list"])
@@ -439,13 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from schedules.template import Unsupported
+    from schedules.workload import WorkloadError
 
-    from .emulator import EmulatorError
-    from .kernel import LibraryError
     from .records import ForeignRecords
-    from .rpc import RPCError
-    from .target import TargetError
-    from .workload import WorkloadError
+    from .remote.address import RPCError
+    from .remote.emulator import EmulatorError
+    from .target import LibraryError, TargetError
 
     try:
         return args.func(args)

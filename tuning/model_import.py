@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
+from schedules.workload import Workload, WorkloadError
+
 from .networks import NETWORKS, Layer, distinct_layers, network_layers
-from .workload import Workload, WorkloadError
 
 ONNX_PIP = "pip install onnx"
 TORCH_PIP = "pip install torch==2.13.0"

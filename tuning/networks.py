@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .workload import Workload, WorkloadError, parse_spec
+from schedules.workload import Workload, WorkloadError, parse_spec
 
 
 @dataclass(frozen=True)

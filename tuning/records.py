@@ -26,9 +26,11 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
+from schedules.workload import Workload
+
+from .files import write_json_atomic
 from .target import Target
 from .task import ALGORITHM_NAMES, Task
-from .workload import Workload
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 FAILURE_LOG = "failures.jsonl"  # why each failed trial failed
@@ -194,7 +196,7 @@ class LayerRecords:
         made_with = json.load(open(path)).get("tvm")
         return made_with if made_with and made_with != tvm.__version__ else None
 
-    def note_tasks(self, tasks: list[Task], measure_config) -> None:
+    def write_task_json(self, tasks: list[Task], measure_config) -> None:
         path = os.path.join(self.directory, "task.json")
         info = json.load(open(path)) if os.path.exists(path) else {}
         info.update({"workload": self.workload.to_dict(), "target": self.target.to_dict(),
@@ -203,13 +205,6 @@ class LayerRecords:
         for t in tasks:
             algorithms[t.algorithm] = {"knobs": t.knob_names}
         write_json_atomic(path, info)
-
-
-def write_json_atomic(path: str, payload) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
 
 
 def trace_id(trace) -> str:

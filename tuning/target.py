@@ -9,13 +9,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import tvm
+
+from schedules.machine import Machine
 
 
 class TargetError(ValueError):
     pass
+
+
+class LibraryError(ValueError):
+    """A compiled library that cannot be used as asked (no sidecar, wrong architecture, ...)."""
+
+
+class LibraryArchError(LibraryError):
+    """A library built for another architecture than the machine meant to run it."""
 
 
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
@@ -42,8 +54,12 @@ class Target:
 
     @property
     def arch(self) -> str:
-        triple = self.config.get("mtriple", "")
-        return "aarch64" if triple.startswith("aarch64") else "x86_64" if not triple or "x86_64" in triple else triple.split("-")[0]
+        return arch_of(self.config)
+
+    @cached_property
+    def machine(self) -> Machine:
+        """What the templates schedule for: vector ISA, registers, FMA units, caches, threads."""
+        return Machine.from_target(self.config, self.threads, host=self.is_host)
 
     @property
     def is_host(self) -> bool:
@@ -60,7 +76,8 @@ class Target:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.arch}-{cpu}-t{self.threads}")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "config": self.config, "threads": self.threads, "tag": self.tag}
+        return {"name": self.name, "config": self.config, "threads": self.threads, "tag": self.tag,
+                "machine": self.machine.to_dict()}
 
 
 def host_arch() -> str:
@@ -105,3 +122,53 @@ def set_threads(threads: int) -> None:
     """Fix the TVM runtime's thread pool in this process and in the workers it starts."""
     os.environ["TVM_NUM_THREADS"] = str(threads)
     tvm.get_global_func("runtime.config_threadpool")(0, threads)
+
+
+def arch_of(config: dict) -> str:
+    """The architecture a TVM target dict builds for: its triple's first field; no triple, the host's
+    (LLVM's default triple is the host's)."""
+    triple = config.get("mtriple", "")
+    return triple.split("-")[0] if triple else host_arch()
+
+
+# -- libraries and architectures ------------------------------------------------------------------
+_ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64",
+                 183: "aarch64", 243: "riscv64"}
+
+
+def elf_machine(path: str) -> str:
+    """The architecture a shared library was built for, from its ELF header (`e_machine`)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError as err:
+        raise LibraryArchError(f"{path}: cannot read ({err.strerror})") from None
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        raise LibraryArchError(f"{path}: not an ELF shared library (a .so built by `convtune compile`)")
+    order = "<" if header[5] == 1 else ">"
+    machine = struct.unpack(order + "H", header[18:20])[0]
+    return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+
+
+def sidecar_arch(side: dict | None) -> str | None:
+    """The architecture a library's sidecar says its target builds for (None without a sidecar)."""
+    config = (side or {}).get("target", {}).get("config")
+    return arch_of(config) if config else None
+
+
+def compile_hint(device: str) -> str:
+    if device == "aarch64":
+        return "compile it with --target aarch64 (or aarch64-a72, ...)"
+    if device == "x86_64":
+        return "compile it with --target x86"
+    return f"compile it for {device}"
+
+
+def check_arch(path: str, device: str | None, source: str, remedy: str = "") -> str:
+    """Refuse a library that `device` (an architecture; None: unknown, nothing checked) cannot load;
+    returns the library's architecture. `source` names who runs it ("this host", "the device")."""
+    arch = elf_machine(path)
+    if device and arch != device:
+        raise LibraryArchError(f"{os.path.basename(path)} is built for {arch}, but {source} is {device}: "
+                               f"{compile_hint(device)}{remedy}")
+    return arch

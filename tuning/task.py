@@ -6,7 +6,7 @@ to the hand-written templates, with no knobs of ours and no prepare phase.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import tvm
@@ -14,9 +14,9 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from schedules import ALGORITHMS, family, get_algorithm
+from schedules.machine import Machine
 from schedules.template import Algorithm, Knobs, Unsupported
-
-from .workload import Workload
+from schedules.workload import Workload
 
 GENERATED = "ms-auto"
 ALGORITHM_NAMES = tuple(ALGORITHMS) + (GENERATED,)
@@ -26,6 +26,9 @@ ALGORITHM_NAMES = tuple(ALGORITHMS) + (GENERATED,)
 class Task:
     workload: Workload
     algorithm: str
+    # What the template's defaults and bounds are derived for (None: this host). Not part of the
+    # task's identity: records are keyed by the tuned function, which no machine changes.
+    machine: Machine | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHM_NAMES:
@@ -49,7 +52,7 @@ class Task:
     def func(self) -> tirx.PrimFunc:
         """The tuned function; tagged with the algorithm so that records of different algorithms
         over the same compute (direct and ms-auto) are different workloads in the database."""
-        func = self.template.functions(self.workload)[self.template.tuned].func
+        func = self.template.functions(self.workload)[self.template.run_function].func
         return func.with_attr("convtune.algorithm", self.algorithm)
 
     @cached_property
@@ -62,13 +65,19 @@ class Task:
     def knob_names(self) -> list[str]:
         return [] if self.generated else self.template.knob_names(self.workload)
 
+    def default_config(self) -> dict:
+        """The template's default config for this task's machine (the generated space: direct's)."""
+        return self.template.default_config(self.workload, self.machine)
+
     def space(self) -> ms.space_generator.SpaceGenerator:
         if self.generated:
             return ms.space_generator.PostOrderApply()
         wl, template = self.workload, self.template
 
+        machine = self.machine
+
         def sample(sch):
-            template.schedule(sch, wl, Knobs(sch))
+            template.schedule(sch, wl, Knobs(sch, machine=machine))
 
         return ms.space_generator.ScheduleFn(
             sample,
@@ -78,25 +87,38 @@ class Task:
         )
 
 
-def tasks_for(wl: Workload, algorithm: str) -> list[Task]:
-    """`auto`: every template that fits the layer (the generated space is a rival, asked by name);
-    a family name (`winograd`) gives the members that fit; a full name gives its one task."""
-    if "," in algorithm:  # a list: the members of each that fit
-        names = [n.strip() for n in algorithm.split(",") if n.strip()]
+def algorithm_names(text: str) -> list[str]:
+    """The `--algorithm` syntax: a name, a family (`winograd`), `auto`, or a comma list of those.
+    Every name must exist: a typo in a list is refused, not dropped."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise Unsupported(text, "no algorithm named")
+    for name in names:
+        if name not in ("auto", GENERATED):
+            family(name)  # raises Unsupported for an unknown name
+    return names
+
+
+def tasks_for(wl: Workload, algorithm: str, machine: Machine | None = None) -> list[Task]:
+    """The tasks an `--algorithm` value asks for on `wl`. `auto`: every template that fits the layer
+    (the generated space is a rival, asked by name); a family name (`winograd`) gives the members
+    that fit; a full name gives its one task; a comma list, the members of each that fit."""
+    names = algorithm_names(algorithm)
+    if len(names) > 1:
         found = []
         for name in names:
             try:
-                found += [t for t in tasks_for(wl, name) if t not in found]
-            except Unsupported:
+                found += [t for t in tasks_for(wl, name, machine) if t not in found]
+            except Unsupported:  # a known algorithm that does not fit this layer: the others may
                 continue
         if not found:
             raise Unsupported(algorithm, f"none of these fits {wl.spec}")
         return found
     if algorithm == GENERATED:
-        return [Task(wl, GENERATED)]
+        return [Task(wl, GENERATED, machine)]
     members = list(ALGORITHMS.values()) if algorithm == "auto" else family(algorithm)
     fits = [a for a in members if a.supports(wl) is None]
     if not fits:
         reasons = "; ".join(a.supports(wl) for a in members)
         raise Unsupported(algorithm, f"no variant fits {wl.spec}: {reasons}")
-    return [Task(wl, a.name) for a in fits]
+    return [Task(wl, a.name, machine) for a in fits]

@@ -14,38 +14,19 @@ in DIR: a single experiment replaces its own section, `all` rewrites them all. D
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
 
-DEFAULT_OUT = os.path.join("docs", "experiments")
-# name -> module, in the report's order (the article's order)
-EXPERIMENTS = {
-    "layout": "layout",
-    "im2col-memory": "im2col_memory",
-    "spatial-pack": "spatial_pack",
-    "winograd": "winograd",
-    "indirect": "indirect",
-    "tuning-curves": "tuning_curves",
-    "transfer": "transfer",
-}
-NAMES = tuple(EXPERIMENTS)
+from . import report as report_module
+from .registry import DEFAULT_OUT, EXPERIMENTS, NAMES, module, report_path
 
-
-def module(name: str):
-    return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
-
-
-def report_path(out: str, report: str | None = None) -> str:
-    return report or os.path.normpath(out).rstrip(os.sep) + ".md"
-
+__all__ = ["DEFAULT_OUT", "EXPERIMENTS", "NAMES", "add_parser", "command_line", "module", "report_path", "run"]
 
 def run(names: list[str], out: str = DEFAULT_OUT, preset: str = "default", threads: int | None = None,
         logs: str = "logs", report: str | None = None, command: str = "") -> tuple[dict, dict]:
     """Run experiments and regenerate the report; returns ({name: payload}, {name: error})."""
     from ..target import resolve_target, set_threads  # noqa: PLC0415 - keep `--help` light
-    from . import report as report_module  # noqa: PLC0415
     from .common import PRESETS, Context  # noqa: PLC0415
 
     target = resolve_target("x86", threads)

@@ -4,26 +4,23 @@ timing, JSON output and matplotlib (an optional extra: without it, plots are ski
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import shutil
-import platform
-import subprocess
 import sys
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 
 from schedules.reference import random_inputs
+from schedules.workload import Workload
 
 from ..bench import Timing
-from ..kernel import Kernel
-from ..library import Choice, choose, in_memory_kernel
+from ..deploy.kernel import Kernel
+from ..deploy.library import Choice, choose, in_memory_kernel
+from ..environment import run_environment
+from ..files import write_json_atomic
 from ..target import Target
 from ..task import Task
-from ..workload import Workload
 
 PLOT_MISSING = "matplotlib is not installed (pip install 'convtune[plot]'): no plot"
 
@@ -69,63 +66,9 @@ class Context:
 
 
 # -- provenance ----------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def _caches() -> dict:
-    """Per-core cache sizes as the kernel reports them (sysfs), e.g. {"L1d": "32K", ...}."""
-    found = {}
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    if not os.path.isdir(base):
-        return found
-    for index in sorted(os.listdir(base)):
-        try:
-            level = open(os.path.join(base, index, "level")).read().strip()
-            kind = open(os.path.join(base, index, "type")).read().strip()
-            size = open(os.path.join(base, index, "size")).read().strip()
-        except OSError:
-            continue
-        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
-        found[f"L{level}{suffix}"] = size
-    return found
-
-
-def _git_commit() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode:
-        return None
-    return head.stdout.strip() + ("+modified" if dirty.stdout.strip() else "")
-
-
 def environment(ctx: Context) -> dict:
     """Where and when the numbers were taken: stored with every experiment's JSON."""
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": ctx.command,
-        "preset": ctx.preset.name,
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "caches": _caches(),
-        "threads": ctx.target.threads,
-        "target": ctx.target.to_dict(),
-        "tvm": tvm.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "convtune_commit": _git_commit(),
-    }
+    return {**run_environment(ctx.target, ctx.command), "preset": ctx.preset.name}
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
@@ -187,11 +130,7 @@ def timing_summary(timing: Timing, flops: int) -> dict:
 # -- output ------------------------------------------------------------------------------------------------
 def write_json(ctx: Context, name: str, payload: dict) -> str:
     path = ctx.path(f"{name}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, payload, default=_jsonable)
 
 
 def _jsonable(value):

@@ -27,10 +27,12 @@ import tvm
 
 from schedules.im2col import im2col_bytes, skips_copy
 from schedules.spatial_pack import allocated_buffers
+from schedules.workload import parse_spec
 
-from ..library import Choice, schedule_functions, sidecar, sidecar_path
+from ..deploy.kernel import sidecar_path
+from ..deploy.library import Choice, schedule_functions, sidecar
+from ..files import write_json_atomic
 from ..task import Task
-from ..workload import parse_spec
 from .common import Context, environment, log, save_plot, write_json
 
 NAME = "im2col-memory"
@@ -93,8 +95,7 @@ def describe_layer(ctx: Context, wl, workdir: str) -> tuple[dict, dict[str, str]
         library = os.path.join(workdir, f"{algorithm}-{wl.key}.so")
         tvm.compile(scheduled, target=ctx.target.tvm).export_library(library)
         side = sidecar(choice, ctx.target, os.path.basename(library), wl.spec)
-        with open(sidecar_path(library), "w") as f:
-            json.dump(side, f)
+        write_json_atomic(sidecar_path(library), side)
         entry = {"one_shot_allocations": allocations, "one_shot_allocated_bytes": sum(allocations.values())}
         if algorithm == "im2col":
             run_args = side["functions"][side["run_function"]]["args"]
@@ -147,7 +148,7 @@ def rss_probe(library: str, function: str) -> None:
 
     import numpy as np  # noqa: PLC0415
 
-    from tuning.kernel import read_sidecar  # noqa: PLC0415
+    from tuning.deploy.kernel import read_sidecar  # noqa: PLC0415
 
     side = read_sidecar(library)
     module = tvm.runtime.load_module(library)

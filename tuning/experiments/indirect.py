@@ -19,9 +19,9 @@ import math
 
 from schedules import im2col as im2col_module
 from schedules import indirect as indirect_module
+from schedules.workload import parse_spec
 
 from ..networks import resolve
-from ..workload import parse_spec
 from .common import Context, environment, log, save_plot, time_algorithms, write_json
 
 NAME = "indirect"

@@ -23,13 +23,22 @@ import tvm
 
 from schedules.im2col import im2col_bytes, skips_copy
 
-from ..kernel import Kernel
-from ..library import Choice, build, sidecar
+from ..deploy.kernel import Kernel
+from ..deploy.library import Choice, build, sidecar
 from ..networks import resolve
 from ..task import Task
 from . import cachesim
-from .common import (Context, environment, kernel_for, log, ready, save_plot, time_interleaved, timing_summary,
-                     write_json)
+from .common import (
+    Context,
+    environment,
+    kernel_for,
+    log,
+    ready,
+    save_plot,
+    time_interleaved,
+    timing_summary,
+    write_json,
+)
 
 NAME = "layout"
 TITLE = "Memory layout: NCHW vs NHWC on a 1x1 convolution"

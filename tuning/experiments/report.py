@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from . import NAMES, module
+from ..files import write_text_atomic
+from .registry import NAMES, module
 
 HEADER = """# The article's experiments, measured
 
@@ -73,12 +74,7 @@ def _anchor(title: str) -> str:
 
 def write(out: str, report: str) -> str:
     text = render(out, report)
-    os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
-    tmp = report + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, report)
-    return report
+    return write_text_atomic(report, text)
 
 
 __all__ = ["load", "render", "write"]

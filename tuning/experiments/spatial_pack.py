@@ -21,8 +21,17 @@ from schedules import spatial_pack as sp
 from schedules.im2col import im2col_bytes
 
 from ..networks import resolve
-from .common import (Context, environment, kernel_for, log, ready, save_plot, time_interleaved, timing_summary,
-                     write_json)
+from .common import (
+    Context,
+    environment,
+    kernel_for,
+    log,
+    ready,
+    save_plot,
+    time_interleaved,
+    timing_summary,
+    write_json,
+)
 
 NAME = "spatial-pack"
 TITLE = "Spatial pack: tile size, halo memory and speed"

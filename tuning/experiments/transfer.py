@@ -18,9 +18,9 @@ import os
 
 from ..networks import resolve
 from ..records import LayerRecords
-from ..search import tune
+from ..search.transfer import Transfer
+from ..search.tune import SearchOptions, tune
 from ..task import Task
-from ..transfer import Transfer
 from .common import Context, environment, fresh, log, save_plot, write_json
 from .tuning_curves import WITHIN, draw_curves, read_curve, trials_to_reach
 
@@ -49,7 +49,7 @@ def run(ctx: Context) -> dict:
         history = os.path.join(ctx.out, NAME, "history")
         fresh(history)
         _, neighbour = resolve(TINY_HISTORY)
-        tune([Task(neighbour, ALGORITHM)], ctx.target, history, 4, seed=1, trials_per_iter=2, quiet=True)
+        tune([Task(neighbour, ALGORITHM)], ctx.target, history, 4, SearchOptions(seed=1, trials_per_iter=2, quiet=True))
     layers = {}
     for spec in LAYERS[preset]:
         name, wl = resolve(spec)
@@ -61,7 +61,8 @@ def run(ctx: Context) -> dict:
                 fresh(logs)
                 log(f"transfer: {name}: {variant}, seed {seed}, {trials} trials")
                 transfer = Transfer(history) if variant == "transfer" else None
-                store = tune([task], ctx.target, logs, trials, seed=seed, trials_per_iter=batch, transfer=transfer)
+                store = tune([task], ctx.target, logs, trials,
+                             SearchOptions(seed=seed, trials_per_iter=batch, transfer=transfer))
                 runs[variant].append({"seed": seed, "logs": os.path.relpath(store.directory, ctx.out),
                                       **read_curve(store, task, wl.flops)})
         shipped = LayerRecords.existing(ctx.logs, ctx.target, wl)

@@ -20,9 +20,9 @@ import os
 from tvm.s_tir import meta_schedule as ms
 
 from ..networks import resolve
-from ..peak import fp32_peak_gflops
+from ..peak import target_peak
 from ..records import DB_FILES, LayerRecords, median_seconds, trace_id
-from ..search import tune
+from ..search.tune import SearchOptions, tune
 from ..task import Task
 from .common import Context, environment, fresh, log, save_plot, write_json
 
@@ -51,8 +51,8 @@ def run(ctx: Context) -> dict:
         fresh(logs)
         log(f"tuning-curves: {variant}: {name}, {trials} trials")
         task = Task(wl, algorithm)
-        store = tune([task], ctx.target, logs, trials, cost_model=cost_model, seed=SEED,
-                     trials_per_iter=BATCH[preset])
+        store = tune([task], ctx.target, logs, trials,
+                     SearchOptions(cost_model=cost_model, seed=SEED, trials_per_iter=BATCH[preset]))
         curves[variant] = {"algorithm": algorithm, "cost_model": cost_model,
                            "logs": os.path.relpath(store.directory, ctx.out),
                            **read_curve(store, task, wl.flops)}
@@ -63,7 +63,7 @@ def run(ctx: Context) -> dict:
     payload = {"experiment": NAME, "title": TITLE, "environment": environment(ctx), "layer": name, "spec": wl.spec,
                "flops": wl.flops, "trials": trials, "trials_per_iteration": BATCH[preset], "seed": SEED,
                "strategy": "evolutionary", "within": WITHIN, "overall_best_gflops": overall,
-               "fp32_peak_gflops": fp32_peak_gflops(ctx.target.threads), "curves": curves}
+               "fp32_peak_gflops": target_peak(ctx.target), "curves": curves}
     payload.update(save_plot(ctx, NAME, lambda plt: draw(plt, payload)))
     write_json(ctx, NAME, payload)
     return payload

@@ -11,8 +11,9 @@ from schedules import get_algorithm
 from schedules.reference import conv2d_reference, error_bound, random_inputs
 from schedules.template import config_from_trace
 
+from ..records import Record
 from .kernel import Kernel
-from .records import Record
+from .library import Choice, in_memory_kernel
 
 
 @dataclass
@@ -65,8 +66,6 @@ def check_top_records(store, task, target, k: int = 3) -> Record | None:
     """Check the fastest records of `task` against the reference, fastest first, until one passes;
     failures are marked rejected so a schedule that computes garbage never becomes the best.
     MetaSchedule itself times candidates but never looks at their output."""
-    from .library import Choice, in_memory_kernel  # noqa: PLC0415 - library imports this module's users
-
     for record in store.top(task, k):
         config = None if task.generated else config_from_trace(record.trace, task.knob_names)
         choice = Choice(task, record, config)

@@ -7,7 +7,6 @@ sidecar `<library>.json` says what was built, from which record, and every funct
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -15,14 +14,16 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
+from tvm.support import cc
 
 from schedules.template import config_from_trace
+from schedules.workload import Workload
 
-from .kernel import Kernel
-from .records import LayerRecords, Record
-from .target import Target
-from .task import Task, tasks_for
-from .workload import Workload
+from ..files import write_json_atomic
+from ..records import LayerRecords, Record
+from ..target import Target
+from ..task import Task, tasks_for
+from .kernel import Kernel, sidecar_path
 
 SIDECAR_VERSION = 1
 
@@ -51,7 +52,8 @@ def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
         print(f"WARNING: {store.directory} holds records made with TVM {store.foreign_version()}, not "
               f"{tvm.__version__}; they are not used.", file=sys.stderr)
         store = None
-    candidates = tasks_for(wl, algorithm) if algorithm != "auto" else tasks_for(wl, "auto") + _generated(wl)
+    machine = target.machine
+    candidates = tasks_for(wl, algorithm, machine) + (_generated(wl, machine) if algorithm == "auto" else [])
     best: tuple[Task, Record] | None = None
     if store is not None:
         for task in candidates:
@@ -61,15 +63,15 @@ def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
     if best is None:
         # untuned under auto: depthwise layers have their own template; everything else, direct
         fallback = "depthwise" if any(t.algorithm == "depthwise" for t in candidates) else "direct"
-        task = candidates[0] if algorithm != "auto" else Task(wl, fallback)
+        task = candidates[0] if algorithm != "auto" else Task(wl, fallback, machine)
         return Choice(task, None, None)
     task, record = best
     config = None if task.generated else config_from_trace(record.trace, task.knob_names)
     return Choice(task, record, config)
 
 
-def _generated(wl: Workload) -> list[Task]:
-    return [Task(wl, "ms-auto")]
+def _generated(wl: Workload, machine) -> list[Task]:
+    return [Task(wl, "ms-auto", machine)]
 
 
 def schedule_functions(choice: Choice) -> tvm.IRModule:
@@ -80,9 +82,10 @@ def schedule_functions(choice: Choice) -> tvm.IRModule:
     postproc = ms.postproc.RewriteParallelVectorizeUnroll()
     for name, phase in phases.items():
         if task.generated:
-            sch = _replay(phase.func, choice.record.trace) if choice.tuned else task.template.apply(phase.func, wl, None)
+            sch = (_replay(phase.func, choice.record.trace) if choice.tuned
+                   else task.template.apply(phase.func, wl, None, task.machine))
         else:
-            sch = task.template.apply(phase.func, wl, choice.config)
+            sch = task.template.apply(phase.func, wl, choice.config, task.machine)
         postproc.apply(sch)
         funcs[name] = sch.mod["main"].with_attr("global_symbol", name)
     return tvm.IRModule(funcs)
@@ -114,20 +117,17 @@ def export(choice: Choice, target: Target, path: str, layer_name: str | None = N
     executable = build(choice, target)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if target.cross_compiler:
-        from tvm.support import cc  # noqa: PLC0415
-
         executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
     else:
         executable.export_library(path)
     side = sidecar(choice, target, os.path.basename(path), layer_name)
-    with open(sidecar_path(path), "w") as f:
-        json.dump(side, f, indent=2)
+    write_json_atomic(sidecar_path(path), side)
     return side
 
 
 def _default_config(choice: Choice) -> dict:
     # the generated space, untuned, falls back to the direct template's default
-    return choice.task.template.default_config(choice.task.workload)
+    return choice.task.default_config()
 
 
 def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None) -> dict:
@@ -149,10 +149,7 @@ def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None
         "config": choice.config if choice.tuned else _default_config(choice),
         "trace": str(choice.record.trace) if choice.tuned and task.generated else None,
         "record": ({"seconds": choice.record.seconds, "gflops": choice.record.gflops(wl)} if choice.tuned else None),
-        "run_function": task.template.tuned,
+        "run_function": task.template.run_function,
         "functions": functions,
     }
 
-
-def sidecar_path(library_path: str) -> str:
-    return os.path.splitext(library_path)[0] + ".json"

@@ -28,11 +28,11 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from schedules.template import Knobs, config_from_trace
+from schedules.workload import Workload
 
-from .records import LayerRecords
-from .target import Target
-from .task import Task
-from .workload import Workload
+from ..records import LayerRecords
+from ..target import Target
+from ..task import Task
 
 NEAREST_LAYERS = 3  # layers whose best configs are transferred
 CONFIGS_PER_LAYER = 4  # best records taken from each
@@ -123,8 +123,8 @@ class TransferredKnobs(Knobs):
     a split's inner factors become the wishes of the template's default tiling (largest divisor of
     the new extent not above each), a choice keeps its index."""
 
-    def __init__(self, sch: s_tir.Schedule, source: dict):
-        super().__init__(sch, default=True)
+    def __init__(self, sch: s_tir.Schedule, source: dict, machine=None):
+        super().__init__(sch, default=True, machine=machine)
         self.source = source
 
     def split(self, name, loop, n, max_inner=64, prefer=()):
@@ -143,7 +143,7 @@ class TransferredKnobs(Knobs):
 def adapt(task: Task, config: dict) -> s_tir.Schedule:
     """`config` (another layer's knob values) applied to `task`'s module, fitted to its extents."""
     sch = s_tir.Schedule(task.mod)
-    knobs = TransferredKnobs(sch, config)
+    knobs = TransferredKnobs(sch, config, task.machine)
     task.template.schedule(sch, task.workload, knobs)
     return sch
 

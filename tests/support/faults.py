@@ -10,7 +10,7 @@ import time
 
 from tvm.s_tir.meta_schedule.runner.local_runner import default_run_evaluator
 
-from tuning.measure import fast_build
+from tuning.search.measure import fast_build
 
 _calls = itertools.count()
 

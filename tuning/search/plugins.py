@@ -1,33 +1,28 @@
-"""The search: MetaSchedule over each task's space, XGBoost cost model, evolutionary search.
+"""convtune's plug-ins to MetaSchedule's search: what it lacks for resumable, honest per-layer runs.
 
-Budgets are totals per task: trials already in the records count, so re-running a command resumes
-where a stopped run ended (the records also seed the evolutionary search's first population).
+- `Progress` and `progress_callback`: one progress line, and why each failed trial failed
+  (MetaSchedule keeps only a stand-in time) in the layer's failures.jsonl.
+- `SkipRecorded`: a search strategy that never measures a recorded schedule again, and measures
+  schedules transferred from similar layers first.
+- `LayerRoutedDatabase`: one database over many layers' records, each trial routed to its layer.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 
+import tvm
+import tvm_ffi
 from tvm import s_tir
-from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
 
-from . import measure, records
-from .measure import MeasureConfig
-from .target import Target
-from .task import Task
-from .transfer import History, Transfer, pretrain, seed_traces
-from .verify import check_top_records
-
-STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
-COST_MODELS = ("xgb", "random")
-# MetaSchedule's XGBModel predicts at random until it holds 100 samples, i.e. for the whole of a
-# typical per-layer budget; two batches are enough for it to rank a template's configs.
-XGB_WARMUP_SAMPLES = 16
+from .. import records
+from ..records import LayerRecords
+from ..task import Task
 
 
 @dataclass
@@ -62,7 +57,7 @@ class Progress:
               f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
 
 
-def _make_callback(progress: Progress, failure_logs: list[str]):
+def progress_callback(progress: Progress, failure_logs: list[str]):
     """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time), into
     `failure_logs[task]` (a network run keeps each layer's in its directory)."""
 
@@ -79,54 +74,13 @@ def _make_callback(progress: Progress, failure_logs: list[str]):
                                      "stage": "build" if built.error_msg else "run",
                                      "error": str(error or "no run time")[-2000:]})
                 else:
-                    secs = sorted(float(s) for s in ran.run_secs)
-                    seconds.append(secs[len(secs) // 2])
+                    seconds.append(records.median_seconds(ran.run_secs))
             if failures:
                 with open(failure_logs[task_id], "a") as f:
                     f.write("".join(json.dumps(x) + "\n" for x in failures))
             progress.report(task_id, seconds)
 
     return ProgressCallback()
-
-
-def tune(tasks: list[Task], target: Target, logs: str, trials: int, *, strategy: str = "evolutionary",
-         cost_model: str = "xgb", config: MeasureConfig = MeasureConfig(), runner=None,
-         trials_per_iter: int = 16, seed: int | None = None, quiet: bool = False,
-         transfer: Transfer | None = None) -> records.LayerRecords:
-    """Tune `tasks` (all of one workload) until each has `trials` records (shared budget).
-    `transfer`: start from the configs and trials of similar layers (tuning/transfer.py)."""
-    check_options(strategy, cost_model)
-    workload = tasks[0].workload
-    store = records.LayerRecords.open_for_tuning(logs, target, workload)
-    with store.lock():
-        _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet,
-                     transfer)
-    if target.is_host and runner is None:
-        for task in tasks:
-            check_top_records(store, task, target)
-    return store
-
-
-def _tune_locked(store, tasks, target, trials, strategy, cost_model, config, runner, trials_per_iter, seed, quiet,
-                 transfer):
-    store.note_tasks(tasks, config)
-    done = {t.algorithm: store.trial_count(t) for t in tasks}
-    todo = [t for t in tasks if done[t.algorithm] < trials]
-    if not todo:
-        return
-    budget = sum(trials - done[t.algorithm] for t in todo)
-    progress = Progress(todo, budget, stream=sys.stderr if not quiet else open("/dev/null", "w"))
-    for i, t in enumerate(todo):
-        best = store.best(t)
-        if best:
-            progress.best_sec[i] = best.seconds
-    run_search(todo, target, store.directory, store.database, progress, budget=budget,
-               max_trials_per_task=max(trials - done[t.algorithm] for t in todo),
-               trials_per_iter=min(trials_per_iter, budget), weights=[1.0] * len(todo),
-               failure_logs=[os.path.join(store.directory, records.FAILURE_LOG)] * len(todo),
-               strategy=strategy, cost_model=cost_model, config=config, runner=runner, seed=seed,
-               transfer=transfer)
-    print(file=progress.stream)
 
 
 @derived_object
@@ -212,54 +166,52 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         return SkipRecorded(self.inner_name, self.seeds)
 
 
-def check_options(strategy: str, cost_model: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy: unknown {strategy!r}; known: {', '.join(STRATEGIES)}")
-    if cost_model not in COST_MODELS:
-        raise ValueError(f"--cost-model: unknown {cost_model!r}; known: {', '.join(COST_MODELS)}")
+class UnknownWorkload(RuntimeError):
+    """A module that no task of this run tunes: a bug, never a silent write somewhere else.
+    (Raised inside a TVM callback, it reaches the caller as a RuntimeError with this message.)"""
 
 
-def run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
-               max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
-               strategy: str, cost_model: str, config: MeasureConfig, runner, seed: int | None,
-               names: list[str] | None = None, transfer: Transfer | None = None) -> None:
-    """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
-    callbacks; `database` receives every trial. Shared by a layer's search and a network's
-    (tuning/network_search.py), whose database routes each task's trials to its layer's records."""
-    # One scan per layer: a layer's algorithms share its neighbours.
-    scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
-    histories = [scanned.get(t.workload, History()) for t in todo]
-    seeds = [seed_traces(t, h, trials_per_iter) for t, h in zip(todo, histories)]
-    contexts = [
-        ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=SkipRecorded(strategy, seeds[i]), task_name=names[i] if names else t.algorithm,
-                       num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
-        for i, t in enumerate(todo)
-    ]
-    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
-                 ms.measure_callback.UpdateCostModel(), _make_callback(progress, failure_logs)]
-    if cost_model == "xgb":
-        cost = ms.cost_model.XGBModel(num_tuning_cores=target.threads, num_warmup_samples=XGB_WARMUP_SAMPLES,
-                                      adaptive_training=False)
-        if transfer:
-            fed = pretrain(cost, History.merge(list(scanned.values())), sorted({t.algorithm for t in todo}), target)
-            if fed:
-                print(f"transfer: cost model pre-trained on {fed} trials of similar layers", file=progress.stream)
-    else:
-        cost = ms.cost_model.RandomModel()
-    if any(seeds):
-        print(f"transfer: {sum(map(len, seeds))} configs from similar layers measured first", file=progress.stream)
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=work_dir,
-        max_trials_global=budget,
-        max_trials_per_task=max_trials_per_task,
-        num_trials_per_iter=trials_per_iter,
-        builder=measure.builder(target, config),
-        runner=runner or measure.local_runner(target, config, todo),
-        database=database,
-        cost_model=cost,
-        measure_callbacks=callbacks,
-        task_scheduler="gradient" if len(todo) > 1 else "round-robin",
-    )
+@derived_object
+class LayerRoutedDatabase(ms.database.PyDatabase):
+    """One MetaSchedule database over many layers' records: each call goes to the JSONDatabase of
+    the layer whose task module (structurally) equals the one asked about."""
+
+    def __init__(self, routes: list[tuple[tvm.IRModule, LayerRecords]]):
+        super().__init__()
+        self._routes: dict[int, list[tuple[tvm.IRModule, LayerRecords]]] = {}
+        self._stores: list[LayerRecords] = []
+        for mod, store in routes:
+            self._routes.setdefault(tvm_ffi.structural_hash(mod), []).append((mod, store))
+            if all(s is not store for s in self._stores):
+                self._stores.append(store)
+
+    def store_of(self, mod: tvm.IRModule) -> LayerRecords | None:
+        for known, store in self._routes.get(tvm_ffi.structural_hash(mod), ()):
+            if tvm_ffi.structural_equal(known, mod):
+                return store
+        return None
+
+    def _db(self, mod: tvm.IRModule):
+        store = self.store_of(mod)
+        if store is None:
+            raise UnknownWorkload("a workload that no task of this network run tunes reached its database")
+        return store.database  # read now: LayerRecords.lock() re-opens it
+
+    def has_workload(self, mod):
+        store = self.store_of(mod)
+        return store is not None and store.database.has_workload(mod)
+
+    def commit_workload(self, mod):
+        return self._db(mod).commit_workload(mod)
+
+    def commit_tuning_record(self, record):
+        self._db(record.workload.mod).commit_tuning_record(record)
+
+    def get_top_k(self, workload, top_k):
+        return self._db(workload.mod).get_top_k(workload, top_k)
+
+    def get_all_tuning_records(self):
+        return [r for store in self._stores for r in store.database.get_all_tuning_records()]
+
+    def __len__(self):
+        return sum(len(store.database) for store in self._stores)

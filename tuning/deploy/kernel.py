@@ -13,13 +13,11 @@ import os
 import numpy as np
 import tvm
 
-from .workload import Workload
+from schedules.workload import Workload
+
+from ..target import LibraryError, check_arch, host_arch
 
 USER_TENSORS = ("data", "weight", "out")
-
-
-class LibraryError(ValueError):
-    pass
 
 
 class Kernel:
@@ -30,15 +28,13 @@ class Kernel:
         self.workload = Workload.from_dict(side["workload"])
 
     @classmethod
-    def load(cls, path: str, side: dict | None = None, session=None) -> "Kernel":
-        """Load `path` here, or on a remote device through an RPC `session`."""
+    def load(cls, path: str, side: dict | None = None) -> "Kernel":
+        """Load `path` in this process. (A library for a remote device is loaded there by
+        `tuning.remote.session.load_library`, then wrapped as `Kernel(module, side, session.cpu(0))`.)"""
         side = side or read_sidecar(path)
-        from .rpc import check_library, load_remote  # noqa: PLC0415 - rpc imports this module
-
-        check_library(path, session, side)  # a library of another architecture: a message, not a dlopen error
-        if session is None:
-            return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
-        return cls(load_remote(session, path), side, session.cpu(0))
+        # a library of another architecture: a message, not a dlopen error
+        check_arch(path, host_arch(), "this host", ", or run it on a device with --rpc-tracker/--rpc")
+        return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
 
     @property
     def run_function(self) -> str:
@@ -75,8 +71,13 @@ class Kernel:
         return lambda: f(*args).results
 
 
+def sidecar_path(library_path: str) -> str:
+    """Where a library's sidecar lives: beside it, same name, `.json`."""
+    return os.path.splitext(library_path)[0] + ".json"
+
+
 def read_sidecar(library_path: str) -> dict:
-    path = os.path.splitext(library_path)[0] + ".json"
+    path = sidecar_path(library_path)
     if not os.path.exists(path):
         raise LibraryError(f"{library_path}: no sidecar {path} beside it (it says what the library computes)")
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import importlib.metadata
 import json
 import os
 import platform
@@ -35,12 +36,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import rpc
+from .address import on_free_port, parse_hostport
+from .process import pid_alive, start_child, stop_child, tail
+from .tracker import tracker_summary
 
 EMULATED_NOTE = ("NOTE: measured on an EMULATED aarch64 device (qemu-user on an x86 host): these times "
                  "are not ARM timings; they only show the pipeline works. Tune on a real board to rank schedules.")
 
-TVM_WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1")
+# The device runs the same TVM as the host (records and libraries must agree): pinned from the
+# installed distributions, so the one pin is pyproject.toml's.
+TVM_WHEELS = tuple(f"{name}=={importlib.metadata.version(name)}" for name in ("apache-tvm", "apache-tvm-ffi"))
 DEVICE_WHEELS = TVM_WHEELS + ("cloudpickle", "psutil", "tornado")
 DEBIAN_SUITE = "bookworm"
 # The arm64 packages python3.11 needs, unpacked into the sysroot.
@@ -311,13 +316,13 @@ class Device:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return rpc.pid_alive(self.pid) and _is_launcher(self.pid)
+        return pid_alive(self.pid) and _is_launcher(self.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
-            rpc.stop_child(self.proc)
+            stop_child(self.proc)
         elif self.alive():  # a detached device from another process: check it is ours first
-            rpc.stop_child(self.pid)
+            stop_child(self.pid)
         _state_file(self).unlink(missing_ok=True)
 
     def to_dict(self) -> dict:
@@ -357,13 +362,13 @@ def start(tracker: str | None = None, key: str = DEFAULT_KEY, *, host: str = "12
     paths = paths or require_ready()
     if cpu not in QEMU_CPUS:
         raise EmulatorError(f"qemu cpu {cpu!r} is not one of {', '.join(QEMU_CPUS)}")
-    tracker_addr = rpc.parse_hostport(tracker, "--rpc-tracker") if tracker else None
+    tracker_addr = parse_hostport(tracker, "--rpc-tracker") if tracker else None
     if tracker_addr:
-        rpc.summary(*tracker_addr, timeout=5.0)  # a clear error now, not a device retrying forever
+        tracker_summary(*tracker_addr, timeout=5.0)  # a clear error now, not a device retrying forever
     paths.run.mkdir(parents=True, exist_ok=True)
     _prune_logs(paths)
     _write_launcher(paths)
-    return rpc.on_free_port(host, port, lambda chosen: _start(paths, tracker, tracker_addr, key, host, chosen, cpu,
+    return on_free_port(host, port, lambda chosen: _start(paths, tracker, tracker_addr, key, host, chosen, cpu,
                                                               threads, timeout, detach), EmulatorError)
 
 
@@ -401,7 +406,7 @@ def _start(paths: Paths, tracker, tracker_addr, key, host, port, cpu, threads, t
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
     }
     argv = [_qemu(), "-L", str(paths.sysroot), "-cpu", cpu, str(paths.python), str(paths.launcher), json.dumps(args)]
-    proc = rpc.start_child(argv, log_path, env=env, detach=detach)
+    proc = start_child(argv, log_path, env=env, detach=detach)
     device = Device(proc.pid, host, port, key, cpu, tracker, log_path, proc)
     try:
         _wait_listening(device, timeout)
@@ -423,10 +428,10 @@ def _wait_listening(device: Device, timeout: float) -> None:
             if marker in f.read():
                 return
         if not device.alive():
-            raise EmulatorError(f"the emulated device exited while starting:\n{rpc.tail(device.log_path)}")
+            raise EmulatorError(f"the emulated device exited while starting:\n{tail(device.log_path)}")
         if time.time() > deadline:
             raise EmulatorError(f"the emulated device did not start within {timeout:.0f} s:\n"
-                                f"{rpc.tail(device.log_path)}")
+                                f"{tail(device.log_path)}")
         time.sleep(0.25)
 
 
@@ -434,15 +439,15 @@ def _wait_registered(device: Device, tracker_addr: tuple[str, int], timeout: flo
     """Until the tracker lists a server of our key at our port."""
     deadline = time.time() + timeout
     while True:
-        info = rpc.summary(*tracker_addr, timeout=5.0)
+        info = tracker_summary(*tracker_addr, timeout=5.0)
         for server in info.get("server_info", []):
             if server.get("key") == f"server:{device.key}" and int(server.get("addr", [None, -1])[1]) == device.port:
                 return
         if not device.alive():
-            raise EmulatorError(f"the emulated device exited before registering:\n{rpc.tail(device.log_path)}")
+            raise EmulatorError(f"the emulated device exited before registering:\n{tail(device.log_path)}")
         if time.time() > deadline:
             raise EmulatorError(f"the emulated device did not register with {tracker_addr[0]}:{tracker_addr[1]} "
-                                f"within {timeout:.0f} s:\n{rpc.tail(device.log_path)}")
+                                f"within {timeout:.0f} s:\n{tail(device.log_path)}")
         time.sleep(0.25)
 
 

@@ -4,13 +4,12 @@
         manifest.json           every layer of the model -> its library, functions, arguments
         <layer key>.so/.json    one library (and its sidecar) per distinct layer shape
 
-Each library is what `convtune compile` builds for its layer (tuning.library: the best record over
+Each library is what `convtune compile` builds for its layer (tuning.deploy.library: the best record over
 the algorithms asked for, or the template's default config, with a loud warning, when untuned).
 The manifest names libraries by bare file name inside the bundle; `verify_bundle` refuses one that
 names a path (`..`, an absolute path) or a symlink leading out of the bundle, then runs every
-library against the numpy reference. `python -m tuning.bundle verify <bundle>` does it in a fresh
-process. `estimate_network` times each distinct layer (tuning.bench) and sums count x time for
-convtune and for oneDNN (PyTorch): the network's conv time per pass.
+library against the numpy reference. `python -m tuning.deploy.bundle verify <bundle>` does it in a fresh
+process.
 """
 
 from __future__ import annotations
@@ -22,12 +21,14 @@ import sys
 
 import tvm
 
-from .bench import bench_layer
-from .kernel import Kernel, LibraryError
-from .library import choose, export, sidecar_path
-from .networks import Layer
-from .records import write_json_atomic
-from .target import Target, host_arch, set_threads
+from schedules.template import Unsupported
+from schedules.workload import WorkloadError
+
+from ..files import write_json_atomic
+from ..networks import Layer
+from ..target import Target, host_arch, set_threads, sidecar_arch
+from .kernel import Kernel, LibraryError, sidecar_path
+from .library import choose, export
 from .verify import Check, print_checks, verify
 
 MANIFEST = "manifest.json"
@@ -119,7 +120,7 @@ def library_path(out_dir: str, library) -> str:
 
 
 def _side(manifest: dict, entry: dict) -> dict:
-    """What tuning.kernel.Kernel needs, as the manifest states it (what is verified is the manifest's claim)."""
+    """What tuning.deploy.kernel.Kernel needs, as the manifest states it (what is verified is the manifest's claim)."""
     return {"library": entry["library"], "layer": entry["name"], "workload": entry["workload"],
             "functions": entry["functions"], "run_function": entry["run_function"],
             "algorithm": entry["algorithm"], "target": manifest["target"], "threads": manifest.get("threads", 1)}
@@ -129,9 +130,8 @@ def verify_bundle(out_dir: str, seed: int = 0) -> list[tuple[str, list[Check]]]:
     """Every layer's library against the numpy reference, in this process; (layer name, checks) per layer.
     Layers sharing a library are checked once and share its result."""
     manifest = read_manifest(out_dir)
-    config = manifest["target"].get("config", {})
-    arch = config.get("mtriple", host_arch())
-    if not arch.startswith(host_arch()):
+    arch = sidecar_arch(manifest)
+    if arch and arch != host_arch():
         raise BundleError(f"{out_dir} is built for {arch}; verify it on such a device")
     set_threads(int(manifest.get("threads", 1)))
     checked: dict[str, list[Check]] = {}
@@ -148,65 +148,14 @@ def verify_bundle(out_dir: str, seed: int = 0) -> list[tuple[str, list[Check]]]:
     return results
 
 
-# -- estimate ------------------------------------------------------------------------------------------
-CONTENDERS = ("convtune", "torch-nchw", "torch-channels_last", "numpy-im2col")
-
-
-def estimate_network(layers: list[Layer], target: Target, logs: str, algorithm: str = "auto", rounds: int = 7,
-                     min_repeat_ms: float = 100.0, rivals: bool = True) -> dict:
-    """Time each distinct layer (tuning.bench.bench_layer) and sum count x median per contender.
-
-    oneDNN's network time takes one PyTorch layout for the whole network (a deployed model is laid
-    out one way), the better of the two; `onednn_per_layer_best_ms` lets each layer pick its own."""
-    rows = []
-    for layer in layers:
-        row = bench_layer(layer.name, layer.workload, target, logs, algorithm, rounds=rounds,
-                          min_repeat_ms=min_repeat_ms, rivals=rivals)
-        row["count"] = layer.count
-        rows.append(row)
-    totals = {}
-    for key in CONTENDERS:
-        if all(key in r["results"] for r in rows):
-            totals[key] = sum(r["count"] * r["results"][key]["median_ms"] for r in rows)
-    torch_totals = {k: v for k, v in totals.items() if k.startswith("torch")}
-    out = {"layers": rows, "total_ms": totals, "untuned": [r["layer"] for r in rows if not r["tuned"]]}
-    if torch_totals:
-        best = min(torch_totals, key=torch_totals.get)
-        out["onednn_layout"] = best
-        out["speedup_vs_onednn"] = torch_totals[best] / totals["convtune"]
-        if all("onednn_best" in r for r in rows):
-            out["onednn_per_layer_best_ms"] = sum(r["count"] * r["results"][r["onednn_best"]]["median_ms"] for r in rows)
-    return out
-
-
-def format_estimate(estimate: dict) -> str:
-    keys = [k for k in CONTENDERS if k in estimate["total_ms"]]
-    lines = [f"{'layer':32s} {'count':>5s} " + " ".join(f"{k + ' ms':>22s}" for k in keys)]
-    for r in estimate["layers"]:
-        tag = "" if r["tuned"] else " (untuned)"
-        lines.append(f"{r['layer'] + tag:32s} {r['count']:5d} "
-                     + " ".join(f"{r['results'][k]['median_ms']:22.3f}" for k in keys))
-    lines.append(f"{'network (count x ms)':32s} {'':5s} " + " ".join(f"{estimate['total_ms'][k]:22.3f}" for k in keys))
-    if "speedup_vs_onednn" in estimate:
-        lines.append(f"convtune vs oneDNN ({estimate['onednn_layout']} throughout): "
-                     f"{estimate['speedup_vs_onednn']:.2f}x")
-    if estimate["untuned"]:
-        lines.append(f"UNTUNED layers (default configs): {', '.join(estimate['untuned'])}")
-    return "\n".join(lines)
-
-
 # -- fresh-process entry -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuning.bundle")
+    parser = argparse.ArgumentParser(prog="python -m tuning.deploy.bundle")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("verify", help="run every library of a bundle against the numpy reference")
     p.add_argument("bundle")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from schedules.template import Unsupported  # noqa: PLC0415
-
-    from .workload import WorkloadError  # noqa: PLC0415
-
     try:
         results = verify_bundle(args.bundle, seed=args.seed)
     except (LibraryError, WorkloadError, Unsupported) as err:

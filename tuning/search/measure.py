@@ -1,0 +1,152 @@
+"""How trials are built and timed: one place for threads, repeats, timeouts and the builders.
+
+MetaSchedule's default builder imports every tensor intrinsic (CUDA included) in each fresh worker
+pool, about 7 s per trial here; building straight with tvm.tirx.build costs about a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+from tvm.support import cc
+from tvm.support.popen_pool import PopenPoolExecutor
+
+from ..deploy.state import StateFiller, run_state
+from ..remote.address import RPCError, parse_hostport
+from ..remote.session import (
+    REQUEST_TIMEOUT,
+    _direct_session,
+    _probe,
+    _tracker_session,
+    connect,
+    request,
+)
+from ..remote.tracker import KeyStatus, describe_keys, devices
+from ..target import Target, resolve_target
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    number: int = 3  # calls per repeat
+    repeat: int = 5  # repeats; the median is recorded
+    min_repeat_ms: int = 50  # each repeat lasts at least this long (stable medians on 2 cores)
+    flush_cache: bool = False
+    build_timeout: float = 60.0
+    run_timeout: float = 30.0
+    builders: int = 2  # parallel build workers
+
+    def evaluator(self) -> ms.runner.EvaluatorConfig:
+        return ms.runner.EvaluatorConfig(number=self.number, repeat=self.repeat,
+                                         min_repeat_ms=self.min_repeat_ms,
+                                         enable_cpu_cache_flush=self.flush_cache)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fast_build(mod: tvm.IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target)
+
+
+def export_aarch64(mod: tvm.runtime.Module) -> str:
+    """Link a trial's module into an aarch64 .so on the host: a board has no compiler."""
+    path = os.path.join(tempfile.mkdtemp(prefix="convtune-trial-"), "trial.so")
+    mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    return path
+
+
+def builder(target: Target, config: MeasureConfig) -> ms.builder.LocalBuilder:
+    return ms.builder.LocalBuilder(
+        max_workers=config.builders, timeout_sec=config.build_timeout, f_build=fast_build,
+        f_export=export_aarch64 if target.arch == "aarch64" and not target.is_host else None)
+
+
+def local_runner(target: Target, config: MeasureConfig, tasks=()) -> ms.runner.LocalRunner:
+    # Runner workers inherit the environment: this is how the thread count reaches them.
+    os.environ["TVM_NUM_THREADS"] = str(target.threads)
+    states = run_state(tasks, target)
+    return ms.runner.LocalRunner(timeout_sec=config.run_timeout, evaluator_config=config.evaluator(),
+                                 cooldown_sec=0.0, f_alloc_argument=StateFiller(states) if states else None)
+
+
+# -- MetaSchedule's runner on remote devices ------------------------------------------------------
+def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, tracker: str | None = None,
+               key: str | None = None, rpc: str | None = None, session_timeout: float | None = None,
+               request_timeout: float = REQUEST_TIMEOUT, probe: bool = True):
+    """MetaSchedule's RPCRunner on remote devices: `tracker="H:P", key=K` or `rpc="H:P"`.
+
+    One worker per device registered under the key, so several boards measure in parallel.
+    Each trial is bounded: `request_timeout` to get a device, `session_timeout` (default
+    `config.run_timeout`) for upload, load and timing; a trial over both is killed and recorded
+    as failed, so a dead device ends a run with failed trials, not a hang.
+    With `probe`, one session is opened first to fail early (unreachable, wrong architecture)
+    and to learn what the device is (`runner.device_info`: an emulated one says so; the caller
+    prints the emulation note then, and only then).
+    """
+    session_timeout = float(session_timeout or config.run_timeout)
+    if tracker and rpc:
+        raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
+    if tracker:
+        if not key:
+            raise RPCError("--rpc-tracker needs --rpc-key: the kind of device to measure on")
+        host, port = parse_hostport(tracker, "--rpc-tracker")
+        status = devices(host, port)
+        registered = status.get(key, KeyStatus(0, 0, 0)).total
+        if registered == 0:
+            raise RPCError(f"tracker {host}:{port}: no device registered under key {key!r}; {describe_keys(status)}")
+        # Registered rather than free: a device serving a session shows as busy for a moment.
+        workers = registered
+        rpc_key = key
+        create = functools.partial(_tracker_session, request_timeout=request_timeout)
+        where = f"the device {key!r} at tracker {host}:{port}"
+        factory = functools.partial(request, host, port, key, timeout=request_timeout,
+                                    session_timeout=session_timeout)
+    elif rpc:
+        host, port = parse_hostport(rpc, "--rpc")
+        workers = 1  # one server serves one session at a time
+        rpc_key = "(direct)"  # RPCConfig insists on a key; the server wants its own (`key`)
+        create = functools.partial(_direct_session, key=key or "", connect_timeout=request_timeout)
+        where = f"the RPC server {host}:{port}"
+        factory = functools.partial(connect, host, port, key or "", timeout=request_timeout,
+                                    session_timeout=session_timeout)
+    else:
+        raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+    info = _probe(factory, target, where) if probe else {}
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                       session_priority=1, session_timeout_sec=int(session_timeout)),
+        evaluator_config=config.evaluator(), cooldown_sec=0.0, f_create_session=create, max_workers=workers)
+    # RPCRunner's pool has no timeout: a device that stops answering would hang the run. Set the
+    # pool's per-call timeout in place (its worker is already up); replace the pool if that changed.
+    bound = request_timeout + session_timeout
+    if hasattr(runner.pool, "_timeout"):
+        runner.pool._timeout = bound
+    else:
+        untimed, runner.pool = runner.pool, PopenPoolExecutor(max_workers=workers, timeout=bound)
+        untimed.shutdown(wait=False)
+    runner.device_info = info
+    runner.workers = workers
+    return runner
+
+
+def make_runner(args, config: MeasureConfig = MeasureConfig(), target: Target | None = None):
+    """The CLI's runner from `--rpc-tracker/--rpc-key` or `--rpc` (and `--target`)."""
+    if target is None:
+        target = resolve_target(getattr(args, "target", "x86"))
+    return rpc_runner(target, config, tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
+                      rpc=getattr(args, "rpc", None),
+                      request_timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
+
+
+def close_runner(runner) -> None:
+    """End the runner's worker processes now (they also end when this process does)."""
+    pool = getattr(runner, "pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False)

@@ -1,0 +1,195 @@
+"""The search orchestration: one way to tune a layer's tasks or a whole network's.
+
+MetaSchedule over each task's space, an XGBoost cost model, the evolutionary search. Budgets count
+records: trials already recorded count against them, so re-running a command resumes where a
+stopped run ended (the records also seed the evolutionary search's first population).
+
+A layer run is the one-layer case of a network run: every task of every layer goes into one
+MetaSchedule `tune_tasks` call, each task's trials routed to its own layer's records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+from tvm.s_tir import meta_schedule as ms
+
+from .. import records
+from ..deploy.verify import check_top_records
+from ..networks import Layer
+from ..records import LayerRecords
+from ..target import Target
+from ..task import Task
+from . import measure
+from .measure import MeasureConfig
+from .plugins import LayerRoutedDatabase, Progress, SkipRecorded, progress_callback
+from .transfer import History, Transfer, pretrain, seed_traces
+
+STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
+COST_MODELS = ("xgb", "random")
+# MetaSchedule's XGBModel predicts at random until it holds 100 samples, i.e. for the whole of a
+# typical per-layer budget; two batches are enough for it to rank a template's configs.
+XGB_WARMUP_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search runs (not what it tunes): the CLI's defaults are these fields' defaults."""
+
+    strategy: str = "evolutionary"
+    cost_model: str = "xgb"
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    trials_per_iter: int = 16  # trials measured per batch; records written, cost model retrained after each
+    seed: int | None = None
+    quiet: bool = False
+    transfer: Transfer | None = None  # start from similar layers' records (tuning/search/transfer.py)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy: unknown {self.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(f"--cost-model: unknown {self.cost_model!r}; known: {', '.join(COST_MODELS)}")
+        if self.trials_per_iter <= 0:
+            raise ValueError(f"--batch: must be positive, got {self.trials_per_iter}")
+
+
+@dataclass
+class SearchRun:
+    """What one orchestration call did: the records it tuned into, and its trial counts."""
+
+    stores: dict  # workload -> LayerRecords
+    measured: int = 0  # trials measured by this call
+    budget: int = 0  # what this call was allowed
+
+
+def tune(tasks: list[Task], target: Target, logs: str, trials: int, options: SearchOptions = SearchOptions(),
+         runner=None) -> LayerRecords:
+    """Tune `tasks` (all of one workload) until each holds `trials` records; the budget is shared by
+    the gradient task scheduler when there are several (e.g. `--algorithm auto`)."""
+    if trials <= 0:
+        raise ValueError(f"--trials: must be positive, got {trials}")
+    layer = Layer(tasks[0].workload.spec, tasks[0].workload)
+    run = search([(layer, t) for t in tasks], target, logs, per_task=trials, options=options, runner=runner)
+    return run.stores[layer.workload]
+
+
+def search(pairs: list[tuple[Layer, Task]], target: Target, logs: str, *, per_task: int | None = None,
+           total: int | None = None, options: SearchOptions = SearchOptions(), runner=None) -> SearchRun:
+    """Tune every (layer, task) pair until each task holds `per_task` records (None: no cap) and the
+    pairs hold `total` records in all (None: as many as the caps allow). Locks every layer's records
+    for the run, notes the tasks, counts what is done, searches, then checks the top records."""
+    if per_task is None and total is None:
+        raise ValueError("a search needs a budget: per_task, total or both")
+    workloads = list(dict.fromkeys(layer.workload for layer, _ in pairs))
+    names = {layer.workload: layer.name for layer, _ in reversed(pairs)}  # a network's messages name the layer
+    stores = {wl: LayerRecords.open_for_tuning(logs, target, wl, names[wl] if len(workloads) > 1 else None)
+              for wl in workloads}
+    run = SearchRun(stores)
+    with contextlib.ExitStack() as held:
+        stream = held.enter_context(open(os.devnull, "w")) if options.quiet else sys.stderr
+        # Sorted, so two runs sharing layers take their locks in one order (no deadlock).
+        for store in sorted(stores.values(), key=lambda s: s.directory):
+            held.enter_context(store.lock())
+        run.measured, run.budget = _search_locked(pairs, stores, target, logs, per_task, total, options, runner,
+                                                  stream)
+    if target.is_host and runner is None:
+        for layer, task in pairs:
+            check_top_records(stores[layer.workload], task, target)
+    return run
+
+
+def _search_locked(pairs, stores, target, logs, per_task, total, options, runner, stream) -> tuple[int, int]:
+    by_layer: dict = {}
+    for layer, task in pairs:
+        by_layer.setdefault(layer.workload, []).append(task)
+    for wl, tasks in by_layer.items():
+        stores[wl].write_task_json(tasks, options.measure)
+    done = [stores[layer.workload].trial_count(task) for layer, task in pairs]
+    cap = per_task or total
+    todo = [i for i in range(len(pairs)) if done[i] < cap]
+    budget = sum(cap - done[i] for i in todo)
+    if total is not None:
+        budget = min(budget, total - sum(done))
+    network = len(by_layer) > 1
+    if budget <= 0 or not todo:
+        if network:
+            print(f"network: {sum(done)} trials recorded for {len(pairs)} task(s), total {total}: nothing to "
+                  "measure", file=stream)
+        return 0, max(budget, 0)
+    tasks = [pairs[i][1] for i in todo]
+    # Progress labels: the algorithm for one layer; the layer (and its algorithm when it has several) for many.
+    names = [(f"{pairs[i][0].name}:{pairs[i][1].algorithm}" if len(by_layer[pairs[i][0].workload]) > 1
+              else pairs[i][0].name) if network else pairs[i][1].algorithm for i in todo]
+    progress = Progress(tasks, budget, stream=stream, labels=names)
+    for j, i in enumerate(todo):
+        best = stores[pairs[i][0].workload].best(pairs[i][1])
+        if best:
+            progress.best_sec[j] = best.seconds
+    if network:
+        print(f"network: {len(todo)} task(s) of {len(pairs)}, {sum(done)} trials recorded, measuring up to "
+              f"{budget} more (total {total})", file=stream)
+    if budget < len(todo):
+        print(f"warning: {budget} trials for {len(todo)} tasks: the scheduler's warm-up round gives each task "
+              f"one batch in order, so the last {len(todo) - budget} get none; raise --trials", file=sys.stderr)
+    if network:
+        database = LayerRoutedDatabase([(t.mod, stores[l.workload]) for l, t in pairs])
+        work_dir = os.path.join(logs, target.tag)
+    else:
+        database, work_dir = stores[pairs[0][0].workload].database, stores[pairs[0][0].workload].directory
+    # Small enough that the gradient scheduler's warm-up round (one batch per task) fits the budget.
+    per_iter = max(1, min(options.trials_per_iter, budget // len(todo)))
+    _run_search(tasks, target, work_dir, database, progress, budget=budget,
+                max_trials_per_task=min(budget, max(cap - done[i] for i in todo)), trials_per_iter=per_iter,
+                weights=[float(pairs[i][0].count) for i in todo],
+                failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG) for i in todo],
+                names=names, options=options, runner=runner)
+    print(file=stream)
+    return progress.done, budget
+
+
+def _run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
+                max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
+                names: list[str], options: SearchOptions, runner) -> None:
+    """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
+    callbacks; `database` receives every trial."""
+    transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
+    # One scan per layer: a layer's algorithms share its neighbours.
+    scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
+    histories = [scanned.get(t.workload, History()) for t in todo]
+    seeds = [seed_traces(t, h, trials_per_iter) for t, h in zip(todo, histories)]
+    contexts = [
+        ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
+                       search_strategy=SkipRecorded(strategy, seeds[i]), task_name=names[i],
+                       num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
+        for i, t in enumerate(todo)
+    ]
+    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
+                 ms.measure_callback.UpdateCostModel(), progress_callback(progress, failure_logs)]
+    if options.cost_model == "xgb":
+        cost = ms.cost_model.XGBModel(num_tuning_cores=target.threads, num_warmup_samples=XGB_WARMUP_SAMPLES,
+                                      adaptive_training=False)
+        if transfer:
+            fed = pretrain(cost, History.merge(list(scanned.values())), sorted({t.algorithm for t in todo}), target)
+            if fed:
+                print(f"transfer: cost model pre-trained on {fed} trials of similar layers", file=progress.stream)
+    else:
+        cost = ms.cost_model.RandomModel()
+    if any(seeds):
+        print(f"transfer: {sum(map(len, seeds))} configs from similar layers measured first", file=progress.stream)
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=work_dir,
+        max_trials_global=budget,
+        max_trials_per_task=max_trials_per_task,
+        num_trials_per_iter=trials_per_iter,
+        builder=measure.builder(target, config),
+        runner=runner or measure.local_runner(target, config, todo),
+        database=database,
+        cost_model=cost,
+        measure_callbacks=callbacks,
+        task_scheduler="gradient" if len(todo) > 1 else "round-robin",
+    )
