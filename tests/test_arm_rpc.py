@@ -222,6 +222,21 @@ def test_exported_library_runs_on_the_device(arm_library, tracker):
     assert checks and all(c.ok for c in checks), checks
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "spatial-pack", "winograd-f4", "indirect"])
+def test_neon_default_configs_match_the_reference_on_the_device(algorithm, device, tracker, tmp_path):
+    """Each template's default config for an aarch64 machine (NEON: 4 lanes, 32 registers),
+    cross-compiled, loaded on the emulated device and checked against the float64 reference."""
+    a72 = resolve_target("aarch64-a72")
+    wl = parse_spec("h=10,w=9,ci=8,co=16,k=3,pad=1")
+    task = Task(wl, algorithm, a72.machine)
+    path = str(tmp_path / f"{algorithm}.so")
+    side = export(Choice(task, None, None), a72, path)
+    assert side["config"] == task.default_config() and side["target"]["machine"]["isa"] == "neon"
+    sess = rs.request(tracker.host, tracker.port, KEY, timeout=30)
+    checks = verify(Kernel(rs.load_library(sess, path, side), side, sess.cpu(0)))
+    assert checks and all(c.ok for c in checks), checks
+
+
 def test_x86_library_is_refused_by_the_device(x86_library, device, tracker):
     assert elf_machine(x86_library) == "x86_64"
     sess = rs.request(tracker.host, tracker.port, KEY, timeout=30)

@@ -130,3 +130,25 @@ def test_unreadable_history_is_passed_over(history, target, tmp_path, capsys):
     (bad / "task.json").write_text("{not json")
     assert History.scan(str(logs), target, LAYER).neighbours == []
     assert "skipping" in capsys.readouterr().err
+
+
+def test_another_cpus_records_are_a_head_start_not_a_result(history, target):
+    """A CPU with no records of its own (here an AVX2 build) starts from the other CPUs' records:
+    the same layer first, then its neighbours; the configs are refitted to this machine and
+    measured, never applied as tuned."""
+    from tuning.deploy.library import choose
+    from tuning.target import resolve_target
+
+    avx2 = resolve_target('{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}', 2)
+    assert avx2.tag != target.tag
+    same = History.scan(history, avx2, NEIGHBOUR)  # the layer itself, recorded on the other CPU
+    assert [n.workload for n in same.neighbours] == [NEIGHBOUR]
+    assert same.neighbours[0].target.tag == target.tag and same.neighbours[0].distance > 0
+    seeds = seed_traces(Task(NEIGHBOUR, "direct", avx2.machine), same, 2)
+    assert seeds, "the other CPU's best configs are measured first"
+    for trace in seeds:  # refitted: inside this machine's template bounds (AVX2: 4 x 8 lanes)
+        config = config_from_trace(trace, Task(NEIGHBOUR, "direct").knob_names)
+        assert config["tile_c"][-1] <= 4 * avx2.machine.lanes
+    assert not choose(NEIGHBOUR, "direct", avx2, history).tuned  # never applied silently
+    # and a CPU with records of its own does not look elsewhere
+    assert [n.workload for n in History.scan(history, target, LAYER).neighbours] == [NEIGHBOUR]

@@ -16,6 +16,7 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
+from schedules import get_algorithm
 from schedules.template import config_from_trace
 from schedules.workload import Workload
 
@@ -61,13 +62,42 @@ def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
             if record and (best is None or record.seconds < best[1].seconds):
                 best = (task, record)
     if best is None:
-        # untuned under auto: depthwise layers have their own template; everything else, direct
-        fallback = "depthwise" if any(t.algorithm == "depthwise" for t in candidates) else "direct"
-        task = candidates[0] if algorithm != "auto" else Task(wl, fallback, machine)
+        task = candidates[0] if algorithm != "auto" else Task(wl, untuned_algorithm(wl, machine), machine)
         return Choice(task, None, None)
     task, record = best
     config = None if task.generated else config_from_trace(record.trace, task.knob_names)
     return Choice(task, record, config)
+
+
+def untuned_algorithm(wl: Workload, machine=None) -> str:
+    """The algorithm whose DEFAULT config is fastest for a layer of this kind: what `compile
+    --algorithm auto` builds for a layer without records. The rule is read off the untuned survey
+    (scripts/untuned_survey.py over every conv layer of ResNet-18 and MobileNet-v1, AVX-512 and
+    AVX2 builds; docs/bench/untuned-*.json, docs/performance.md):
+
+      depthwise                         depthwise   (the only template that vectorises channels alone)
+      3x3 stride 1, >= 28x28 output     winograd-f4 (3.1-3.9x the rivals; F(6) as fast, less exact)
+      3x3 stride 1, 14x14 .. 27x27      winograd-f2 (F(4)'s tiles leave too little reuse at 14x14)
+      <= 7x7 output (= fewer pixels     im2col      (one GEMM over all pixels keeps both cores busy
+        than a register tile per core)               where spatial tiles run out)
+      anything else with groups = 1     spatial-pack (packed tile + halo: the best default on every
+                                                     strided, 1x1 and 7x7 layer of the survey)
+      grouped, not depthwise            direct
+    Algorithms that do not support the layer (Winograd in NCHW) fall through to the next rule."""
+    candidates = []
+    if wl.is_depthwise:
+        candidates.append("depthwise")
+    if wl.groups == 1:
+        winograd = (wl.kh, wl.kw, wl.stride, wl.dilation) == (3, 3, (1, 1), (1, 1))
+        if winograd and min(wl.oh, wl.ow) >= 28:
+            candidates.append("winograd-f4")
+        elif winograd and min(wl.oh, wl.ow) >= 14:
+            candidates.append("winograd-f2")
+        if wl.oh * wl.ow <= 49:
+            candidates.append("im2col")
+        candidates.append("spatial-pack")
+    candidates.append("direct")
+    return next(name for name in candidates if get_algorithm(name).supports(wl) is None)
 
 
 def _generated(wl: Workload, machine) -> list[Task]:

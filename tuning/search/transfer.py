@@ -1,7 +1,9 @@
-"""Transfer: start a layer's search from what was learnt on similar layers of the same target.
+"""Transfer: start a layer's search from what was learnt on similar layers.
 
-Two things carry over from the records of other layers (same target, same layout, same kernel
-size and stride, same kind of grouping), nearest shapes first:
+Two things carry over from the records of other layers (same layout, same kernel size and stride,
+same kind of grouping), nearest shapes first: of this target when it has any, else of the other
+CPUs of the same architecture under the logs (tophub-like: a new machine starts from the
+records shipped for the others, the same layer first, `OTHER_CPU_PENALTY` further away):
 
   configs      the best knob values of the same algorithm on the nearest layers, adapted to this
                layer's loop extents (a split keeps its inner factors as far as divisibility allows)
@@ -11,7 +13,9 @@ size and stride, same kind of grouping), nearest shapes first:
                model predicts at random until it holds 100 samples; a pre-trained one guides the
                evolutionary search from its first iteration.
 
-Nothing is copied into the new layer's records: transferred configs are measured like any trial.
+Nothing is copied into the new layer's records: transferred configs are measured like any trial,
+and a config from another CPU is refitted to this machine (its register tile capped by this
+machine's template bounds), never applied as "tuned".
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ NEAREST_LAYERS = 3  # layers whose best configs are transferred
 CONFIGS_PER_LAYER = 4  # best records taken from each
 MODEL_LAYERS = 8  # layers whose trials pre-train the cost model
 MODEL_RECORDS_PER_LAYER = 64
+OTHER_CPU_PENALTY = 0.25  # another CPU's record of a layer ranks as a neighbour slightly further away
 
 
 def distance(a: Workload, b: Workload) -> float | None:
@@ -80,14 +85,26 @@ class History:
     @classmethod
     def scan(cls, logs: str, target: Target, workload: Workload) -> "History":
         """Every other layer of `target` under `logs` whose loop nest matches `workload`'s in kind,
-        nearest first. Unreadable or foreign directories are passed over."""
-        root = os.path.join(logs, target.tag)
+        nearest first; when there is none, the layers (this one included) recorded for other CPUs of
+        the same architecture. Unreadable or foreign directories are passed over."""
+        found = cls._scan_tag(logs, target.tag, target, workload, 0.0)
+        if found or not os.path.isdir(logs):
+            return cls(sorted(found, key=lambda n: (n.distance, n.workload.key)))
+        for tag in sorted(os.listdir(logs)):
+            if tag != target.tag and tag.startswith(target.arch + "-"):
+                found += cls._scan_tag(logs, tag, None, workload, OTHER_CPU_PENALTY)
+        return cls(sorted(found, key=lambda n: (n.distance, n.workload.key)))
+
+    @staticmethod
+    def _scan_tag(logs: str, tag: str, target: Target | None, workload: Workload, penalty: float) -> list:
+        """The neighbours under logs/<tag>; `target` None: another CPU's, read with its own target."""
+        root = os.path.join(logs, tag)
         found = []
         if not os.path.isdir(root):
-            return cls(found)
+            return found
         for key in sorted(os.listdir(root)):
             path = os.path.join(root, key, "task.json")
-            if key == workload.key or not os.path.exists(path):
+            if (key == workload.key and target is not None) or not os.path.exists(path):
                 continue
             try:
                 info = json.load(open(path))
@@ -97,10 +114,12 @@ class History:
                 d = distance(workload, other)
                 if d is None:
                     continue
-                found.append(Neighbour(other, os.path.dirname(path), target, info.get("algorithms", {}), d))
+                owner = target or Target(info["target"].get("name", "custom"), info["target"]["config"],
+                                         int(info["target"].get("threads", 1)))
+                found.append(Neighbour(other, os.path.dirname(path), owner, info.get("algorithms", {}), d + penalty))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 print(f"warning: transfer: skipping {path}: {err}", file=sys.stderr)
-        return cls(sorted(found, key=lambda n: (n.distance, n.workload.key)))
+        return found
 
     @classmethod
     def merge(cls, histories: list["History"]) -> "History":
@@ -108,8 +127,8 @@ class History:
         seen, merged = set(), []
         for h in histories:
             for n in h.neighbours:
-                if n.workload.key not in seen:
-                    seen.add(n.workload.key)
+                if n.directory not in seen:  # a layer may come from this CPU and another
+                    seen.add(n.directory)
                     merged.append(n)
         return cls(sorted(merged, key=lambda n: n.distance))
 
