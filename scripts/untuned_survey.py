@@ -3,7 +3,7 @@ the rivals (PyTorch oneDNN in both layouts, ONNX Runtime's MLAS), measured in on
 
     python scripts/untuned_survey.py [--target T] [--json docs/bench/untuned-<isa>.json] [NETWORK...]
 
-No records are read (an empty logs directory): this is what a user gets before tuning, and the data
+`--report FILE.json` prints an earlier survey's table with today's rule. No records are read (an empty logs directory): this is what a user gets before tuning, and the data
 behind `tuning.deploy.library.untuned_algorithm`, the rule `compile` uses without records. For an
 AVX2 build on an AVX-512 host run it as
     ONEDNN_MAX_CPU_ISA=AVX2 python scripts/untuned_survey.py --target '{"kind": "llvm", "mcpu": "haswell", "num-cores": 2}'
@@ -13,11 +13,14 @@ so that oneDNN is held to AVX2 too (MLAS has no such switch: its numbers are its
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 
 from schedules import ALGORITHMS
+from schedules.machine import Machine
+from schedules.workload import Workload, parse_spec
 from tuning.bench import RIVALS, bench_layer, environment, geomean, write_json
 from tuning.deploy.library import untuned_algorithm
 from tuning.networks import distinct_layers, network_layers
@@ -31,14 +34,18 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-repeat-ms", type=float, default=40.0)
+    parser.add_argument("--report", metavar="JSON", help="print the table of an earlier survey (today's rule)")
     args = parser.parse_args()
+    if args.report:
+        report(json.load(open(args.report)))
+        return 0
     target = resolve_target(args.target)
     set_threads(target.threads)
     env = environment(target)
     env["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
     empty = tempfile.mkdtemp(prefix="convtune-no-records-")
     layers = distinct_layers([layer for net in args.networks for layer in network_layers(net)])
-    rows, table = [], []
+    rows = []
     for layer in layers:
         wl = layer.workload
         algorithms = [a.name for a in ALGORITHMS.values() if a.supports(wl) is None]
@@ -50,45 +57,55 @@ def main() -> int:
             results[name] = row["results"]["convtune"]
             if i == 0:
                 rivals = {k: v for k, v in row["results"].items() if k in RIVALS}
-        chosen = untuned_algorithm(wl, target.machine)
-        best_rival = min(rivals, key=lambda k: rivals[k]["median_ms"]) if rivals else None
         best_ours = min(results, key=lambda k: results[k]["median_ms"])
-        entry = {"layer": layer.name, "spec": wl.spec, "count": layer.count, "flops": wl.flops,
-                 "algorithms": results, "rivals": rivals, "best_rival": best_rival,
-                 "fastest_algorithm": best_ours, "chosen_algorithm": chosen}
-        if best_rival:
-            rival_ms = rivals[best_rival]["median_ms"]
-            entry["chosen_vs_best_rival"] = rival_ms / results[chosen]["median_ms"]
-            entry["fastest_vs_best_rival"] = rival_ms / results[best_ours]["median_ms"]
+        rows.append({"layer": layer.name, "spec": wl.spec, "count": layer.count, "flops": wl.flops,
+                     "algorithms": results, "rivals": rivals, "fastest_algorithm": best_ours})
+    payload = {"command": " ".join(["python"] + sys.argv), "environment": env, "layers": rows,
+               "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms}
+    payload["summary"] = report(payload)
+    if args.json:
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def report(payload: dict) -> dict:
+    """The table of a survey's JSON, with the algorithm today's rule (untuned_algorithm) chooses
+    looked up among the algorithms measured in that run; returns the summary ratios."""
+    env, table = payload["environment"], payload["layers"]
+    machine = Machine.from_dict(env["target"]["machine"])
+    for e in table:
+        e["chosen_algorithm"] = chosen = untuned_algorithm(Workload.from_dict(parse_spec(e["spec"]).to_dict()), machine)
+        rivals = e["rivals"]
+        if rivals:
+            best = min(rivals, key=lambda k: rivals[k]["median_ms"])
             onednn = min((k for k in rivals if k.startswith("torch")), key=lambda k: rivals[k]["median_ms"])
-            entry["chosen_vs_onednn"] = rivals[onednn]["median_ms"] / results[chosen]["median_ms"]
-        rows.append(entry)
-        table.append(entry)
+            ours = e["algorithms"][chosen]["median_ms"]
+            e["best_rival"] = best
+            e["chosen_vs_best_rival"] = rivals[best]["median_ms"] / ours
+            e["chosen_vs_onednn"] = rivals[onednn]["median_ms"] / ours
+            e["fastest_vs_best_rival"] = rivals[best]["median_ms"] / e["algorithms"][e["fastest_algorithm"]]["median_ms"]
     peak = env["fp32_peak_gflops"]
-    print(f"\nCPU {env['cpu']}, {target.machine.isa} kernels for {target.tag}, oneDNN ISA cap "
-          f"{env['onednn_max_cpu_isa'] or 'none'}, peak {peak:.0f} GFLOP/s; UNTUNED default configs; "
-          f"median of {args.rounds} rounds >= {args.min_repeat_ms:.0f} ms")
+    print(f"\nCPU {env['cpu']}, {machine.isa} kernels for {env['target']['tag']}, oneDNN ISA cap "
+          f"{env.get('onednn_max_cpu_isa') or 'none'}, {env['threads']} threads, {machine.isa} peak {peak:.0f} GFLOP/s; "
+          f"UNTUNED default configs; median of {payload.get('rounds', 3)} rounds >= "
+          f"{payload.get('min_repeat_ms', 40):.0f} ms; `{payload['command']}` ({env['date']})")
     print("| layer | fastest default (GFLOP/s) | chosen without records (GFLOP/s) | oneDNN best | MLAS | "
           "chosen vs oneDNN | chosen vs best rival |")
     print("|---|---|---|---|---|---|---|")
     for e in table:
         f, c = e["fastest_algorithm"], e["chosen_algorithm"]
-        onednn = max((v["gflops"] for k, v in e["rivals"].items() if k.startswith("torch")), default=None)
-        mlas = e["rivals"].get("onnxruntime", {}).get("gflops")
+        onednn = max((v["gflops"] for k, v in e["rivals"].items() if k.startswith("torch")), default=0.0)
+        mlas = e["rivals"].get("onnxruntime", {}).get("gflops", 0.0)
         print(f"| {e['layer']} | {f} ({e['algorithms'][f]['gflops']:.1f}) | {c} ({e['algorithms'][c]['gflops']:.1f}) | "
-              f"{onednn or 0:.1f} | {mlas or 0:.1f} | {e.get('chosen_vs_onednn', 0):.2f}x | "
-              f"{e.get('chosen_vs_best_rival', 0):.2f}x |")
+              f"{onednn:.1f} | {mlas:.1f} | {e.get('chosen_vs_onednn', 0):.2f}x | {e.get('chosen_vs_best_rival', 0):.2f}x |")
     summary = {}
     for key in ("chosen_vs_onednn", "chosen_vs_best_rival", "fastest_vs_best_rival"):
         values = [e[key] for e in table if key in e]
         if values:
             summary[key] = {"geomean": geomean(values), "min": min(values)}
             print(f"{key}: geomean {geomean(values):.2f}x, worst {min(values):.2f}x")
-    if args.json:
-        write_json(args.json, {"command": " ".join(["python"] + sys.argv), "environment": env, "layers": rows,
-                               "summary": summary})
-        print(f"wrote {args.json}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

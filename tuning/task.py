@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 
 from schedules import ALGORITHMS, family, get_algorithm
@@ -64,6 +64,13 @@ class Task:
     @cached_property
     def knob_names(self) -> list[str]:
         return [] if self.generated else self.template.knob_names(self.workload)
+
+    def default_trace(self):
+        """The template's default config for this task's machine as a trace of the tuned module
+        (replayable by the search, e.g. as a first candidate)."""
+        sch = s_tir.Schedule(self.mod)
+        self.template.schedule(sch, self.workload, Knobs(sch, default=True, machine=self.machine))
+        return sch.trace
 
     def default_config(self) -> dict:
         """The template's default config for this task's machine (the generated space: direct's)."""

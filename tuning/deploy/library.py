@@ -17,6 +17,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
 from schedules import get_algorithm
+from schedules.machine import host_machine
 from schedules.template import config_from_trace
 from schedules.workload import Workload
 
@@ -70,32 +71,42 @@ def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
 
 
 def untuned_algorithm(wl: Workload, machine=None) -> str:
-    """The algorithm whose DEFAULT config is fastest for a layer of this kind: what `compile
-    --algorithm auto` builds for a layer without records. The rule is read off the untuned survey
-    (scripts/untuned_survey.py over every conv layer of ResNet-18 and MobileNet-v1, AVX-512 and
-    AVX2 builds; docs/bench/untuned-*.json, docs/performance.md):
+    """The algorithm whose DEFAULT config is fastest for a layer of this kind on this kind of
+    machine: what `compile --algorithm auto` builds for a layer without records. The rule is read
+    off the untuned survey (scripts/untuned_survey.py: every conv layer of ResNet-18 and
+    MobileNet-v1, every algorithm's default config, oneDNN and MLAS in the same run; AVX-512 and
+    AVX2 builds on the same Zen 4; docs/bench/untuned-*.json, docs/performance.md). The register
+    file decides most of it: with 32 vector registers (AVX-512, NEON) register tiles are large
+    enough for spatial-pack's packed tiles and im2col's one big GEMM; with 16 (AVX2) the
+    indirection buffer's M x N micro-kernel and direct's own tile do better.
 
-      depthwise                         depthwise   (the only template that vectorises channels alone)
-      3x3 stride 1, >= 28x28 output     winograd-f4 (3.1-3.9x the rivals; F(6) as fast, less exact)
-      3x3 stride 1, 14x14 .. 27x27      winograd-f2 (F(4)'s tiles leave too little reuse at 14x14)
-      <= 7x7 output (= fewer pixels     im2col      (one GEMM over all pixels keeps both cores busy
-        than a register tile per core)               where spatial tiles run out)
-      anything else with groups = 1     spatial-pack (packed tile + halo: the best default on every
-                                                     strided, 1x1 and 7x7 layer of the survey)
-      grouped, not depthwise            direct
-    Algorithms that do not support the layer (Winograd in NCHW) fall through to the next rule."""
+      depthwise                          depthwise    (the only template that vectorises channels alone)
+      3x3 stride 1, >= 28x28 output      winograd-f4  (AVX-512 3.1-3.9x, AVX2 1.8-2.3x the rivals)
+      3x3 stride 1, 14x14 .. 27x27       winograd-f2 on 32 registers, winograd-f4 on 16
+      3x3 stride 1, < 14x14              im2col on 32 registers, winograd-f2 on 16
+      <= 7x7 output otherwise            im2col on 32 registers, direct on 16
+      a 7x7+ stem on 3-4 channels        spatial-pack on 32 registers, direct on 16
+      anything else with groups = 1      spatial-pack on 32 registers, indirect on 16
+      grouped, not depthwise             direct
+    An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through."""
+    wide = (machine.registers if machine is not None else host_machine().registers) >= 32
     candidates = []
     if wl.is_depthwise:
         candidates.append("depthwise")
     if wl.groups == 1:
         winograd = (wl.kh, wl.kw, wl.stride, wl.dilation) == (3, 3, (1, 1), (1, 1))
-        if winograd and min(wl.oh, wl.ow) >= 28:
+        side = min(wl.oh, wl.ow)
+        if winograd and side >= 28:
             candidates.append("winograd-f4")
-        elif winograd and min(wl.oh, wl.ow) >= 14:
-            candidates.append("winograd-f2")
+        elif winograd and side >= 14:
+            candidates.append("winograd-f2" if wide else "winograd-f4")
+        elif winograd:
+            candidates.append("im2col" if wide else "winograd-f2")
         if wl.oh * wl.ow <= 49:
-            candidates.append("im2col")
-        candidates.append("spatial-pack")
+            candidates.append("im2col" if wide else "direct")
+        if not wide and wl.ci <= 4 and wl.kh >= 7:
+            candidates.append("direct")
+        candidates += ["spatial-pack"] if wide else ["indirect", "spatial-pack"]
     candidates.append("direct")
     return next(name for name in candidates if get_algorithm(name).supports(wl) is None)
 

@@ -96,9 +96,14 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
     first batch; their results reach the database, the cost model and the inner search like any
     trial's."""
 
-    def __init__(self, inner: str = "evolutionary", seeds: list | None = None):
+    def __init__(self, inner: str = "evolutionary", seeds: list | None = None, population: int | None = None):
         self.inner_name = inner
-        self.inner = ms.search_strategy.SearchStrategy.create(inner)
+        self.population = population
+        if inner == "evolutionary" and population:
+            self.inner = ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                               init_min_unmeasured=min(50, population // 2))
+        else:
+            self.inner = ms.search_strategy.SearchStrategy.create(inner)
         self.seeds = list(seeds or [])
         self.recorded: dict[str, list] = {}
         self.held: list = []
@@ -163,7 +168,7 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         return ms.runner.RunnerResult(run_secs=[float(x) for x in secs], error_msg=None)
 
     def clone(self):
-        return SkipRecorded(self.inner_name, self.seeds)
+        return SkipRecorded(self.inner_name, self.seeds, self.population)
 
 
 class UnknownWorkload(RuntimeError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import types
 from dataclasses import dataclass, field
 
 from tvm.s_tir import meta_schedule as ms
@@ -33,6 +34,21 @@ COST_MODELS = ("xgb", "random")
 # MetaSchedule's XGBModel predicts at random until it holds 100 samples, i.e. for the whole of a
 # typical per-layer budget; two batches are enough for it to rank a template's configs.
 XGB_WARMUP_SAMPLES = 16
+# A template's space is a few thousand points; MetaSchedule's default population of 512, scored
+# by the cost model over 4 generations per batch, cost about 0.9 s a trial in this process
+# (feature extraction of every candidate). 128 finds the same configs (docs/performance.md).
+POPULATION = 128
+
+
+def skip_tensor_intrinsics() -> None:
+    """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses every CUDA, ROCm,
+    Hexagon and ARM tensor intrinsic from TVMScript: about 30 s of a 2-core machine per tuning
+    process. convtune's spaces are fp32 CPU templates (and MetaSchedule's default CPU rules for
+    the ms-auto rival), which never tensorize: an empty module stands in for the package, so the
+    import is a no-op. A process that needs the intrinsics imports them before tuning."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        sys.modules[name] = types.ModuleType(name, "stand-in: convtune's spaces never tensorize")
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,10 @@ class SearchOptions:
     seed: int | None = None
     quiet: bool = False
     transfer: Transfer | None = None  # start from similar layers' records (tuning/search/transfer.py)
+    # The evolutionary search's population (None: MetaSchedule's 512). Every batch scores the
+    # population with the cost model over a few generations, in this process, between
+    # measurements: the search's own share of a trial's cost (docs/performance.md).
+    population: int | None = POPULATION
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -156,13 +176,18 @@ def _run_search(todo: list[Task], target: Target, work_dir: str, database, progr
     """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
     callbacks; `database` receives every trial."""
     transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
+    skip_tensor_intrinsics()
     # One scan per layer: a layer's algorithms share its neighbours.
     scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
     histories = [scanned.get(t.workload, History()) for t in todo]
-    seeds = [seed_traces(t, h, trials_per_iter) for t, h in zip(todo, histories)]
+    # The first batch: configs transferred from similar layers, then the template's own default
+    # for this machine (a strong start: the untuned survey's defaults beat the rivals; a search
+    # should never end below the kernel `compile` would build without it).
+    seeds = [seed_traces(t, h, trials_per_iter) + ([] if t.generated else [t.default_trace()])
+             for t, h in zip(todo, histories)]
     contexts = [
         ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=SkipRecorded(strategy, seeds[i]), task_name=names[i],
+                       search_strategy=SkipRecorded(strategy, seeds[i], options.population), task_name=names[i],
                        num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
         for i, t in enumerate(todo)
     ]
