@@ -110,20 +110,27 @@ def _last_line(err: BaseException) -> str:
     return re.sub(r"^Check failed: \(.*?\) is false: ", "", line).rstrip("'\",)")
 
 
-def session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
-            timeout: float = REQUEST_TIMEOUT, session_timeout: float = 0):
-    """A session from CLI options: `--rpc-tracker H:P --rpc-key K` or `--rpc H:P [--rpc-key K]`."""
+def device_address(tracker: str | None, key: str | None, rpc: str | None, purpose: str) -> tuple[str, str, int]:
+    """("tracker" | "direct", host, port) from the CLI's device options, `--rpc-tracker H:P
+    --rpc-key K` or `--rpc H:P`, refusing a combination that names no device or two."""
     if tracker and rpc:
         raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
     if tracker:
         if not key:
-            raise RPCError("--rpc-tracker needs --rpc-key: the kind of device to ask the tracker for")
-        host, port = parse_hostport(tracker, "--rpc-tracker")
-        return request(host, port, key, timeout=timeout, session_timeout=session_timeout)
+            raise RPCError(f"--rpc-tracker needs --rpc-key: the kind of device to {purpose}")
+        return ("tracker", *parse_hostport(tracker, "--rpc-tracker"))
     if rpc:
-        host, port = parse_hostport(rpc, "--rpc")
-        return connect(host, port, key or "", timeout=min(timeout, CONNECT_TIMEOUT), session_timeout=session_timeout)
+        return ("direct", *parse_hostport(rpc, "--rpc"))
     raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+
+
+def session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
+            timeout: float = REQUEST_TIMEOUT, session_timeout: float = 0):
+    """A session from CLI options: `--rpc-tracker H:P --rpc-key K` or `--rpc H:P [--rpc-key K]`."""
+    kind, host, port = device_address(tracker, key, rpc, "ask the tracker for")
+    if kind == "tracker":
+        return request(host, port, key, timeout=timeout, session_timeout=session_timeout)
+    return connect(host, port, key or "", timeout=min(timeout, CONNECT_TIMEOUT), session_timeout=session_timeout)
 
 
 def open_session(args, side: dict | None = None):

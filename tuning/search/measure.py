@@ -18,13 +18,14 @@ from tvm.support import cc
 from tvm.support.popen_pool import PopenPoolExecutor
 
 from ..deploy.state import StateFiller, run_state
-from ..remote.address import RPCError, parse_hostport
+from ..remote.address import RPCError
 from ..remote.session import (
     REQUEST_TIMEOUT,
     _direct_session,
     _probe,
     _tracker_session,
     connect,
+    device_address,
     request,
 )
 from ..remote.tracker import KeyStatus, describe_keys, devices
@@ -91,12 +92,8 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
     prints the emulation note then, and only then).
     """
     session_timeout = float(session_timeout or config.run_timeout)
-    if tracker and rpc:
-        raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
-    if tracker:
-        if not key:
-            raise RPCError("--rpc-tracker needs --rpc-key: the kind of device to measure on")
-        host, port = parse_hostport(tracker, "--rpc-tracker")
+    kind, host, port = device_address(tracker, key, rpc, "measure on")
+    if kind == "tracker":
         status = devices(host, port)
         registered = status.get(key, KeyStatus(0, 0, 0)).total
         if registered == 0:
@@ -108,16 +105,13 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
         where = f"the device {key!r} at tracker {host}:{port}"
         factory = functools.partial(request, host, port, key, timeout=request_timeout,
                                     session_timeout=session_timeout)
-    elif rpc:
-        host, port = parse_hostport(rpc, "--rpc")
+    else:
         workers = 1  # one server serves one session at a time
         rpc_key = "(direct)"  # RPCConfig insists on a key; the server wants its own (`key`)
         create = functools.partial(_direct_session, key=key or "", connect_timeout=request_timeout)
         where = f"the RPC server {host}:{port}"
         factory = functools.partial(connect, host, port, key or "", timeout=request_timeout,
                                     session_timeout=session_timeout)
-    else:
-        raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
     info = _probe(factory, target, where) if probe else {}
     runner = ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
