@@ -182,6 +182,9 @@ class Algorithm:
     run_function: str = "conv2d"
     # amplification of float32 error over direct (tests' tolerance; Winograd > 1)
     error_growth: Callable[[Workload], float] = field(default=lambda wl: 1.0)
+    # how many times fewer multiplications than the direct algorithm it does (Winograd: 9 / its
+    # multiplications per output): the most its rate in direct-algorithm FLOP/s can exceed the peak
+    multiplication_saving: float = 1.0
 
     def supports(self, wl: Workload) -> str | None:
         """None if the layer fits, else why not."""

@@ -383,6 +383,7 @@ def make_algorithm(m: int) -> Algorithm:
         schedule=make_schedule(m),
         run_function="conv2d_packed",
         error_growth=lambda wl: ERROR_GROWTH[m],
+        multiplication_saving=KERNEL * KERNEL / multiplications_per_output(m),
     )
 
 

@@ -7,11 +7,14 @@ its canonical `key`, so two spellings of the same layer share their records.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 
 LAYOUTS = ("NHWC", "NCHW")
 WEIGHT_LAYOUT = {"NHWC": "HWIO", "NCHW": "OIHW"}
+# TVM indexes a tensor with int32 arithmetic: a tensor of 2**31 elements or more overflows it.
+MAX_ELEMENTS = 2**31 - 1
 
 
 class WorkloadError(ValueError):
@@ -76,6 +79,13 @@ class Workload:
             if span > size + lo + hi:
                 raise WorkloadError(
                     f"k{axis}", f"dilated kernel extent {span} is larger than the padded input {axis}={size}+{lo}+{hi}")
+        padded = (self.n, self.h + self.pad[0] + self.pad[2], self.w + self.pad[1] + self.pad[3], self.ci)
+        for tensor, shape in (("input", self.data_shape), ("padded input", padded), ("output", self.out_shape),
+                              ("weight", self.weight_shape)):
+            elements = math.prod(shape)
+            if elements > MAX_ELEMENTS:
+                raise WorkloadError("shape", f"the {tensor} would hold {elements} elements, more than {MAX_ELEMENTS} "
+                                    "(2**31 - 1): TVM's int32 index arithmetic would overflow")
 
     # -- derived shapes ------------------------------------------------------------------------
     @property
@@ -163,14 +173,18 @@ class Workload:
 SPEC_KEYS = ("n", "h", "w", "ci", "co", "k", "kh", "kw", "stride", "pad", "dilation", "groups", "layout")
 
 
+# ASCII digits only: int() would also take '+8', '8_0' and other scripts' digits ('٨').
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _ints(field: str, text: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
-    parts = re.split(r"[x:/]", text)
+    parts = [p.strip() for p in text.split("x")]
     if len(parts) not in sizes:
         raise WorkloadError(field, f"expects {' or '.join(map(str, sizes))} integers separated by 'x', got {text!r}")
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise WorkloadError(field, f"must be an integer, got {text!r}") from None
+    if not all(_INTEGER.fullmatch(p) for p in parts):
+        what = "an integer" if sizes == (1,) else "integers (decimal digits 0-9) separated by 'x'"
+        raise WorkloadError(field, f"must be {what}, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def parse_spec(text: str, layout: str | None = None) -> Workload:

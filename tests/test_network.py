@@ -269,7 +269,7 @@ def test_bundle_compiles_and_verifies_in_a_fresh_process(tuned, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tuning.deploy.bundle", "verify", out], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count(" ok") == 3 and "tiny.c: conv2d" in done.stdout
+    assert done.stdout.count(") ok") == 3 and "3/3 functions ok" in done.stdout and "tiny.c: conv2d" in done.stdout
 
 
 def test_network_estimate_sums_count_times_time(tuned):

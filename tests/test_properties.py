@@ -1,7 +1,7 @@
 """Property tests: random valid layers, every algorithm that accepts them, against the reference."""
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from schedules import ALGORITHMS
@@ -32,6 +32,7 @@ def layers(draw):
 
 
 @pytest.mark.slow
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(layers(), st.integers(1, 1000))
 def test_every_algorithm_that_accepts_a_layer_computes_it(wl, seed):
     assume(wl is not None)

@@ -1,6 +1,6 @@
 """convtune's command line.
 
-  layers      the conv layers of the built-in networks
+  layers      the conv layers of a network: zoo name, .onnx or .pt2 file
   tune        search a layer's (or a network's) schedules, record every trial
   compile     build the best record into a shared library + sidecar (a bundle with --network)
   verify      run a library or a bundle against the numpy float64 reference
@@ -32,11 +32,17 @@ class UsageError(Exception):
 
 
 def _target(args):
-    from .target import resolve_target, set_threads
+    from .target import host_cores, resolve_target, set_threads
 
     if args.threads is not None and args.threads <= 0:
         raise UsageError(f"--threads: must be positive, got {args.threads}")
     target = resolve_target(args.target, args.threads)
+    # More threads than cores share cores: every timing suffers. `records` only picks a directory.
+    if (target.is_host and target.threads > host_cores() and args.command != "records"
+            and not getattr(args, "force_threads", False)):
+        given = "--threads" if args.threads else "the target's num-cores"
+        raise UsageError(f"{given}: {target.threads} threads on this machine's {host_cores()} cores would share "
+                         "cores and spoil every timing; pass --force-threads to use them anyway")
     if target.is_host:
         set_threads(target.threads)
     return target
@@ -50,17 +56,51 @@ def _layer(args):
 
 # -- commands -----------------------------------------------------------------------------------------
 def cmd_layers(args) -> int:
-    from .networks import NETWORKS, network_layers
+    from .model_import import load_network
+    from .networks import NETWORKS
+    from .tables import table
 
+    reports = []
     for network in [args.network] if args.network else NETWORKS:
-        layers = network_layers(network, args.layout or "NHWC")
-        total = sum(l.count * l.workload.flops for l in layers)
-        print(f"{network}: {len(layers)} distinct conv layers, {sum(l.count for l in layers)} in all, "
-              f"{total / 1e9:.2f} GFLOPs")
-        for l in layers:
-            wl = l.workload
-            print(f"  {l.name:28s} x{l.count:<2d} {wl.spec:52s} out {wl.oh}x{wl.ow}  {wl.flops / 1e6:8.1f} MFLOPs")
+        layers = load_network(network, args.layout or "NHWC")
+        reports.append(_layers_report(network, layers))
+    if args.json:
+        print(json.dumps(reports[0] if args.network else reports, indent=1))
+        return 0
+    for report in reports:
+        print(f"{report['network']}: {report['distinct']} distinct conv layers, {report['in_all']} in all, "
+              f"{report['gflops']:.2f} GFLOPs")
+        rows = [[l["name"], f"x{l['count']}", l["spec"], f"{l['out'][0]}x{l['out'][1]}", f"{l['mflops']:.1f}",
+                 _short_algorithms(l["algorithms"])] for l in report["layers"]]
+        print(table(["layer", "count", "shape", "out", "MFLOPs", "algorithms"], rows, align="<><<><", indent="  "))
     return 0
+
+
+def _layers_report(network: str, layers) -> dict:
+    """What `convtune layers` shows of one network, as JSON-ready data."""
+    from schedules import applicable
+
+    return {
+        "network": network,
+        "distinct": len(layers),
+        "in_all": sum(l.count for l in layers),
+        "gflops": sum(l.count * l.workload.flops for l in layers) / 1e9,
+        "layers": [{"name": l.name, "count": l.count, "spec": l.workload.spec, "workload": l.workload.to_dict(),
+                    "out": [l.workload.oh, l.workload.ow], "mflops": l.workload.flops / 1e6,
+                    "algorithms": [a.name for a in applicable(l.workload)]} for l in layers],
+    }
+
+
+def _short_algorithms(names: list[str]) -> str:
+    """`winograd-f2, winograd-f4, winograd-f6` -> `winograd-f2/f4/f6`: a family once."""
+    out: list[str] = []
+    for name in names:
+        family, _, variant = name.rpartition("-")
+        if family and out and out[-1].startswith(family + "-"):
+            out[-1] += f"/{variant}"
+        else:
+            out.append(name)
+    return " ".join(out)
 
 
 def cmd_tune(args) -> int:
@@ -139,7 +179,11 @@ def print_tune_table(store, tasks, target, runner=None) -> None:
             print(f"{task.algorithm:>14s} {trials:7d} {'-':>9s} {'-':>9s} {'-':>7s}")
             continue
         pct = f"{100 * best.gflops(wl) / peak:6.0f}%" if peak else "      -"
-        print(f"{task.algorithm:>14s} {trials:7d} {best.seconds * 1e3:9.3f} {best.gflops(wl):9.1f} {pct}")
+        why = ""
+        if peak and best.gflops(wl) > peak:  # never a figure above the peak without saying why
+            why = ("  (effective: fewer multiplications than direct)" if task.template.multiplication_saving > 1
+                   else "  (above the measured peak, within its noise margin: re-measure before trusting it)")
+        print(f"{task.algorithm:>14s} {trials:7d} {best.seconds * 1e3:9.3f} {best.gflops(wl):9.1f} {pct}{why}")
     if peak:
         print(f"(FP32 {target.machine.isa} peak of this machine at {target.threads} threads, measured: "
               f"{peak:.0f} GFLOP/s)")
@@ -396,6 +440,7 @@ def _add_common(p, layer=True):
                    help="tensor layout (default: the spec's, else NHWC)")
     p.add_argument("--target", default="x86", help="x86 (this CPU), aarch64[-a53|-a72|-a76|-n1], or a TVM target JSON dict")
     p.add_argument("--threads", type=int, default=None, help="threads to measure and run with (default: all cores)")
+    p.add_argument("--force-threads", action="store_true", help="allow --threads above this machine's core count")
     p.add_argument("--logs", default="logs", help="records directory (default: ./logs)")
 
 
@@ -417,9 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convtune", description="Auto-tune 2-D convolutions for a CPU with TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("layers", help="list the conv layers of the built-in networks")
-    p.add_argument("network", nargs="?")
+    p = sub.add_parser("layers", help="the distinct conv layers of a network (zoo, .onnx, .pt2): counts, shapes, "
+                                      "FLOPs, the algorithms that fit")
+    p.add_argument("network", nargs="?", metavar="NAME|FILE",
+                   help="a zoo network, an .onnx file or a torch.export .pt2 file (default: every zoo network)")
     p.add_argument("--layout", choices=["NHWC", "NCHW"], type=str.upper, default=None)
+    p.add_argument("--json", action="store_true", help="print the same as JSON (a list without NAME|FILE)")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
@@ -476,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peak", help="the FP32 peak of the ISA the target's kernels use (widest FMA, per thread count)")
     p.add_argument("--target", default="x86", help="x86 (this CPU), or a TVM target JSON dict (e.g. mcpu haswell)")
     p.add_argument("--threads", type=int, default=None, help="one thread count (default: 1 and the target's)")
+    p.add_argument("--force-threads", action="store_true", help="allow --threads above this machine's core count")
     p.add_argument("--json", action="store_true", help="print {isa, cpu, gflops: {threads: GFLOP/s}}")
     p.set_defaults(func=cmd_peak)
 
@@ -521,21 +570,66 @@ def main(argv: list[str] | None = None) -> int:
     from schedules.template import Unsupported
     from schedules.workload import WorkloadError
 
-    from .records import ForeignRecords
+    from .records import ForeignRecords, RecordsError
     from .remote.address import RPCError
     from .remote.emulator import EmulatorError
     from .target import LibraryError, TargetError
 
     try:
+        _check_args(args)
         return args.func(args)
-    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords, RPCError,
-            EmulatorError) as err:
+    except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords, RecordsError,
+            RPCError, EmulatorError) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nconvtune {args.command}: interrupted; every trial measured so far is in the records",
               file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
+        message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
+        print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
+              file=sys.stderr)
+        return 1
+
+
+def _check_args(args) -> None:
+    """Option values no command can run with, refused in one line before anything starts."""
+    import math
+
+    for option, rule, ok in (("run_timeout", "a number of seconds > 0", lambda v: v > 0),
+                             ("rpc_timeout", "a number of seconds > 0", lambda v: v > 0),
+                             ("min_repeat_ms", "a number of milliseconds >= 0", lambda v: v >= 0)):
+        value = getattr(args, option, None)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise UsageError(f"--{option.replace('_', '-')}: must be {rule}, got {value:g}")
+    for option in ("logs", "transfer_from"):
+        path = getattr(args, option, None)
+        if not isinstance(path, str):
+            continue
+        # the path, or the nearest of its parents that exists, must be a directory
+        probe = os.path.abspath(path)
+        while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            what = "is" if probe == os.path.abspath(path) else f"is under {probe}, which is"
+            raise UsageError(f"--{option.replace('_', '-')}: {path} {what} not a directory")
+
+
+def _save_crash(argv) -> str:
+    """The current exception's traceback, in $CONVTUNE_CACHE (default ~/.cache/convtune)/crash-*.log."""
+    import time
+    import traceback
+
+    root = os.environ.get("CONVTUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convtune")
+    path = os.path.join(root, f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    try:
+        os.makedirs(root, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"convtune {' '.join(sys.argv[1:] if argv is None else argv)}\n\n{traceback.format_exc()}")
+    except OSError as err:
+        return f"traceback not saved: {path}: {err.strerror}"
+    return f"traceback in {path}"
 
 
 if __name__ == "__main__":

@@ -4,22 +4,32 @@ Every 2-D convolution of the model becomes a `Layer(name, workload, count)`; lay
 shape are merged into one (the first one's name) whose `count` says how often the model runs it,
 so a network is a weighted set of distinct tuning tasks, as in the built-in zoo.
 
-- ONNX (`pip install onnx`): shapes come from `onnx.shape_inference`; `pads` are ONNX's
-  (x1_begin, x2_begin, x1_end, x2_end) = our (top, left, bottom, right); `auto_pad` SAME_UPPER /
-  SAME_LOWER / VALID are resolved to explicit pads as ONNX defines them.
+- ONNX (`pip install onnx`): shapes come from `onnx.shape_inference` with data propagation; what
+  it leaves unknown (legacy exports: shapes computed from `Shape` at run time) is recovered by
+  folding the shape arithmetic into constants, then, with onnxruntime installed, by running the
+  model once on zeros. `pads` are ONNX's (x1_begin, x2_begin, x1_end, x2_end) = our (top, left,
+  bottom, right); `auto_pad` SAME_UPPER / SAME_LOWER / VALID are resolved to explicit pads as
+  ONNX defines them.
 - PyTorch (`pip install torch==2.13.0`): an `nn.Module` with example inputs, an ExportedProgram, or
   a `.pt2` file written by `torch.export.save`; `aten.conv2d` / `aten.convolution` nodes, shapes from
-  the nodes' fake tensors (`node.meta["val"]`), names from the module path (`layer1.0.conv1`).
+  the nodes' fake tensors (`node.meta["val"]`).
+
+Names: the PyTorch module path wherever the model carries it (`features.1.block.0.0`: torch.export's
+module stack, the legacy ONNX exporter's `/features/features.1/block/block.0/block.0.0/Conv`, the
+dynamo exporter's name scopes), so two exports of one model name their layers alike; else a
+hand-given ONNX node name; else position and shape (`conv3.3x3s2.64-128`).
 
 Both are NCHW models; the workloads take the layout asked for (NHWC by default, like the zoo):
 the layer is the same convolution, laid out the way the deployed kernel will see it.
 Refused with a message: a missing optional package (with its pip command), a 1-D/3-D conv,
-symbolic (dynamic) shapes (fix the batch with `batch=`), a dtype other than float32.
+shapes that stay dynamic (every such layer named, with the fix), a dtype other than float32.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 
 from schedules.workload import Workload, WorkloadError
@@ -36,12 +46,29 @@ class ModelError(WorkloadError):
 
 
 def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], conv: str) -> list[Layer]:
-    """The convolutions a model reader found, as distinct layers; transposed ones are named and left out."""
+    """The convolutions a model reader found, as distinct layers; transposed ones are named and left out.
+    A name that two different shapes share (a module run at two sizes) gets `_2`, `_3`, ... on the later ones."""
     if skipped:
         print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
     if not found:
         raise ModelError(label, f"has no {conv}")
-    return distinct_layers([Layer(name, wl) for name, wl in found])
+    layers = distinct_layers([Layer(name, wl) for name, wl in found])
+    seen: dict[str, int] = {}
+    unique = []
+    for layer in layers:
+        seen[layer.name] = seen.get(layer.name, 0) + 1
+        name = layer.name if seen[layer.name] == 1 else f"{layer.name}_{seen[layer.name]}"
+        unique.append(Layer(name, layer.workload, layer.count))
+    return unique
+
+
+def _positional_name(index: int, wl: Workload) -> str:
+    """A layer name from the conv's position in the model and its shape, for models that carry no
+    module path: `conv3.3x3s2.64-128` (the 4th conv: 3x3, stride 2, 64 -> 128 channels; `g4`: groups)."""
+    stride = "" if wl.stride == (1, 1) else (f"s{wl.stride[0]}" if wl.stride[0] == wl.stride[1]
+                                             else f"s{wl.stride[0]}x{wl.stride[1]}")
+    groups = f"g{wl.groups}" if wl.groups > 1 else ""
+    return f"conv{index}.{wl.kh}x{wl.kw}{stride}{groups}.{wl.ci}-{wl.co}"
 
 
 def _workload(model: str, node: str, x_shape, w_shape, stride, pad, dilation, groups, layout) -> Workload:
@@ -76,7 +103,12 @@ def _import_onnx():
 
 def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
     """The conv layers of an ONNX model (a path or a ModelProto). `batch` fixes a symbolic batch
-    dimension of the graph inputs (ONNX exports often leave it dynamic)."""
+    dimension of the graph inputs (ONNX exports often leave it dynamic).
+
+    Shapes: ONNX's shape inference with data propagation; where a conv input is still unknown
+    (shapes computed at run time: a `Slice` whose bounds come from `Shape`, a `Resize` sized from
+    `Shape`), the shape arithmetic is folded into constants and inferred again, and as a last
+    resort the model is run once on zeros with onnxruntime (when installed) to read them."""
     onnx = _import_onnx()
     label = model if isinstance(model, str) else (network or model.graph.name or "model")
     if isinstance(model, str):
@@ -90,31 +122,29 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
     network = network or label
     if batch is not None:
         model = _fix_batch(onnx, model, batch)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(label, f"ONNX shape inference failed: {err}") from None
-    graph = model.graph
-    shapes: dict[str, tuple[list, int]] = {}
-    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
-            shapes[info.name] = (dims, tensor.elem_type)
-    for init in graph.initializer:
-        shapes[init.name] = (list(init.dims), init.data_type)
+    inferred = _infer(onnx, label, model)
+    shapes = _onnx_shapes(inferred.graph)
+    convs = [n for n in inferred.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    missing = [v for n in convs for v in n.input[:2] if _static(shapes.get(v)) is None]
+    if missing:
+        shapes.update(_recover_shapes(onnx, label, inferred, shapes, list(dict.fromkeys(missing))))
+    graph = inferred.graph
     unknown = {n.domain for n in graph.node if n.domain not in ("", "ai.onnx")}
-    found, skipped = [], []
-    for index, node in enumerate(graph.node):
+    found, skipped, dynamic = [], [], []
+    for node in graph.node:
         if node.op_type == "ConvTranspose":
             skipped.append(node.name or node.output[0])
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
             continue
-        name = node.name or node.output[0] or f"Conv_{index}"
+        name = node.name or node.output[0] or f"Conv_{len(found) + len(dynamic)}"
         where = f"Conv {name!r}"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        x_shape = _onnx_shape(label, where, "input", node.input[0], shapes, unknown)
-        w_shape = _onnx_shape(label, where, "weight", node.input[1], shapes, unknown)
+        try:
+            x_shape = _onnx_shape(where, "input", node.input[0], shapes, unknown)
+            w_shape = _onnx_shape(where, "weight", node.input[1], shapes, unknown)
+        except _NoShape as err:
+            dynamic.append(str(err))
+            continue
         if len(x_shape) != 4:
             raise ModelError(label, f"{where} is a {len(x_shape) - 2}-D convolution (input {tuple(x_shape)}); "
                                     "convtune tunes 2-D convolutions only")
@@ -141,22 +171,261 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
             pad = tuple(attrs.get("pads", [0, 0, 0, 0]))  # (top, left, bottom, right) in ONNX's order
         else:
             raise ModelError(label, f"{where}: unknown auto_pad {auto_pad!r}")
-        wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(attrs.get("group", 1)), layout)
-        found.append((f"{network}.{name}", wl))
+        groups = int(attrs.get("group", 1))
+        wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, groups, layout)
+        readable = _onnx_module_path(node) or _positional_name(len(found) + len(dynamic), wl)
+        found.append((f"{network}.{readable}", wl))
+    if dynamic:
+        raise ModelError(label, _dynamic_refusal(onnx, graph, shapes, dynamic))
     return _layers(label, found, skipped, "Conv node")
 
 
-def _onnx_shape(label, where, role, value, shapes, unknown_domains) -> list[int]:
+class _NoShape(Exception):
+    """A conv input without a static shape (collected, then refused per layer with the fix)."""
+
+
+def _infer(onnx, label, model):
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(label, f"ONNX shape inference failed: {err}") from None
+
+
+def _onnx_shapes(graph) -> dict[str, tuple[list, int]]:
+    """value name -> (dims, elem type); a symbolic or unknown dimension is its name or '?'."""
+    shapes: dict[str, tuple[list, int]] = {}
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+            shapes[info.name] = (dims, tensor.elem_type)
+    for init in graph.initializer:
+        shapes[init.name] = (list(init.dims), init.data_type)
+    return shapes
+
+
+def _static(entry) -> list[int] | None:
+    """The dims of a shapes entry when every one is a known positive size (or the tensor is a scalar)."""
+    if entry is None:
+        return None
+    dims = entry[0]
+    return list(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+
+
+def _onnx_shape(where, role, value, shapes, unknown_domains) -> list[int]:
     if value not in shapes:
         hint = (f" (custom-domain ops {', '.join(sorted(unknown_domains))} upstream stop ONNX's shape inference)"
                 if unknown_domains else "")
-        raise ModelError(label, f"{where}: the shape of its {role} {value!r} is unknown after shape inference{hint}")
+        raise _NoShape(f"{where}: the shape of its {role} {value!r} is unknown{hint}")
     dims = shapes[value][0]
-    symbolic = [d for d in dims if not isinstance(d, int) or d <= 0]
-    if symbolic:
-        raise ModelError(label, f"{where}: its {role} {value!r} has a dynamic shape {tuple(dims)}; convtune tunes "
-                                "fixed shapes (pass batch=N / --batch N for a symbolic batch, or export with static shapes)")
+    if _static(shapes[value]) is None:
+        raise _NoShape(f"{where}: its {role} {value!r} has a dynamic shape {tuple(dims)}")
     return dims
+
+
+def _dynamic_refusal(onnx, graph, shapes, problems: list[str]) -> str:
+    """One message for every conv without a static shape, and what fixes it."""
+    initializers = {i.name for i in graph.initializer}
+    symbolic = [f"{i.name!r} {tuple(shapes[i.name][0])}" for i in graph.input
+                if i.name not in initializers and i.name in shapes and _static(shapes[i.name]) is None]
+    if symbolic:
+        fix = (f"the graph input {', '.join(symbolic)} has symbolic dimensions; convtune tunes fixed shapes: "
+               "export with a fixed input shape (torch.onnx.export without dynamic_axes), or, from Python, "
+               "pass batch=N to tuning.model_import.load_network / from_onnx for a symbolic batch")
+    else:
+        try:
+            import onnxruntime  # noqa: F401, PLC0415 - an optional extra
+            tried = "shape inference, folding the shape arithmetic and a run with onnxruntime"
+            extra = ""
+        except ImportError:
+            tried = "shape inference and folding the shape arithmetic"
+            extra = "; or `pip install onnxruntime`, with which convtune reads the shapes by running the model once"
+        fix = (f"these shapes are computed at run time and {tried} did not fix them: export with static shapes "
+               f"(torch.onnx.export(..., dynamo=True)), or simplify the model (onnxsim){extra}")
+    limit = 3 if symbolic else 8  # a symbolic input reaches every conv: a few name it well enough
+    shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+    return f"{len(problems)} Conv node(s) without a static input shape: {'; '.join(shown)}. Fix: {fix}"
+
+
+# Operators of shape arithmetic: folded into constants when every input is known and small.
+_SHAPE_OPS = frozenset({
+    "Abs", "Add", "And", "Cast", "Ceil", "Concat", "Constant", "ConstantOfShape", "Div", "Equal", "Expand",
+    "Floor", "Gather", "GatherElements", "Greater", "GreaterOrEqual", "Identity", "Less", "LessOrEqual", "Max",
+    "Min", "Mod", "Mul", "Neg", "Not", "Or", "Range", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSum",
+    "Reshape", "Round", "Shape", "Size", "Slice", "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze",
+    "Where",
+})
+_FOLD_LIMIT = 4096  # elements: shape vectors and scalars, never weights or activations
+
+
+def _recover_shapes(onnx, label, model, shapes, missing: list[str]) -> dict:
+    """Static shapes for `missing` values that shape inference left unknown: fold the shape
+    arithmetic (Shape of a static tensor, then Gather/Slice/Div/Concat/... of constants) into
+    initializers and infer again, until nothing more folds; then, if some are still missing and
+    onnxruntime is installed, run the model once on zeros and read them."""
+    found: dict = {}
+    for _ in range(16):
+        folded, count = _fold_shape_arithmetic(onnx, model, shapes)
+        if not count:
+            break
+        try:
+            model = onnx.shape_inference.infer_shapes(folded, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - folding is best effort; the refusal names what is missing
+            break
+        shapes = _onnx_shapes(model.graph)
+        found.update({v: shapes[v] for v in missing if _static(shapes.get(v)) is not None})
+        if len(found) == len(missing):
+            return found
+    rest = [v for v in missing if v not in found]
+    found.update(_shapes_by_running(onnx, label, model, shapes, rest))
+    return found
+
+
+def _fold_shape_arithmetic(onnx, model, shapes):
+    """`model` with every node of shape arithmetic whose inputs are known replaced by initializers
+    (a copy), and how many nodes were folded."""
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    graph = model.graph
+    values: dict = {}
+    for init in graph.initializer:
+        if _elements(init.dims) <= _FOLD_LIMIT:
+            values[init.name] = numpy_helper.to_array(init)
+    folded: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type not in _SHAPE_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        outputs = _evaluate(onnx, model, node, values, shapes)
+        if outputs is None or any(o.size > _FOLD_LIMIT for o in outputs):
+            continue
+        values.update(zip(node.output, outputs))
+        folded.append(index)
+    if not folded:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.ir_version = max(out.ir_version, 4)  # initializers need not be graph inputs
+    keep = [n for i, n in enumerate(graph.node) if i not in set(folded)]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    present = {i.name for i in graph.initializer}
+    out.graph.initializer.extend(numpy_helper.from_array(values[name], name)
+                                 for i in folded for name in graph.node[i].output
+                                 if name and name not in present)
+    del out.graph.value_info[:]  # re-inferred from the constants
+    return out, len(folded)
+
+
+def _elements(dims) -> int:
+    count = 1
+    for d in dims:
+        count *= int(d)
+    return count
+
+
+def _evaluate(onnx, model, node, values, shapes):
+    """The node's outputs as numpy arrays, or None when an input is unknown or evaluation fails."""
+    import numpy as np  # noqa: PLC0415
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("Shape", "Size"):
+        source = node.input[0]
+        dims = list(values[source].shape) if source in values else _static(shapes.get(source))
+        if dims is None:
+            return None
+        if node.op_type == "Size":
+            return [np.array(_elements(dims), dtype=np.int64)]
+        return [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+    inputs = [name for name in node.input if name]
+    if any(name not in values for name in inputs):
+        return None
+    from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
+
+    helper = onnx.helper
+    one = helper.make_model(
+        helper.make_graph([node], "fold",
+                          [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype),
+                                                         values[n].shape) for n in dict.fromkeys(inputs)],
+                          [helper.make_empty_tensor_value_info(o) for o in node.output if o]),
+        opset_imports=list(model.opset_import), ir_version=max(model.ir_version, 4))
+    try:
+        results = ReferenceEvaluator(one).run(None, {n: values[n] for n in inputs})
+    except Exception:  # noqa: BLE001 - an op the reference cannot run is simply not folded
+        return None
+    return [np.asarray(r) for r in results]
+
+
+def _shapes_by_running(onnx, label, model, shapes, names: list[str]) -> dict:
+    """Run the model once with onnxruntime on zeros (every graph input static), every value in
+    `names` an extra output; their shapes. Empty without onnxruntime or static inputs."""
+    if not names:
+        return {}
+    try:
+        import onnxruntime as ort  # noqa: PLC0415 - an optional extra
+    except ImportError:
+        return {}
+    import numpy as np  # noqa: PLC0415
+
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    feeds = {}
+    for info in graph.input:
+        if info.name in initializers:
+            continue
+        dims = _static(shapes.get(info.name))
+        if dims is None:
+            return {}
+        elem = info.type.tensor_type.elem_type
+        feeds[info.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in graph.output}
+    wanted = [n for n in names if n not in initializers]
+    for name in wanted:
+        if name not in outputs:
+            elem = shapes[name][1] if name in shapes else onnx.TensorProto.FLOAT
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        results = session.run(wanted, feeds)
+    except Exception as err:  # noqa: BLE001 - the refusal names what stays unknown
+        print(f"warning: {label}: onnxruntime could not run the model to read its shapes: "
+              f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}", file=sys.stderr)
+        return {}
+    print(f"note: {label}: {len(wanted)} conv input shape(s) read by running the model once with onnxruntime",
+          file=sys.stderr)
+    return {name: (list(r.shape), onnx.helper.np_dtype_to_tensor_dtype(r.dtype)) for name, r in zip(wanted, results)}
+
+
+def _onnx_module_path(node) -> str | None:
+    """The PyTorch module path an ONNX node carries: the dynamo exporter's name scopes, or the
+    legacy exporter's node name (`/features/features.1/block/block.0/Conv` -> `features.1.block.0`);
+    None for names that say nothing (`Conv_3`, `/Conv`, `node_conv2d`)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            if isinstance(scopes, list) and len(scopes) >= 2 and scopes[-2]:
+                return str(scopes[-2])
+            return None
+    name = node.name
+    if name.startswith("/"):
+        path, previous = "", ""
+        for part in name.strip("/").split("/")[:-1]:  # the last part is the op (Conv, Conv_1)
+            if previous and part.startswith(previous + "."):
+                path += part[len(previous):]  # a container's child: `features` then `features.0`
+            else:
+                path = f"{path}.{part}" if path else part
+            previous = part
+        return path or None
+    if not name or re.fullmatch(r"(node_)?(conv(2d|olution)?)(_\d+)*", name, re.IGNORECASE):
+        return None
+    return name
 
 
 def _fix_batch(onnx, model, batch: int):
@@ -245,7 +514,7 @@ def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC
             ph, pw = _pair(padding)
             pad = (ph, pw, ph, pw)
         wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(args["groups"]), layout)
-        found.append((f"{network}.{_module_name(node)}", wl))
+        found.append((f"{network}.{_module_path(node) or _positional_name(len(found), wl)}", wl))
     return _layers(label, found, skipped, "2-D convolution")
 
 
@@ -262,10 +531,14 @@ def _bind(node) -> dict:
     return out
 
 
-def _module_name(node) -> str:
+def _module_path(node) -> str | None:
+    """The module path of the node's innermost module (`features.1.block.0.0`); None at the root."""
     stack = node.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
-    return path or node.name
+    return (list(stack.values())[-1][0] if stack else "") or None
+
+
+def _module_name(node) -> str:
+    return _module_path(node) or node.name
 
 
 def _torch_shape(label, where, role, value) -> list[int]:

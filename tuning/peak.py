@@ -184,10 +184,20 @@ def _peak(threads: int, isa: str) -> float:
                 break
             value = max(value, _measure(exe, threads))
         if value < 0.75 * threads * single:
+            _CONTENDED.add((threads, isa))
             print(f"warning: FP32 {isa} peak at {threads} threads measured {value:.0f} GFLOP/s, under "
                   f"{threads} x the single-thread {single:.0f}: another process is using the cores; "
                   "every timing of this run is suspect", file=sys.stderr)
     return value
+
+
+_CONTENDED: set[tuple[int, str]] = set()  # (threads, isa) whose peak was measured on busy cores
+
+
+def peak_contended(target, threads: int | None = None) -> bool:
+    """Whether `target_peak(target, threads)` was measured while another process used the cores (it
+    then reads low: no record should be judged by it)."""
+    return (threads or target.threads, target.machine.isa) in _CONTENDED
 
 
 @functools.cache

@@ -96,6 +96,12 @@ def resolve_target(text: str = "x86", threads: int | None = None) -> Target:
             config = json.loads(text)
         except json.JSONDecodeError as err:
             raise TargetError(f"--target: not valid JSON ({err.msg} at column {err.colno})") from None
+        if config.get("kind") != "llvm":
+            raise TargetError(f"--target: kind {config.get('kind')!r} is not supported: convtune builds CPU kernels "
+                              'with LLVM ("kind": "llvm")')
+        cores = config.get("num-cores")
+        if cores is not None and (not isinstance(cores, int) or isinstance(cores, bool) or cores <= 0):
+            raise TargetError(f"--target: num-cores must be a positive integer, got {cores!r}")
         try:
             tvm.target.Target(config)
         except Exception as err:  # noqa: BLE001 - TVM's target parser raises several types
@@ -136,17 +142,51 @@ _ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: 
                  183: "aarch64", 243: "riscv64"}
 
 
+# e_type .. e_shstrndx after e_ident, for ELFCLASS32 and ELFCLASS64; a program header's
+# (p_type, p_offset, p_filesz) at their offsets.
+_ELF_HEADER = {1: ("HHIIIIIHHHHHH", 52), 2: ("HHIQQQIHHHHHH", 64)}
+_ELF_PHDR = {1: ("I", 0, "I", 4, "I", 16), 2: ("I", 0, "Q", 8, "Q", 32)}
+ET_DYN, PT_LOAD = 3, 1
+
+
 def elf_machine(path: str) -> str:
-    """The architecture a shared library was built for, from its ELF header (`e_machine`)."""
+    """The architecture a shared library was built for, from its ELF header (`e_machine`). Refuses
+    a file that is not a whole ELF shared library: loading a truncated one (its section header
+    table, or a loaded segment, past the end of the file) would kill the process with SIGBUS."""
     try:
         with open(path, "rb") as f:
-            header = f.read(20)
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(64)
+            if len(header) < 20 or header[:4] != b"\x7fELF":
+                raise LibraryArchError(f"{path}: not an ELF shared library (a .so built by `convtune compile`)")
+            elf_class, order = header[4], {1: "<", 2: ">"}.get(header[5])
+            if elf_class not in _ELF_HEADER or order is None:
+                raise LibraryArchError(f"{path}: not a valid ELF file (class {elf_class}, data {header[5]})")
+            fmt, length = _ELF_HEADER[elf_class]
+            if len(header) < length:
+                raise LibraryArchError(f"{path}: truncated ELF file ({size} bytes, shorter than its header)")
+            (e_type, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
+             _) = struct.unpack(order + fmt, header[16:length])
+            if e_type != ET_DYN:
+                raise LibraryArchError(f"{path}: an ELF file of type {e_type}, not a shared library (a .so built "
+                                       "by `convtune compile`)")
+            end = max(shoff + shnum * shentsize, phoff + phnum * phentsize)
+            if size >= end and phnum:
+                f.seek(phoff)
+                table = f.read(phnum * phentsize)
+                t_fmt, t_at, o_fmt, o_at, s_fmt, s_at = _ELF_PHDR[elf_class]
+                for i in range(phnum):
+                    entry = table[i * phentsize:(i + 1) * phentsize]
+                    if struct.unpack_from(order + t_fmt, entry, t_at)[0] == PT_LOAD:
+                        offset = struct.unpack_from(order + o_fmt, entry, o_at)[0]
+                        end = max(end, offset + struct.unpack_from(order + s_fmt, entry, s_at)[0])
     except OSError as err:
         raise LibraryArchError(f"{path}: cannot read ({err.strerror})") from None
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        raise LibraryArchError(f"{path}: not an ELF shared library (a .so built by `convtune compile`)")
-    order = "<" if header[5] == 1 else ">"
-    machine = struct.unpack(order + "H", header[18:20])[0]
+    except struct.error:
+        raise LibraryArchError(f"{path}: not a valid ELF file (its program headers are malformed)") from None
+    if size < end:
+        raise LibraryArchError(f"{path}: truncated: {size} bytes, but its ELF header describes {end}; rebuild it "
+                               "with `convtune compile`")
     return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 

@@ -27,7 +27,7 @@ from schedules.workload import WorkloadError
 from ..files import write_json_atomic
 from ..networks import Layer
 from ..target import Target, host_arch, set_threads, sidecar_arch
-from .kernel import Kernel, LibraryError, sidecar_path
+from .kernel import Kernel, LibraryError, check_sidecar, sidecar_path
 from .library import choose, export
 from .verify import Check, print_checks, verify
 
@@ -51,7 +51,8 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
         if wl not in built:
             choice = choose(wl, algorithm, target, logs)
             library = f"{wl.key}.so"
-            built[wl] = (library, export(choice, target, os.path.join(out_dir, library), layer_name=layer.name))
+            built[wl] = (library, export(choice, target, os.path.join(out_dir, library), layer_name=layer.name,
+                                          warn=False))
         library, side = built[wl]
         entries.append({
             "name": layer.name, "count": layer.count, "spec": wl.spec, "workload": wl.to_dict(),
@@ -76,8 +77,9 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
     }
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     if untuned:
-        print(f"WARNING: {len(untuned)} of {len(entries)} layers in {out_dir} are UNTUNED (default configs): "
-              f"{', '.join(untuned)}. Tune the network first for fast kernels.", file=sys.stderr)
+        print(f"WARNING: {len(untuned)} of {len(entries)} layers in {out_dir} are UNTUNED (the templates' default "
+              f"configs; their names: \"untuned\" in {os.path.join(out_dir, MANIFEST)}). Tune the network first "
+              "(`convtune tune --network ...`) for fast kernels.", file=sys.stderr)
     return manifest
 
 
@@ -92,14 +94,21 @@ def read_manifest(out_dir: str) -> dict:
         raise BundleError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise BundleError(f"{path}: lacks a 'layers' list")
+    if not manifest["layers"]:
+        raise BundleError(f"{path}: 'layers' is empty: a bundle has at least one layer (compile it again)")
+    if not isinstance(manifest.get("target"), dict):
+        raise BundleError(f"{path}: lacks a 'target' dict")
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         raise BundleError(f"{path}: manifest_version {manifest.get('manifest_version')!r}, this convtune reads "
                           f"{MANIFEST_VERSION}")
     for i, entry in enumerate(manifest["layers"]):
+        if not isinstance(entry, dict):
+            raise BundleError(f"{path}: layer {i} is not a JSON object")
         for key in ("name", "workload", "library", "functions", "run_function", "algorithm"):
             if key not in entry:
                 raise BundleError(f"{path}: layer {i} lacks {key!r}")
         library_path(out_dir, entry["library"])
+        check_sidecar(_side(manifest, entry), f"{path}: layer {i}")
     return manifest
 
 

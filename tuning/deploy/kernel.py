@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tvm
 
-from schedules.workload import Workload
+from schedules.workload import Workload, WorkloadError
 
 from ..target import LibraryError, check_arch, host_arch
 
@@ -84,10 +84,55 @@ def read_sidecar(library_path: str) -> dict:
         side = json.load(open(path))
     except json.JSONDecodeError as err:
         raise LibraryError(f"{path}: not valid JSON: {err}") from None
-    for key in ("workload", "functions", "run_function", "target"):
-        if key not in side:
-            raise LibraryError(f"{path}: sidecar lacks {key!r}")
-    lib = side.get("library")
-    if lib and os.path.basename(lib) != lib:
+    lib = side.get("library") if isinstance(side, dict) else None
+    if lib and (not isinstance(lib, str) or os.path.basename(lib) != lib):
         raise LibraryError(f"{path}: 'library' must be a file name beside the sidecar, got {lib!r}")
+    check_sidecar(side, path)
     return side
+
+
+def check_sidecar(side, where: str) -> None:
+    """Refuse a sidecar (or a bundle manifest's layer entry, `where` naming it) whose fields a
+    library cannot be run by: one line naming the field and what it must be."""
+    if not isinstance(side, dict):
+        raise LibraryError(f"{where}: not a JSON object")
+    for key in ("workload", "functions", "run_function", "target", "algorithm"):
+        if key not in side:
+            raise LibraryError(f"{where}: sidecar lacks {key!r}")
+
+    def refuse(field: str, rule: str):
+        raise LibraryError(f"{where}: {field}: {rule}")
+
+    if not isinstance(side["workload"], dict):
+        refuse("workload", "must be a dict of the layer's fields (n, h, w, ci, co, kh, kw, ...)")
+    try:
+        Workload.from_dict(side["workload"])
+    except (WorkloadError, TypeError, ValueError) as err:
+        refuse("workload", str(err))
+    functions = side["functions"]
+    if not isinstance(functions, dict) or not functions:
+        refuse("functions", 'must be a dict {name: {"args": [{name, shape, dtype}, ...]}}')
+    for name, function in functions.items():
+        args = function.get("args") if isinstance(function, dict) else None
+        if not isinstance(args, list):
+            refuse(f"functions.{name}", 'must be {"args": [{name, shape, dtype}, ...]}')
+        for i, arg in enumerate(args):
+            if not (isinstance(arg, dict) and isinstance(arg.get("name"), str) and isinstance(arg.get("dtype"), str)
+                    and isinstance(arg.get("shape"), list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in arg["shape"])):
+                refuse(f"functions.{name}.args[{i}]", "must be {name: string, shape: [int, ...], dtype: string}")
+            try:
+                np.dtype(arg["dtype"])
+            except TypeError:
+                refuse(f"functions.{name}.args[{i}]", f"unknown dtype {arg['dtype']!r}")
+    if "conv2d" not in functions:
+        refuse("functions", "lacks conv2d (every library exports it)")
+    if not isinstance(side["run_function"], str) or side["run_function"] not in functions:
+        refuse("run_function", f"{side['run_function']!r} is not one of its functions ({', '.join(functions)})")
+    if not isinstance(side["algorithm"], str):
+        refuse("algorithm", f"must be an algorithm's name, got {side['algorithm']!r}")
+    if not isinstance(side["target"], dict) or not isinstance(side["target"].get("config", {}), dict):
+        refuse("target", "must be a dict {name, config: {...}, threads, ...}")
+    threads = side.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0:
+        refuse("threads", f"must be a positive integer, got {threads!r}")

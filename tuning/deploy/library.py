@@ -149,9 +149,10 @@ def in_memory_kernel(choice: Choice, target: Target, label: str = "in-memory",
     return Kernel(build(choice, target).mod, sidecar(choice, target, label, layer_name), tvm.cpu(0))
 
 
-def export(choice: Choice, target: Target, path: str, layer_name: str | None = None) -> dict:
-    """Build and write `path` (.so) and its sidecar; returns the sidecar."""
-    if not choice.tuned:
+def export(choice: Choice, target: Target, path: str, layer_name: str | None = None, warn: bool = True) -> dict:
+    """Build and write `path` (.so) and its sidecar; returns the sidecar. An untuned choice prints
+    a warning naming the default config, unless `warn` is False (a bundle warns once for all its layers)."""
+    if warn and not choice.tuned:
         print(f"WARNING: no tuning record for {choice.task.workload.spec} ({choice.task.algorithm}) on "
               f"{target.tag}: building the template's UNTUNED default config "
               f"{_default_config(choice)}. Run `convtune tune` first for a fast kernel.", file=sys.stderr)

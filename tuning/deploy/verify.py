@@ -12,6 +12,7 @@ from schedules.reference import conv2d_reference, error_bound, random_inputs
 from schedules.template import config_from_trace
 
 from ..records import Record
+from ..target import LibraryError
 from .kernel import Kernel
 from .library import Choice, in_memory_kernel
 
@@ -27,7 +28,45 @@ class Check:
         return bool(np.isfinite(self.max_error)) and self.max_error <= self.tolerance
 
 
+def check_library(kernel: Kernel) -> None:
+    """Refuse a library its sidecar does not describe: every function the algorithm's compute has
+    for this workload, with exactly its arguments (name, shape, dtype, in order), named in the
+    sidecar and exported by the module; raises LibraryError naming the function and argument."""
+    side, wl = kernel.side, kernel.workload
+    label = side.get("library") or "library"
+    algorithm = side["algorithm"]
+    template = get_algorithm("direct" if algorithm == "ms-auto" else algorithm)
+    phases = template.functions(wl)
+    named = side["functions"]
+    for name in named:
+        if name not in phases:
+            raise LibraryError(f"{label}: its sidecar names function {name!r}, which {algorithm} does not have "
+                               f"(it has {', '.join(phases)})")
+    for name, phase in phases.items():
+        if name not in named:
+            raise LibraryError(f"{label}: its sidecar lacks {algorithm}'s function {name!r}")
+        want, got = [a.to_dict() for a in phase.args], kernel.args(name)
+        if [a["name"] for a in got] != [a["name"] for a in want]:
+            raise LibraryError(f"{label}: {name}: the sidecar's arguments ({', '.join(a['name'] for a in got)}) are "
+                               f"not {algorithm}'s ({', '.join(a['name'] for a in want)})")
+        for w, g in zip(want, got):
+            if (list(g["shape"]), g["dtype"]) != (w["shape"], w["dtype"]):
+                raise LibraryError(f"{label}: {name}: argument {g['name']!r} is {g['dtype']}{list(g['shape'])} in the "
+                                   f"sidecar, but {algorithm} computes {wl.spec} with {w['dtype']}{w['shape']}")
+    if side["run_function"] != template.run_function:
+        raise LibraryError(f"{label}: run_function {side['run_function']!r}, but {algorithm}'s is "
+                           f"{template.run_function!r}")
+    for name in named:
+        try:
+            kernel.module[name]
+        except AttributeError:
+            raise LibraryError(f"{label}: does not export {name!r}, which its sidecar names") from None
+
+
 def verify(kernel: Kernel, seed: int = 0) -> list[Check]:
+    """Every path of `kernel` (one-shot; prepare then run) against the float64 reference, once
+    `check_library` found the library to be what its sidecar says."""
+    check_library(kernel)
     wl = kernel.workload
     data, weight = random_inputs(wl, seed)
     expected = conv2d_reference(wl, data, weight)
@@ -51,15 +90,16 @@ def verify(kernel: Kernel, seed: int = 0) -> list[Check]:
 
 
 def print_checks(results: list[tuple[str, list[Check]]]) -> int:
-    """One line per checked function, `label: function: max abs error ... ok|MISMATCH`; returns the
-    exit status (1 if any mismatched)."""
-    failed = False
+    """One line per checked function, `label: function: max abs error ... ok|MISMATCH`, then `N/M
+    functions ok`; returns the exit status (1 if any mismatched)."""
+    total = ok = 0
     for label, checks in results:
         for c in checks:
             print(f"{label}: {c.function}: max abs error {c.max_error:.3g} (tolerance {c.tolerance:.3g}) "
                   f"{'ok' if c.ok else 'MISMATCH'}")
-            failed |= not c.ok
-    return 1 if failed else 0
+            total, ok = total + 1, ok + c.ok
+    print(f"{ok}/{total} functions ok")
+    return 0 if ok == total else 1
 
 
 def check_top_records(store, task, target, k: int = 3) -> Record | None:

@@ -27,6 +27,7 @@ from schedules.template import Unsupported
 from ..deploy.library import choose
 from ..networks import Layer, distinct_layers
 from ..records import LayerRecords
+from ..tables import table
 from ..target import Target
 from ..task import Task, tasks_for
 from .tune import SearchOptions, search
@@ -82,17 +83,17 @@ class NetworkResult:
         return row.network_seconds / total if row.tuned and total > 0 else None
 
     def table(self) -> str:
-        lines = [f"{'layer':32s} {'algorithm':>14s} {'trials':>6s} {'ms':>9s} {'GFLOP/s':>8s} {'count':>5s} {'share':>6s}"]
+        rows = []
         for r in self.rows:
             if r.tuned:
-                lines.append(f"{r.layer.name:32s} {r.algorithm:>14s} {r.trials:6d} {r.seconds * 1e3:9.4f} "
-                             f"{r.gflops:8.1f} {r.layer.count:5d} {100 * self.share(r):5.1f}%")
+                rows.append([r.layer.name, r.algorithm, r.trials, f"{r.seconds * 1e3:.4f}", f"{r.gflops:.1f}",
+                             r.layer.count, f"{100 * self.share(r):.1f}%"])
             else:
-                lines.append(f"{r.layer.name:32s} {r.algorithm + ' (untuned)':>14s} {r.trials:6d} {'-':>9s} "
-                             f"{'-':>8s} {r.layer.count:5d} {'-':>6s}")
+                rows.append([r.layer.name, f"{r.algorithm} (untuned)", r.trials, "-", "-", r.layer.count, "-"])
+        lines = [table(["layer", "algorithm", "trials", "ms", "GFLOP/s", "count", "share"], rows, align="<<>>>>>")]
         total = f"estimated conv time of the network: {self.total_seconds * 1e3:.3f} ms per pass"
         if self.untuned:
-            total += f" (without {len(self.untuned)} untuned layer(s): {', '.join(self.untuned)})"
+            total += f" (without the {len(self.untuned)} untuned layer(s) marked above)"
         lines.append(total + f" on {self.target.tag}")
         return "\n".join(lines)
 

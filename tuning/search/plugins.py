@@ -1,7 +1,7 @@
 """convtune's plug-ins to MetaSchedule's search: what it lacks for resumable, honest per-layer runs.
 
-- `Progress` and `progress_callback`: one progress line, and why each failed trial failed
-  (MetaSchedule keeps only a stand-in time) in the layer's failures.jsonl.
+- `Progress` and `progress_callback`: a progress line (one line per batch in a log), and why each
+  failed trial failed (MetaSchedule keeps only a stand-in time) in the layer's failures.jsonl.
 - `SkipRecorded`: a search strategy that never measures a recorded schedule again, and measures
   schedules transferred from similar layers first.
 - `LayerRoutedDatabase`: one database over many layers' records, each trial routed to its layer.
@@ -27,7 +27,9 @@ from ..task import Task
 
 @dataclass
 class Progress:
-    """What the progress line shows; filled by the measure callback."""
+    """What the progress line shows; filled by the measure callback. On a terminal one line is
+    redrawn in place (carriage return); on anything else (a log file, a pipe) each measured batch
+    prints its own line, so a log reads as a history instead of one endless line."""
 
     tasks: list[Task]
     total: int
@@ -37,6 +39,15 @@ class Progress:
     started: float = field(default_factory=time.time)
     stream: object = sys.stderr
     labels: list[str] | None = None  # shown instead of the algorithm (a network run names the layer)
+    redraw: bool | None = None  # None: redraw in place when the stream is a terminal
+
+    def __post_init__(self):
+        if self.redraw is None:
+            isatty = getattr(self.stream, "isatty", None)
+            try:
+                self.redraw = bool(isatty and isatty())
+            except (ValueError, OSError):  # a closed stream
+                self.redraw = False
 
     def report(self, task_id: int, seconds: list[float | None]) -> None:
         self.done += len(seconds)
@@ -48,13 +59,21 @@ class Progress:
         task = self.tasks[task_id]
         best = self.best_sec.get(task_id)
         gflops = f"{task.workload.flops / best / 1e9:7.1f} GFLOP/s" if best else "      - GFLOP/s"
-        width = 24
-        filled = int(width * min(self.done, self.total) / max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
         rate = (time.time() - self.started) / max(self.done, 1)
         label = self.labels[task_id] if self.labels else task.algorithm
-        print(f"\r[{bar}] {self.done:4d}/{self.total} trials  {label:>12s}  best {gflops}"
-              f"  failed {self.failed}  {rate:4.1f} s/trial", end="", file=self.stream, flush=True)
+        stats = f"{self.done:4d}/{self.total} trials  {label:>12s}  best {gflops}  failed {self.failed}  {rate:4.1f} s/trial"
+        if self.redraw:
+            width = 24
+            filled = int(width * min(self.done, self.total) / max(self.total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r[{bar}] {stats}", end="", file=self.stream, flush=True)
+        else:
+            print(stats, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        """After the last batch: end the redrawn line (a line-per-batch log needs nothing)."""
+        if self.redraw:
+            print(file=self.stream, flush=True)
 
 
 def progress_callback(progress: Progress, failure_logs: list[str]):
@@ -108,6 +127,7 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         self.recorded: dict[str, list] = {}
         self.held: list = []
         self.pending_seeds: list = []
+        self.batch = 0
 
     def _initialize_with_tune_context(self, context) -> None:
         self.inner._initialize_with_tune_context(context)
@@ -121,7 +141,8 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
             token = database.commit_workload(self.mod)
             for r in database.get_top_k(token, 1 << 30):
                 self.recorded[str(r.trace)] = list(r.run_secs or [])
-        self.pending_seeds = self.seeds[:min(num_trials_per_iter, max_trials)]
+        self.batch = min(num_trials_per_iter, max_trials)
+        self.pending_seeds = self.seeds[:self.batch]
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
@@ -130,6 +151,13 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         self.held = []
         seeded = self._seed_candidates()
         if seeded:
+            # A full first batch: the schedulers count trials per batch (ReplayTrace counts a
+            # whole batch per notification), so the seeds are topped up with the search's own.
+            room = self.batch - len(seeded)
+            candidates = self.inner.generate_measure_candidates() if room > 0 else None
+            if candidates:
+                taken = {str(c.sch.trace) for c in seeded} | set(self.recorded)
+                seeded += [c for c in candidates if str(c.sch.trace) not in taken][:room]
             return seeded
         for _ in range(16):  # a few rounds of only-recorded proposals, then let the search end
             candidates = self.inner.generate_measure_candidates()

@@ -11,6 +11,7 @@ MetaSchedule `tune_tasks` call, each task's trials routed to its own layer's rec
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import types
@@ -40,15 +41,25 @@ XGB_WARMUP_SAMPLES = 16
 POPULATION = 128
 
 
-def skip_tensor_intrinsics() -> None:
+TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
+
+
+def tensor_intrinsics(needed: bool) -> None:
     """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses every CUDA, ROCm,
     Hexagon and ARM tensor intrinsic from TVMScript: about 30 s of a 2-core machine per tuning
-    process. convtune's spaces are fp32 CPU templates (and MetaSchedule's default CPU rules for
-    the ms-auto rival), which never tensorize: an empty module stands in for the package, so the
-    import is a no-op. A process that needs the intrinsics imports them before tuning."""
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        sys.modules[name] = types.ModuleType(name, "stand-in: convtune's spaces never tensorize")
+    process. convtune's templates are fp32 CPU schedules that never tensorize: for them an empty
+    module stands in for the package and the import is a no-op. MetaSchedule's generated space
+    (ms-auto) does look intrinsics up (its x86 rules try VNNI): then the real package is loaded,
+    replacing a stand-in left by an earlier search in this process."""
+    module = sys.modules.get(TENSOR_INTRIN)
+    if needed:
+        if module is not None and getattr(module, "convtune_stand_in", False):
+            del sys.modules[TENSOR_INTRIN]
+        importlib.import_module(TENSOR_INTRIN)
+    elif module is None:
+        stand_in = types.ModuleType(TENSOR_INTRIN, "stand-in: convtune's templates never tensorize")
+        stand_in.convtune_stand_in = True
+        sys.modules[TENSOR_INTRIN] = stand_in
 
 
 @dataclass(frozen=True)
@@ -151,9 +162,9 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
     if network:
         print(f"network: {len(todo)} task(s) of {len(pairs)}, {sum(done)} trials recorded, measuring up to "
               f"{budget} more (total {total})", file=stream)
-    if budget < len(todo):
-        print(f"warning: {budget} trials for {len(todo)} tasks: the scheduler's warm-up round gives each task "
-              f"one batch in order, so the last {len(todo) - budget} get none; raise --trials", file=sys.stderr)
+    warning = budget_warning(budget, names, total, sum(done))
+    if warning:
+        print(warning, file=sys.stderr)
     if network:
         database = LayerRoutedDatabase([(t.mod, stores[l.workload]) for l, t in pairs])
         work_dir = os.path.join(logs, target.tag)
@@ -166,8 +177,23 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
                 weights=[float(pairs[i][0].count) for i in todo],
                 failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG) for i in todo],
                 names=names, options=options, runner=runner)
-    print(file=stream)
+    progress.end()
     return progress.done, budget
+
+
+def budget_warning(budget: int, labels: list[str], total: int | None, recorded: int) -> str | None:
+    """The warning for a budget smaller than the tasks to search (None when it is not): the
+    scheduler's warm-up round gives each task one batch in order, so the last ones get nothing.
+    Names those tasks and the flag that raises the budget: `--trials-total` when the run has a
+    total (a network run), else `--trials`."""
+    if budget >= len(labels):
+        return None
+    starved = labels[budget:]
+    shown = ", ".join(starved[:6]) + (f" and {len(starved) - 6} more" if len(starved) > 6 else "")
+    flag = (f"--trials-total to at least {recorded + len(labels)}" if total is not None
+            else "--trials")
+    return (f"warning: {budget} trial(s) for {len(labels)} tasks: the scheduler's warm-up round gives each task "
+            f"one batch in order, so {len(starved)} get no trial: {shown}; raise {flag}")
 
 
 def _run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
@@ -176,7 +202,7 @@ def _run_search(todo: list[Task], target: Target, work_dir: str, database, progr
     """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
     callbacks; `database` receives every trial."""
     transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
-    skip_tensor_intrinsics()
+    tensor_intrinsics(needed=any(t.generated for t in todo))
     # One scan per layer: a layer's algorithms share its neighbours.
     scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
     histories = [scanned.get(t.workload, History()) for t in todo]
