@@ -22,7 +22,8 @@ def test_article_kernel_computes_the_1x1_convolution(layout):
     tvm.compile(tvm.IRModule({"conv2d": func}), target={"kind": "llvm"}).mod["conv2d"](
         tvm.runtime.tensor(data), tvm.runtime.tensor(weight), out)
     # NCHW: filter [OC, IC] x input [IC, H*W]; NHWC: input [H*W, IC] x filter [IC, OC]
-    expected = weight.astype(np.float64) @ data if layout == "NCHW" else data.astype(np.float64) @ weight
+    # (NHWC: the filter stored OHWI, [OC, IC], as the article reads it along the channels)
+    expected = weight.astype(np.float64) @ data if layout == "NCHW" else data.astype(np.float64) @ weight.T
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     # the same bytes as the layer's tensors: H*W x IC elements of input either way
     assert np.prod(shapes[0]) == wl.ci * wl.h * wl.w
