@@ -132,6 +132,11 @@ def test_layout(out):
             assert r["cachesim"] is None and "apt-get install -y valgrind" in p["valgrind_note"]
     if HAVE_VALGRIND:
         assert "D1 cache" in p["simulated_caches"] and p["cache_tool"].startswith("valgrind")
+        # the article's kernel: the tiny layer's 49 pixels are not whole 4x4 blocks (skipped), the
+        # IC sweep runs in both layouts
+        art = p["article_kernel"]
+        assert art["rows"] == [] and {s["layout"] for s in art["ic_sweep"]} == {"NCHW", "NHWC"}
+        assert all(0 <= s["l1_miss_rate"] < 1 and s["hw"] == 64 for s in art["ic_sweep"])  # warm: may be 0
 
 
 def test_im2col_memory(out):

@@ -122,8 +122,14 @@ def measure_article(ctx: Context, sim_target, workdir: str) -> tuple[list[dict],
     for layer in LAYERS[ctx.preset.name]:
         for layout in LAYOUTS:
             name, wl = resolve(layer, layout)
+            try:
+                article_kernel(wl)
+            except ValueError as err:  # e.g. 7x7 pixels: not whole 4x4 blocks
+                log(f"layout: the article's kernel skips {name}: {err}")
+                continue
             log(f"layout: the article's kernel, {name} {layout}")
-            rows.append({"layer": layer, "spec": wl.spec, "layout": layout, "cachesim": simulate_article(wl, sim_target, workdir)})
+            rows.append({"layer": layer, "spec": wl.spec, "layout": layout,
+                         "cachesim": simulate_article(wl, sim_target, workdir)})
     size, channels = SWEEP[ctx.preset.name]
     for ci in channels:
         for layout in LAYOUTS:
