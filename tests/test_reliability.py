@@ -444,3 +444,30 @@ def test_a_tuning_run_resumes_past_malformed_lines(tmp_path, target):
     assert store.trial_count(Task(wl, "direct")) == 3  # the 2 recorded count, 1 more measured
     assert len(open(path + ".torn").read().splitlines()) == 3
     assert [json.loads(line)[0] for line in open(path)] == [0, 0, 0]
+
+
+@pytest.mark.slow
+def test_a_record_write_that_did_not_reach_the_disk_stops_the_run(tmp_path, monkeypatch):
+    """TVM's database appends without reporting a failed write (a full disk): the search compares
+    what it holds with what the file has, and says how many trials are safe."""
+    import tuning.search.tune as tune_module
+    from schedules.workload import parse_spec
+    from tuning.records import RecordsError
+    from tuning.search.measure import MeasureConfig
+    from tuning.search.tune import SearchOptions, tune
+    from tuning.target import resolve_target
+    from tuning.task import Task
+
+    real = tune_module._run_search
+
+    def lose_the_last_line(todo, target, work_dir, database, *args, **kwargs):
+        real(todo, target, work_dir, database, *args, **kwargs)
+        path = os.path.join(work_dir, "database_tuning_record.json")
+        lines = open(path).read().splitlines(keepends=True)
+        open(path, "w").write("".join(lines[:-1]))  # the disk filled before the last append
+
+    monkeypatch.setattr(tune_module, "_run_search", lose_the_last_line)
+    quick = MeasureConfig(number=1, repeat=2, min_repeat_ms=5)
+    with pytest.raises(RecordsError, match=r"1 of 3 trial records did not reach the disk .*the 2 on disk are safe"):
+        tune([Task(parse_spec("h=8,ci=8,co=8,k=3,pad=1"), "direct")], resolve_target("x86"), str(tmp_path), 3,
+             SearchOptions(measure=quick, trials_per_iter=3, seed=1, quiet=True))

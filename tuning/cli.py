@@ -210,7 +210,8 @@ def cmd_compile(args) -> int:
         out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
         manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
         print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
-              + (f"; UNTUNED: {', '.join(manifest['untuned'])}" if manifest.get("untuned") else ""))
+              + (f"; {len(manifest['untuned'])} UNTUNED (their names: \"untuned\" in manifest.json)"
+                 if manifest.get("untuned") else ""))
         return 0
 
     name, wl = _layer(args)

@@ -343,6 +343,21 @@ def peak_bound(target: Target, task: Task) -> float | None:
 class LayerRecords:
     """The records of one layer on one target."""
 
+    def check_on_disk(self) -> None:
+        """Every record this process holds reached the disk. TVM's JSONDatabase appends each trial
+        to its file without reporting a failed write (a full disk): a search that held more records
+        than its file has lost the difference, and must say so, with how many are safe."""
+        path = os.path.join(self.directory, DB_FILES[1])
+        try:
+            with open(path, "rb") as f:
+                on_disk = sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            on_disk = 0
+        held = len(self.database)
+        if on_disk < held:
+            raise RecordsError(f"{path}: {held - on_disk} of {held} trial records did not reach the disk (is it "
+                               f"full?); the {on_disk} on disk are safe: free space and rerun to measure the rest")
+
     def __init__(self, directory: str, target: Target, workload: Workload, judge: bool = True):
         self.directory = directory
         self.target = target

@@ -126,6 +126,8 @@ def search(pairs: list[tuple[Layer, Task]], target: Target, logs: str, *, per_ta
             held.enter_context(store.lock())
         run.measured, run.budget = _search_locked(pairs, stores, target, logs, per_task, total, options, runner,
                                                   stream)
+        for store in stores.values():
+            store.check_on_disk()
     if target.is_host and runner is None:
         for layer, task in pairs:
             check_top_records(stores[layer.workload], task, target)
