@@ -108,8 +108,8 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
 
     MetaSchedule seeds its search from a reused database but may propose a recorded schedule
     again (its evolutionary search keeps only this run's measured set). This wrapper drops such
-    candidates before they are built and tells the inner strategy their recorded times instead,
-    so they still steer the search but cost no measurement.
+    candidates before they are built; only a round of nothing but recorded proposals is told to
+    the inner strategy (with their recorded times), so that it moves on or ends.
 
     `seeds` (traces of schedules transferred from similar layers) are measured first, as the
     first batch; their results reach the database, the cost model and the inner search like any
@@ -125,7 +125,6 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
             self.inner = ms.search_strategy.SearchStrategy.create(inner)
         self.seeds = list(seeds or [])
         self.recorded: dict[str, list] = {}
-        self.held: list = []
         self.pending_seeds: list = []
         self.batch = 0
 
@@ -148,7 +147,6 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
-        self.held = []
         seeded = self._seed_candidates()
         if seeded:
             # A full first batch: the schedulers count trials per batch (ReplayTrace counts a
@@ -166,18 +164,17 @@ class SkipRecorded(ms.search_strategy.PySearchStrategy):
             fresh = [c for c in candidates if str(c.sch.trace) not in self.recorded]
             held = [c for c in candidates if str(c.sch.trace) in self.recorded]
             if fresh:
-                self.held = held
                 return fresh
             self.inner.notify_runner_results(held, [self._recorded_result(c) for c in held])
         return None
 
     def notify_runner_results(self, measure_candidates, results) -> None:
-        held = self.held
-        self.held = []
+        # Only the measured candidates reach the inner strategy: it counts every notified result
+        # against the budget, so recorded ones passed along with them would end a resumed run short
+        # of its trials (they are in the database, which seeds its population anyway).
         for c, r in zip(measure_candidates, results):
             self.recorded[str(c.sch.trace)] = list(r.run_secs or [])
-        self.inner.notify_runner_results(list(measure_candidates) + held,
-                                         list(results) + [self._recorded_result(c) for c in held])
+        self.inner.notify_runner_results(list(measure_candidates), list(results))
 
     def _seed_candidates(self) -> list:
         """The transferred schedules not yet recorded, postprocessed as the search's own are."""
