@@ -155,7 +155,7 @@ def export(choice: Choice, target: Target, path: str, layer_name: str | None = N
     if warn and not choice.tuned:
         print(f"WARNING: no tuning record for {choice.task.workload.spec} ({choice.task.algorithm}) on "
               f"{target.tag}: building the template's UNTUNED default config "
-              f"{_default_config(choice)}. Run `convtune tune` first for a fast kernel.", file=sys.stderr)
+              f"{choice.task.default_config()}. Run `convtune tune` first for a fast kernel.", file=sys.stderr)
     executable = build(choice, target)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if target.cross_compiler:
@@ -165,11 +165,6 @@ def export(choice: Choice, target: Target, path: str, layer_name: str | None = N
     side = sidecar(choice, target, os.path.basename(path), layer_name)
     write_json_atomic(sidecar_path(path), side)
     return side
-
-
-def _default_config(choice: Choice) -> dict:
-    # the generated space, untuned, falls back to the direct template's default
-    return choice.task.default_config()
 
 
 def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None) -> dict:
@@ -188,7 +183,7 @@ def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None
         "threads": target.threads,
         "tvm": tvm.__version__,
         "tuned": choice.tuned,
-        "config": choice.config if choice.tuned else _default_config(choice),
+        "config": choice.config if choice.tuned else choice.task.default_config(),
         "trace": str(choice.record.trace) if choice.tuned and task.generated else None,
         "record": ({"seconds": choice.record.seconds, "gflops": choice.record.gflops(wl)} if choice.tuned else None),
         "run_function": task.template.run_function,
