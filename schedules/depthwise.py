@@ -26,7 +26,7 @@ from __future__ import annotations
 from tvm import s_tir, te
 
 from .direct import padded, schedule_pad
-from .template import Algorithm, Knobs, Phase, Unsupported, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, epilogue, phase
 from .workload import Workload
 
 NAME = "depthwise"
@@ -54,7 +54,8 @@ def depthwise_compute(wl: Workload, data: te.Tensor, weight: te.Tensor) -> te.Te
 def functions(wl: Workload) -> dict[str, Phase]:
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
-    return {"conv2d": phase("conv2d", data=data, weight=weight, out=depthwise_compute(wl, data, weight))}
+    fused, out = epilogue(wl, depthwise_compute(wl, data, weight))
+    return {"conv2d": phase("conv2d", data=data, weight=weight, **fused, out=out)}
 
 
 def schedule(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:

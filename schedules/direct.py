@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tvm import s_tir, te, tirx
 
-from .template import Algorithm, Knobs, Phase, has_block, phase, register_tile
+from .template import Algorithm, Knobs, Phase, epilogue, has_block, phase, register_tile
 from .workload import Workload
 
 
@@ -63,8 +63,8 @@ def conv2d_compute(wl: Workload, data: te.Tensor, weight: te.Tensor, name: str =
 def functions(wl: Workload) -> dict[str, Phase]:
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
-    out = conv2d_compute(wl, data, weight)
-    return {"conv2d": phase("conv2d", data=data, weight=weight, out=out)}
+    fused, out = epilogue(wl, conv2d_compute(wl, data, weight))
+    return {"conv2d": phase("conv2d", data=data, weight=weight, **fused, out=out)}
 
 
 def schedule_pad(sch: s_tir.Schedule, wl: Workload) -> None:

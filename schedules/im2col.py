@@ -41,7 +41,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from .direct import padded, schedule_pad
-from .template import Algorithm, Knobs, Phase, Unsupported, has_block, phase, register_tile
+from .template import Algorithm, Knobs, Phase, Unsupported, epilogue, has_block, phase, register_tile
 from .workload import Workload
 
 NAME = "im2col"
@@ -172,15 +172,16 @@ def functions(wl: Workload) -> dict[str, Phase]:
     packed_arg = te.placeholder((weight_panels(wl), gemm_k(wl), weight_panel(wl)), wl.dtype, name="packed")
 
     packed = pack_compute(wl, weight)
-    one_shot = gemm_compute(wl, data, packed, None if skips_copy(wl) else im2col_compute(wl, data))
+    fused, one_shot = epilogue(wl, gemm_compute(wl, data, packed, None if skips_copy(wl) else im2col_compute(wl, data)))
 
     col = None if skips_copy(wl) else im2col_compute(wl, data)
-    out = gemm_compute(wl, data, packed_arg, col)
+    run_fused, out = epilogue(wl, gemm_compute(wl, data, packed_arg, col))
     workspace = {} if col is None else {"col": col}
     return {
-        "conv2d": phase("conv2d", data=data, weight=weight, out=one_shot),
+        "conv2d": phase("conv2d", data=data, weight=weight, **fused, out=one_shot),
         "pack_weight": phase("pack_weight", weight=weight, packed=packed),
-        "conv2d_packed": phase("conv2d_packed", data=data, packed=packed_arg, **workspace, out=out),
+        # the epilogue's inputs before the workspace: a caller's inputs, then what the kernel writes
+        "conv2d_packed": phase("conv2d_packed", data=data, packed=packed_arg, **run_fused, **workspace, out=out),
     }
 
 

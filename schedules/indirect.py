@@ -62,6 +62,7 @@ from .template import (
     Knobs,
     Phase,
     Unsupported,
+    epilogue,
     has_block,
     largest_divisor,
     phase,
@@ -160,18 +161,20 @@ def gemm_compute(wl: Workload, input_buffer: te.Tensor, indirection: te.Tensor,
 def functions(wl: Workload) -> dict[str, Phase]:
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
-    one_shot = gemm_compute(wl, load_input_compute(wl, data), indirection_compute(wl), pack_compute(wl, weight))
+    fused, one_shot = epilogue(
+        wl, gemm_compute(wl, load_input_compute(wl, data), indirection_compute(wl), pack_compute(wl, weight)))
 
     input_buffer = te.placeholder((input_rows(wl), wl.ci), wl.dtype, name="input_buffer")
     indirection = te.placeholder((wl.n * wl.oh * wl.ow, wl.kh, wl.kw), INDEX_DTYPE, name="indirection")
     packed = te.placeholder(packed_shape(wl), wl.dtype, name="packed")
+    run_fused, out = epilogue(wl, gemm_compute(wl, input_buffer, indirection, packed))
     return {
-        "conv2d": phase("conv2d", data=data, weight=weight, out=one_shot),
+        "conv2d": phase("conv2d", data=data, weight=weight, **fused, out=one_shot),
         "load_input": phase("load_input", data=data, input_buffer=load_input_compute(wl, data)),
         "build_indirection": phase("build_indirection", indirection=indirection_compute(wl)),
         "pack_weight": phase("pack_weight", weight=weight, packed=pack_compute(wl, weight)),
         "conv2d_packed": phase("conv2d_packed", input_buffer=input_buffer, indirection=indirection,
-                               packed=packed, out=gemm_compute(wl, input_buffer, indirection, packed)),
+                               packed=packed, **run_fused, out=out),
     }
 
 

@@ -14,8 +14,39 @@ def random_inputs(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return data, weight
 
 
-def conv2d_reference(wl: Workload, data: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Direct convolution in float64, in the workload's layout; returns float64."""
+def epilogue_inputs(wl: Workload, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random bias and residual for the workload's epilogue (none for a bare conv). Their scale is
+    the conv output's (about sqrt(K) for uniform inputs), so an activation clips a real share."""
+    rng = np.random.default_rng(seed + 7919)
+    scale = float(np.sqrt(wl.kh * wl.kw * wl.ci / wl.groups)) / 2
+    extra = {}
+    if wl.epilogue.bias:
+        extra["bias"] = rng.uniform(-scale, scale, (wl.co,)).astype(wl.dtype)
+    if wl.epilogue.residual:
+        extra["residual"] = rng.uniform(-scale, scale, wl.out_shape).astype(wl.dtype)
+    return extra
+
+
+def apply_epilogue(wl: Workload, out: np.ndarray, bias: np.ndarray | None = None,
+                   residual: np.ndarray | None = None) -> np.ndarray:
+    """bias, then residual, then the activation, in float64 (what every kernel's epilogue computes)."""
+    ep = wl.epilogue
+    out = np.asarray(out, np.float64)
+    if ep.bias:
+        shape = (1, 1, 1, wl.co) if wl.layout == "NHWC" else (1, wl.co, 1, 1)
+        out = out + np.asarray(bias, np.float64).reshape(shape)
+    if ep.residual:
+        out = out + np.asarray(residual, np.float64)
+    if ep.activation == "relu":
+        out = np.maximum(out, 0.0)
+    elif ep.activation == "clip":
+        out = np.clip(out, *ep.clip)
+    return out
+
+
+def conv2d_reference(wl: Workload, data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+                     residual: np.ndarray | None = None) -> np.ndarray:
+    """Direct convolution in float64, in the workload's layout, then its epilogue; returns float64."""
     x = np.asarray(data, np.float64)
     wt = np.asarray(weight, np.float64)
     if wl.layout == "NCHW":
@@ -33,7 +64,7 @@ def conv2d_reference(wl: Workload, data: np.ndarray, weight: np.ndarray) -> np.n
             for gi in range(g):
                 patch = rows[..., gi * cig:(gi + 1) * cig]
                 out[..., gi * cog:(gi + 1) * cog] += patch @ wt[kh, kw, :, gi * cog:(gi + 1) * cog]
-    return out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2)
+    return apply_epilogue(wl, out if wl.layout == "NHWC" else out.transpose(0, 3, 1, 2), bias, residual)
 
 
 def error_bound(wl: Workload, data: np.ndarray, weight: np.ndarray, growth: float = 1.0) -> float:

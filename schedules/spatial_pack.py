@@ -50,6 +50,7 @@ from .template import (
     Knobs,
     Phase,
     Unsupported,
+    epilogue,
     default_tile,
     has_block,
     largest_divisor,
@@ -103,8 +104,8 @@ def functions(wl: Workload) -> dict[str, Phase]:
     reused from TVM's per-thread workspace pool, so nothing large lives across calls)."""
     data = te.placeholder(wl.data_shape, wl.dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
-    out = conv2d_compute(wl, data, weight)
-    return {"conv2d": phase("conv2d", data=data, weight=weight, out=out)}
+    fused, out = epilogue(wl, conv2d_compute(wl, data, weight))
+    return {"conv2d": phase("conv2d", data=data, weight=weight, **fused, out=out)}
 
 
 # -- schedule ----------------------------------------------------------------------------------

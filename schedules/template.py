@@ -157,6 +157,49 @@ class Phase:
     args: list[Arg]
 
 
+def epilogue(wl: Workload, out: te.Tensor) -> tuple[dict[str, te.Tensor], te.Tensor]:
+    """The workload's epilogue as a stage after the conv's output, and its extra arguments
+    (`bias` [CO], `residual` [out shape]): `({}, out)` for a bare conv. Every algorithm ends its
+    run function with it; `fuse_epilogue` then inlines it into the block that writes the conv's
+    output (after the template placed that block in its tile), so no extra pass over the output."""
+    ep = wl.epilogue
+    if ep.empty:
+        return {}, out
+    args: dict[str, te.Tensor] = {}
+    if ep.bias:
+        args["bias"] = te.placeholder((wl.co,), wl.dtype, name="bias")
+    if ep.residual:
+        args["residual"] = te.placeholder(wl.out_shape, wl.dtype, name="residual")
+    channel_axis = 3 if wl.layout == "NHWC" else 1
+
+    def value(*idx):
+        v = out[idx]
+        if ep.bias:
+            v = v + args["bias"][idx[channel_axis]]
+        if ep.residual:
+            v = v + args["residual"][idx]
+        if ep.activation == "relu":
+            v = tirx.max(v, tirx.const(0.0, wl.dtype))
+        elif ep.activation == "clip":
+            v = tirx.min(tirx.max(v, tirx.const(ep.clip[0], wl.dtype)), tirx.const(ep.clip[1], wl.dtype))
+        return v
+
+    return args, te.compute(wl.out_shape, value, name="epilogue")
+
+
+EPILOGUE_BLOCK = "epilogue"
+
+
+def fuse_epilogue(sch: s_tir.Schedule) -> None:
+    """Inline the epilogue stage into its producer, the block that writes the conv's output. Each
+    template leaves that block spatial (a register tile's write-back, Winograd's inverse transform,
+    a GEMM tile's copy into the output), inside the tile loops; the epilogue then reads bias and
+    residual at the element being stored, so the activation runs on the tile while it is in
+    registers. It adds no knob: a fused conv has its bare conv's design space."""
+    if has_block(sch, EPILOGUE_BLOCK):
+        sch.reverse_compute_inline(sch.get_sblock(EPILOGUE_BLOCK))
+
+
 def phase(name: str, **tensors: te.Tensor) -> Phase:
     """A function `name(*tensors)` from TE tensors, arguments named by the keywords, in order."""
     func = te.create_prim_func(list(tensors.values())).with_attr("global_symbol", name)
@@ -185,6 +228,18 @@ class Algorithm:
     # how many times fewer multiplications than the direct algorithm it does (Winograd: 9 / its
     # multiplications per output): the most its rate in direct-algorithm FLOP/s can exceed the peak
     multiplication_saving: float = 1.0
+
+    def __post_init__(self):
+        # Every caller (search spaces, replay, default configs) schedules through this field: the
+        # epilogue is fused after the template, whatever the template.
+        template = self.schedule
+
+        def schedule(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
+            template(sch, wl, knobs)
+            fuse_epilogue(sch)
+
+        schedule.__doc__ = template.__doc__
+        self.schedule = schedule
 
     def supports(self, wl: Workload) -> str | None:
         """None if the layer fits, else why not."""

@@ -54,6 +54,7 @@ from .template import (
     Knobs,
     Phase,
     Unsupported,
+    epilogue,
     has_block,
     largest_divisor,
     phase,
@@ -201,11 +202,12 @@ def make_functions(m: int):
         data = te.placeholder(wl.data_shape, wl.dtype, name="data")
         weight = te.placeholder(wl.weight_shape, wl.dtype, name="weight")
         packed = te.placeholder((alpha, alpha, wl.ci, wl.co), wl.dtype, name="packed")
+        fused, one_shot = epilogue(wl, winograd_run(wl, m, data, weight_transform(wl, m, weight)))
+        run_fused, out = epilogue(wl, winograd_run(wl, m, data, packed))
         return {
-            "conv2d": phase("conv2d", data=data, weight=weight,
-                            out=winograd_run(wl, m, data, weight_transform(wl, m, weight))),
+            "conv2d": phase("conv2d", data=data, weight=weight, **fused, out=one_shot),
             "pack_weight": phase("pack_weight", weight=weight, packed=weight_transform(wl, m, weight)),
-            "conv2d_packed": phase("conv2d_packed", data=data, packed=packed, out=winograd_run(wl, m, data, packed)),
+            "conv2d_packed": phase("conv2d_packed", data=data, packed=packed, **run_fused, out=out),
         }
 
     return functions

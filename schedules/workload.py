@@ -17,6 +17,9 @@ WEIGHT_LAYOUT = {"NHWC": "HWIO", "NCHW": "OIHW"}
 MAX_ELEMENTS = 2**31 - 1
 
 
+ACTIVATIONS = ("none", "relu", "clip")
+
+
 class WorkloadError(ValueError):
     """An impossible or inconsistent layer; the message names the field and the rule."""
 
@@ -24,6 +27,55 @@ class WorkloadError(ValueError):
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a kernel applies to its output tile before the tile is written, in the order ResNet
+    and MobileNet use: a per-channel bias, then a residual (a tensor of the output's shape) added,
+    then an activation: ReLU, or clip(lo, hi) (ReLU6 is clip(0, 6)). Every algorithm fuses it into
+    the block that writes the output (its write-back, Winograd's inverse transform, im2col's and
+    indirect's tile copy), so the output is written once, already finished."""
+
+    bias: bool = False
+    residual: bool = False
+    activation: str = "none"
+    clip: tuple[float, float] = (0.0, 6.0)  # (lo, hi), used when activation == "clip"
+
+    def __post_init__(self):
+        object.__setattr__(self, "clip", tuple(float(v) for v in self.clip))
+        if self.activation not in ACTIVATIONS:
+            raise WorkloadError("act", f"must be one of {', '.join(ACTIVATIONS)} (or relu6), got {self.activation!r}")
+        if len(self.clip) != 2 or not all(math.isfinite(v) for v in self.clip) or self.clip[0] > self.clip[1]:
+            raise WorkloadError("clip", f"must be finite lo:hi with lo <= hi, got {self.clip}")
+
+    @property
+    def empty(self) -> bool:
+        return not (self.bias or self.residual or self.activation != "none")
+
+    @property
+    def key(self) -> str:
+        """'' for the bare conv, else e.g. `_eb.r.relu`: records of a fused conv live apart."""
+        if self.empty:
+            return ""
+        parts = (["b"] if self.bias else []) + (["r"] if self.residual else [])
+        if self.activation == "relu":
+            parts.append("relu")
+        elif self.activation == "clip":
+            parts.append("clip" + "to".join(f"{v:g}" for v in self.clip))
+        return "_e" + ".".join(parts)
+
+    @property
+    def spec(self) -> list[str]:
+        parts = (["bias=1"] if self.bias else []) + (["residual=1"] if self.residual else [])
+        if self.activation == "relu":
+            parts.append("act=relu")
+        elif self.activation == "clip":
+            parts.append("act=relu6" if self.clip == (0.0, 6.0) else "act=clip:" + ":".join(f"{v:g}" for v in self.clip))
+        return parts
+
+    def __str__(self) -> str:
+        return ",".join(self.spec) or "none"
 
 
 @dataclass(frozen=True)
@@ -41,6 +93,7 @@ class Workload:
     groups: int = 1
     layout: str = "NHWC"
     dtype: str = "float32"
+    epilogue: Epilogue = Epilogue()
 
     def __post_init__(self):
         # Normalise scalars so `Workload(..., stride=2, pad=1)` means what a user expects.
@@ -52,6 +105,8 @@ class Workload:
                 value = (value[0], value[1], value[0], value[1])
             object.__setattr__(self, name, tuple(int(v) for v in value))
         object.__setattr__(self, "layout", str(self.layout).upper())
+        if isinstance(self.epilogue, dict):
+            object.__setattr__(self, "epilogue", Epilogue(**self.epilogue))
         self.validate()
 
     def validate(self) -> None:
@@ -67,6 +122,8 @@ class Workload:
             raise WorkloadError("pad", f"must be non-negative (top, left, bottom, right), got {self.pad}")
         if self.layout not in LAYOUTS:
             raise WorkloadError("layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if not isinstance(self.epilogue, Epilogue):
+            raise WorkloadError("epilogue", f"must be an Epilogue, got {self.epilogue!r}")
         if self.dtype != "float32":
             raise WorkloadError("dtype", f"only float32 is supported, got {self.dtype!r}")
         if self.ci % self.groups:
@@ -132,7 +189,12 @@ class Workload:
         """Canonical, file-name safe identity of the layer (records and libraries are keyed by it)."""
         s, p, d = self.stride, self.pad, self.dilation
         return (f"{self.layout}_n{self.n}_h{self.h}_w{self.w}_ci{self.ci}_co{self.co}_k{self.kh}x{self.kw}"
-                f"_s{s[0]}x{s[1]}_p{p[0]}.{p[1]}.{p[2]}.{p[3]}_d{d[0]}x{d[1]}_g{self.groups}")
+                f"_s{s[0]}x{s[1]}_p{p[0]}.{p[1]}.{p[2]}.{p[3]}_d{d[0]}x{d[1]}_g{self.groups}{self.epilogue.key}")
+
+    @property
+    def bare(self) -> "Workload":
+        """The same conv without its epilogue: same tile space, so its records seed this one's."""
+        return dataclasses.replace(self, epilogue=Epilogue()) if not self.epilogue.empty else self
 
     @property
     def spec(self) -> str:
@@ -150,10 +212,16 @@ class Workload:
             parts.append(f"groups={self.groups}")
         if self.layout != "NHWC":
             parts.append(f"layout={self.layout}")
-        return ",".join(parts)
+        return ",".join(parts + self.epilogue.spec)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON types; the epilogue only when there is one (bare records stay as they were)."""
+        d = dataclasses.asdict(self)
+        if self.epilogue.empty:
+            del d["epilogue"]
+        else:
+            d["epilogue"]["clip"] = list(self.epilogue.clip)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Workload":
@@ -161,7 +229,14 @@ class Workload:
         unknown = set(d) - fields
         if unknown:
             raise WorkloadError(sorted(unknown)[0], "is not a workload field")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(values.get("epilogue"), dict):
+            epilogue = values["epilogue"]
+            unknown = set(epilogue) - {f.name for f in dataclasses.fields(Epilogue)}
+            if unknown:
+                raise WorkloadError(f"epilogue.{sorted(unknown)[0]}", "is not an epilogue field")
+            values["epilogue"] = Epilogue(**epilogue)
+        return cls(**values)
 
     def with_layout(self, layout: str) -> "Workload":
         return dataclasses.replace(self, layout=layout)
@@ -170,7 +245,9 @@ class Workload:
         return self.spec
 
 
-SPEC_KEYS = ("n", "h", "w", "ci", "co", "k", "kh", "kw", "stride", "pad", "dilation", "groups", "layout")
+SPEC_KEYS = ("n", "h", "w", "ci", "co", "k", "kh", "kw", "stride", "pad", "dilation", "groups", "layout",
+             "bias", "residual", "act")
+_FLAG = {"0": False, "1": True}
 
 
 # ASCII digits only: int() would also take '+8', '8_0' and other scripts' digits ('٨').
@@ -217,8 +294,32 @@ def parse_spec(text: str, layout: str | None = None) -> Workload:
     dilation = _ints("dilation", values.get("dilation", "1"), (1, 2))
     pad = _ints("pad", values.get("pad", "0"), (1, 2, 4))
     return Workload(
+        epilogue=_epilogue(values),
         n=one("n", "1"), h=one("h"), w=one("w", values["h"]), ci=one("ci"), co=one("co"), kh=kh, kw=kw,
         stride=stride * (2 // len(stride)), dilation=dilation * (2 // len(dilation)),
         pad=pad[0] if len(pad) == 1 else pad, groups=one("groups", "1"),
         layout=layout or values.get("layout", "NHWC"),
     )
+
+
+def _epilogue(values: dict[str, str]) -> Epilogue:
+    """`bias=1`, `residual=1`, `act=relu|relu6|clip:LO:HI|none` from a spec."""
+    flags = {}
+    for name in ("bias", "residual"):
+        text = values.get(name, "0")
+        if text not in _FLAG:
+            raise WorkloadError(name, f"must be 0 or 1, got {text!r}")
+        flags[name] = _FLAG[text]
+    act = values.get("act", "none").lower()
+    if act == "relu6":
+        return Epilogue(**flags, activation="clip", clip=(0.0, 6.0))
+    if act.startswith("clip:"):
+        bounds = act.split(":")[1:]
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except ValueError:
+            raise WorkloadError("act", f"clip takes two numbers, clip:LO:HI, got {act!r}") from None
+        return Epilogue(**flags, activation="clip", clip=(lo, hi))
+    if act not in ("none", "relu"):
+        raise WorkloadError("act", f"must be relu, relu6, clip:LO:HI or none, got {act!r}")
+    return Epilogue(**flags, activation=act)
