@@ -144,6 +144,7 @@ class Arg:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    written: bool = False  # computed by the function (its output, a workspace), not read from the caller
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -203,7 +204,8 @@ def fuse_epilogue(sch: s_tir.Schedule) -> None:
 def phase(name: str, **tensors: te.Tensor) -> Phase:
     """A function `name(*tensors)` from TE tensors, arguments named by the keywords, in order."""
     func = te.create_prim_func(list(tensors.values())).with_attr("global_symbol", name)
-    args = [Arg(arg, tuple(int(d) for d in t.shape), str(t.dtype)) for arg, t in tensors.items()]
+    args = [Arg(arg, tuple(int(d) for d in t.shape), str(t.dtype), not isinstance(t.op, te.PlaceholderOp))
+            for arg, t in tensors.items()]
     return Phase(func, args)
 
 

@@ -2,9 +2,12 @@
 
   layers      the conv layers of a network: zoo name, .onnx or .pt2 file
   tune        search a layer's (or a network's) schedules, record every trial
-  compile     build the best record into a shared library + sidecar (a bundle with --network)
-  verify      run a library or a bundle against the numpy float64 reference
-  bench       time the best kernels against the rivals, in one run
+  compile     build the best record into a shared library + sidecar (a bundle with --network,
+              one library for a whole model with --model)
+  run         run a compiled model on inputs from .npy files, write its outputs (.npz)
+  verify      run a library or a bundle against the numpy float64 reference (a model: against
+              ONNX Runtime)
+  bench       time the best kernels against the rivals, in one run (--model: end to end)
   records     best record per layer and algorithm
   peak        the machine's FP32 peak for the ISA the kernels use
   tracker     run a TVM RPC tracker
@@ -199,9 +202,35 @@ def _print_emulated_note(runner) -> None:
         print(EMULATED_NOTE)
 
 
+def _model(args):
+    from .graph import load_model
+
+    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch)
+
+
 def cmd_compile(args) -> int:
     from .deploy.library import choose, export
 
+    if args.model:
+        from .deploy.model import export_model, untuned_warning
+
+        graph = _model(args)
+        target = _target(args)
+        out = args.output if args.output != "kernel.so" else f"build/{os.path.splitext(os.path.basename(args.model))[0]}.so"
+        print(f"compiling {args.model}: {len(graph.chains())} convs ({len(graph.layers())} distinct) with convtune's "
+              f"kernels, the rest with TVM, for {target.tag} ...", file=sys.stderr)
+        side = export_model(graph, target, args.logs, out, args.algorithm)
+        warning = untuned_warning(side)
+        if warning:
+            print(warning, file=sys.stderr)
+        algorithms = {}
+        for row in side["layers"]:
+            algorithms[row["algorithm"]] = algorithms.get(row["algorithm"], 0) + 1
+        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['model']}, {len(side['layers'])} convs "
+              f"({', '.join(f'{n} {a}' for a, n in sorted(algorithms.items(), key=lambda kv: -kv[1]))}), "
+              f"{len(side['layers']) - len(side['untuned'])} tuned; other ops: {side['other_ops']}; "
+              f"{side['compile_seconds']:.0f} s")
+        return 0
     if args.network:
         from .deploy.bundle import compile_bundle
         from .model_import import load_network
@@ -224,12 +253,99 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _model_library(path: str):
+    from .deploy.model import ModelLibrary, read_model_sidecar
+    from .target import set_threads
+
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    side = read_model_sidecar(path)
+    set_threads(int(side.get("threads", 1)))
+    return ModelLibrary.load(path, side)
+
+
+def _is_model(path: str) -> bool:
+    from .deploy.kernel import sidecar_path
+
+    try:
+        with open(sidecar_path(path)) as f:
+            return json.load(f).get("kind") == "model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def cmd_run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .deploy.model import random_model_inputs, untuned_warning
+
+    library = _model_library(args.library)
+    side = library.side
+    warning = untuned_warning(side)
+    if warning:
+        print(warning, file=sys.stderr)
+    names = library.input_names
+    inputs = {}
+    for text in args.input or []:
+        name, path = text.split("=", 1) if "=" in text and not os.path.exists(text) else (None, text)
+        if name is None:
+            if len(names) != 1:
+                raise UsageError(f"--input {text}: the model has {len(names)} inputs ({', '.join(names)}): "
+                                 "give each as --input NAME=PATH")
+            name = names[0]
+        if name not in names:
+            raise UsageError(f"--input {text}: the model has no input {name!r} (it has {', '.join(names)})")
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--input {text}: cannot read {path}: {err}") from None
+    if not args.input:
+        inputs = random_model_inputs(side, args.seed)
+        print(f"no --input: running on uniform random inputs (seed {args.seed})", file=sys.stderr)
+    started = time.perf_counter()
+    outputs = library.run(inputs)
+    elapsed = time.perf_counter() - started
+    out = {spec["name"]: value for spec, value in zip(side["outputs"], outputs)}
+    if args.output:
+        from .files import write_arrays_atomic
+
+        write_arrays_atomic(args.output, out)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
+    print(f"ran {args.library} in {elapsed * 1e3:.1f} ms (first call, {side['threads']} threads): {shapes}"
+          + (f"; wrote {args.output}" if args.output else ""))
+    return 0
+
+
+def verify_model(path: str, seed: int = 0) -> int:
+    from .deploy.model import compare_outputs, first_diverging_layer, random_model_inputs, reference_outputs
+
+    library = _model_library(path)
+    side = library.side
+    inputs = random_model_inputs(side, seed)
+    ours = library.run(inputs)
+    engine, theirs = reference_outputs(side, inputs)
+    checks = compare_outputs(side, ours, theirs)
+    for c in checks:
+        print(f"{path}: {c.output}: max abs error {c.max_error:.3g} against {engine} (tolerance {c.tolerance:.3g}: "
+              f"{side['tolerance']['why']}) {'ok' if c.ok else 'MISMATCH'}")
+    ok = sum(c.ok for c in checks)
+    print(f"{ok}/{len(checks)} outputs ok ({len(side['layers'])} convs, {side['model']})")
+    if ok == len(checks):
+        return 0
+    print(first_diverging_layer(side, seed))
+    return 1
+
+
 def cmd_verify(args) -> int:
     from .deploy.kernel import Kernel, read_sidecar
     from .deploy.verify import print_checks, verify
 
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
+    if os.path.isfile(args.library) and _is_model(args.library):
+        return verify_model(args.library, args.seed)
     if os.path.isdir(args.library):
         from .deploy.bundle import verify_bundle
 
@@ -445,6 +561,13 @@ def _add_common(p, layer=True):
     p.add_argument("--logs", default="logs", help="records directory (default: ./logs)")
 
 
+def _add_model(p, what: str) -> None:
+    p.add_argument("--model", metavar="FILE|ZOO", help=f"{what}: an .onnx or .pt2 file, or a zoo model "
+                                                       "(resnet18, resnet50, mobilenet_v2: torchvision, random weights)")
+    p.add_argument("--model-batch", type=int, default=None, metavar="N",
+                   help="the batch size of an ONNX model whose input batch is symbolic")
+
+
 def _add_rpc(p):
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure/run on devices registered with this tracker")
     p.add_argument("--rpc-key", help="device key at the tracker")
@@ -503,9 +626,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="auto", help=f"{algos}, or auto (the fastest recorded)")
     p.add_argument("-o", "--output", default="kernel.so", help="library path (a directory with --network)")
     p.add_argument("--network", metavar="NAME|FILE", help="a bundle: every conv layer of a network, + manifest.json")
+    _add_model(p, "one library for the whole model: convtune's kernels (epilogues fused) and TVM for the rest")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("verify", help="run a compiled library (or a bundle directory) against the numpy reference")
+    p = sub.add_parser("run", help="run a compiled model (compile --model) on .npy inputs; write its outputs")
+    p.add_argument("library")
+    p.add_argument("--input", action="append", metavar="[NAME=]PATH",
+                   help="an input as a .npy file (NAME= when the model has several); none: random inputs")
+    p.add_argument("--output", metavar="PATH.npz", help="write the outputs here, by name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs when no --input is given")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="run a compiled library (or a bundle directory) against the numpy reference; "
+                                      "a model library against ONNX Runtime")
     p.add_argument("library")
     p.add_argument("--seed", type=int, default=0)
     _add_rpc(p)
@@ -583,9 +716,10 @@ def main(argv: list[str] | None = None) -> int:
             RPCError, EmulatorError) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nconvtune {args.command}: interrupted; every trial measured so far is in the records",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # A search's interrupt (tuning.search.scheduler.SearchInterrupted) says how many trials it measured.
+        said = str(err) or "interrupted; every trial measured so far is in the records"
+        print(f"\nconvtune {args.command}: {said}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
         message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]

@@ -23,3 +23,15 @@ def write_text_atomic(path: str, text: str) -> str:
 def write_json_atomic(path: str, payload, default=None) -> str:
     """`payload` as indented JSON (`default` converts values json cannot)."""
     return write_text_atomic(path, json.dumps(payload, indent=2, default=default))
+
+
+def write_arrays_atomic(path: str, arrays: dict) -> str:
+    """numpy arrays by name as one .npz (a model's outputs)."""
+    import numpy as np
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path

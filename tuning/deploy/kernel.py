@@ -17,7 +17,7 @@ from schedules.workload import Workload, WorkloadError
 
 from ..target import LibraryError, check_arch, host_arch
 
-USER_TENSORS = ("data", "weight", "out")
+USER_TENSORS = ("data", "weight", "bias", "residual", "out")
 
 
 class Kernel:
@@ -48,9 +48,13 @@ class Kernel:
     def args(self, function: str) -> list[dict]:
         return self.side["functions"][function]["args"]
 
-    def tensors(self, data: np.ndarray, weight: np.ndarray) -> dict[str, tvm.runtime.Tensor]:
-        """Every named argument, allocated on the device; state starts as zeros."""
+    def tensors(self, data: np.ndarray, weight: np.ndarray,
+                epilogue: dict[str, np.ndarray] | None = None) -> dict[str, tvm.runtime.Tensor]:
+        """Every named argument, allocated on the device: the layer's tensors, the epilogue's
+        (`bias`, `residual`: zeros unless given); state starts as zeros."""
         out = {"data": tvm.runtime.tensor(data, self.device), "weight": tvm.runtime.tensor(weight, self.device)}
+        for name, array in (epilogue or {}).items():
+            out[name] = tvm.runtime.tensor(array, self.device)
         for fn in self.side["functions"]:
             for arg in self.args(fn):
                 if arg["name"] not in out:

@@ -41,6 +41,9 @@ class Choice:
     task: Task
     record: Record | None
     config: dict | None
+    # whose record it is: "" (this layer's own), or "bare conv" (a fused conv built with its bare
+    # conv's best config: the same knobs and tile space, the epilogue's cost not measured)
+    source: str = ""
 
     @property
     def tuned(self) -> bool:
@@ -48,7 +51,18 @@ class Choice:
 
 
 def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
-    """The best record for the layer (over every algorithm under `auto`), or the default config."""
+    """The best record for the layer (over every algorithm under `auto`), or the default config.
+    A fused conv (an epilogue) without records of its own takes its bare conv's best config."""
+    choice = _choose(wl, algorithm, target, logs)
+    if choice.tuned or wl.epilogue.empty:
+        return choice
+    bare = _choose(wl.bare, algorithm, target, logs)
+    if not bare.tuned or bare.task.generated:  # a generated trace names the bare conv's blocks
+        return choice
+    return Choice(Task(wl, bare.task.algorithm, target.machine), bare.record, bare.config, "bare conv")
+
+
+def _choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
     store = LayerRecords.existing(logs, target, wl)
     if store is not None and store.foreign_version():
         print(f"WARNING: {store.directory} holds records made with TVM {store.foreign_version()}, not "
@@ -183,6 +197,7 @@ def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None
         "threads": target.threads,
         "tvm": tvm.__version__,
         "tuned": choice.tuned,
+        "record_source": choice.source or ("own" if choice.tuned else None),
         "config": choice.config if choice.tuned else choice.task.default_config(),
         "trace": str(choice.record.trace) if choice.tuned and task.generated else None,
         "record": ({"seconds": choice.record.seconds, "gflops": choice.record.gflops(wl)} if choice.tuned else None),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schedules import get_algorithm
-from schedules.reference import conv2d_reference, error_bound, random_inputs
+from schedules.reference import conv2d_reference, epilogue_inputs, error_bound, random_inputs
 from schedules.template import config_from_trace
 
 from ..records import Record
@@ -69,14 +69,15 @@ def verify(kernel: Kernel, seed: int = 0) -> list[Check]:
     check_library(kernel)
     wl = kernel.workload
     data, weight = random_inputs(wl, seed)
-    expected = conv2d_reference(wl, data, weight)
+    extra = epilogue_inputs(wl, seed)
+    expected = conv2d_reference(wl, data, weight, **extra)
     algorithm = kernel.side["algorithm"]
     growth = 1.0 if algorithm == "ms-auto" else get_algorithm(algorithm).error_growth(wl)
     tolerance = error_bound(wl, data, weight, growth)
     checks = []
     paths = ["conv2d"] + ([kernel.run_function] if kernel.run_function != "conv2d" else [])
     for function in paths:
-        tensors = kernel.tensors(data, weight)
+        tensors = kernel.tensors(data, weight, extra)
         tensors["out"].copyfrom(np.full(wl.out_shape, np.nan, np.float32))  # unwritten outputs show
         if function == "conv2d":
             kernel.call("conv2d", tensors)

@@ -1,0 +1,464 @@
+"""A whole model as a TVM Relax graph, and the conv chains in it that convtune's kernels replace.
+
+`load_model` reads an ONNX file, a torch.export program (.pt2) or a zoo architecture (torchvision,
+random weights, exported to ONNX in memory) with TVM's Relax frontends, and normalises it the way
+convtune's kernels want it:
+
+  1. batch norm folded into the preceding conv's weights and a bias (FoldBatchnormToConv2D; what is
+     left of batch norm is decomposed into arithmetic and constant-folded);
+  2. the convs converted to the kernels' layout (NHWC activations, HWIO weights by default: the
+     layout the article and the tuned templates favour on CPUs), with one transpose at each end of
+     the graph and none between layers (ConvertLayout carries the layout through pools and adds);
+  3. constants folded, so weights and biases are plain constants.
+
+`conv_chains` then finds every `conv2d (+ bias) (+ residual add) (+ relu | clip)` chain whose
+intermediate values have no other user: each is one convtune workload with its epilogue. The same
+function serves `tune --model` (the workloads to tune) and `compile --model` (what to replace), so
+the two always agree on what a model's layers are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schedules.workload import Epilogue, Workload, WorkloadError
+
+from .model_import import ModelError, _onnx_module_path, _positional_name
+from .networks import Layer, distinct_layers
+
+MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
+ZOO_INPUT = (1, 3, 224, 224)
+MODEL_SUFFIXES = (".onnx", ".pt2")
+
+
+@dataclass
+class ConvChain:
+    """One conv with its epilogue, as the graph computes it."""
+
+    index: int  # position among the model's convs (the frontend keeps the file's order)
+    name: str
+    workload: Workload
+    data: object  # relax.Expr: the conv's input
+    weight: np.ndarray  # in the workload's weight layout
+    bias: np.ndarray | None
+    residual: object | None  # relax.Expr added after the bias
+    replaced: list = field(default_factory=list)  # the relax.Vars the kernel computes, conv first
+    last: object = None  # the relax.Var whose value the kernel produces
+
+
+@dataclass
+class ModelGraph:
+    label: str  # what the user named: a file path or a zoo name
+    mod: object  # tvm.IRModule, normalised (see the module docstring)
+    layout: str
+    conv_names: list[str]  # readable names of the convs, in order
+    source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
+    _chains: list | None = None
+
+    @property
+    def inputs(self) -> list[dict]:
+        return [_tensor_info(p.name, p.ty) for p in self.mod["main"].params]
+
+    @property
+    def outputs(self) -> list[dict]:
+        info = self.mod["main"].ret_ty
+        fields = info.fields if hasattr(info, "fields") else [info]
+        return [_tensor_info(f"output{i}" if len(fields) > 1 else "output", f) for i, f in enumerate(fields)]
+
+    def chains(self) -> list[ConvChain]:
+        if self._chains is None:
+            self._chains = conv_chains(self)
+        return self._chains
+
+    def layers(self) -> list[Layer]:
+        """The distinct conv workloads (with their epilogues) and how often each occurs."""
+        return distinct_layers([Layer(c.name, c.workload) for c in self.chains()])
+
+
+def _tensor_info(name: str, sinfo) -> dict:
+    shape = [int(d) for d in sinfo.shape.values] if sinfo.shape is not None else None
+    return {"name": name, "shape": shape, "dtype": str(sinfo.dtype)}
+
+
+# -- reading -----------------------------------------------------------------------------------
+def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> ModelGraph:
+    """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix == ".onnx":
+        if not os.path.exists(source):
+            raise ModelError(source, "no such file")
+        import onnx
+
+        try:
+            model = onnx.load(source)
+        except Exception as err:  # noqa: BLE001 - protobuf raises several types
+            raise ModelError(source, f"not an ONNX model: {err}") from None
+        mod, names = _from_onnx(source, model, batch)
+        kind = {"kind": "onnx", "path": os.path.abspath(source)}
+    elif suffix == ".pt2":
+        if batch is not None:
+            raise ModelError(source, "--batch applies to ONNX models; a .pt2 program has its shapes fixed at export")
+        mod, names = _from_pt2(source)
+        kind = {"kind": "pt2", "path": os.path.abspath(source)}
+    elif os.path.exists(source):
+        raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
+                                 f"{' or '.join(MODEL_SUFFIXES)}, or a zoo name ({', '.join(MODEL_ZOO)})")
+    elif source in MODEL_ZOO:
+        mod, names = _from_onnx(source, zoo_onnx(source, batch or 1), None)
+        kind = {"kind": "zoo", "name": source, "batch": batch or 1}
+    else:
+        raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
+                                  f"({', '.join(MODEL_SUFFIXES)})")
+    return ModelGraph(source, normalise(mod, layout), layout, names, kind)
+
+
+def zoo_onnx(name: str, batch: int = 1):
+    """A torchvision architecture with random weights (no download), exported to ONNX in memory."""
+    try:
+        import torch
+    except ImportError:
+        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
+    import onnx
+
+    # torchvision's CUDA wheel registers its C++ operators on import; these two schemas are all
+    # the pure-Python architectures need when that extension cannot load beside a CPU torch.
+    if not hasattr(torch.ops.torchvision, "nms"):
+        try:
+            lib = torch.library.Library("torchvision", "DEF")
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            _KEEP.append(lib)
+        except RuntimeError:
+            pass
+    try:
+        import torchvision
+    except ImportError:
+        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros((batch,) + ZOO_INPUT[1:]),), buffer, dynamo=False,
+                          input_names=["input"], output_names=["logits"], opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+_KEEP: list = []  # the torch.library registration lives as long as the process
+
+
+def _from_onnx(label: str, model, batch: int | None):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from .model_import import _fix_batch
+
+    if batch is not None:
+        import onnx
+
+        model = _fix_batch(onnx, model, batch)
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --batch N "
+                                    "(the batch dimension) to fix it")
+        shapes[value.name] = [d.dim_value for d in dims]
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            names.append(_onnx_module_path(node))
+    try:
+        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
+        raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
+    return mod, names
+
+
+def _from_pt2(path: str):
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        program = torch.export.load(path)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(path, f"not a torch.export program: {err}") from None
+    mod = from_exported_program(program, keep_params_as_input=False)
+    return mod, []
+
+
+def normalise(mod, layout: str = "NHWC"):
+    """Batch norm folded, convs in `layout`, constants folded (see the module docstring)."""
+    from tvm import relax
+
+    mod = relax.transform.FoldConstant()(mod)  # ONNX Clip's NaN guards on constant bounds
+    mod = _elementwise_as_ops(mod)
+    mod = relax.transform.FoldBatchnormToConv2D()(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    if layout == "NHWC":
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _elementwise_as_ops(mod):
+    """TVM's ONNX frontend emits Clip as two TE calls (`call_tir` of topi.maximum, topi.minimum):
+    opaque to ConvertLayout (a transpose each side of every ReLU6) and to the chain finder. With a
+    constant bound they are the Relax ops `maximum` / `minimum`, which both understand."""
+    from tvm import relax
+
+    names = {gv: gv.name_hint for gv in mod.get_global_vars()}
+
+    @relax.expr_functor.mutator
+    class Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if getattr(call.op, "name", "") != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
+                return call
+            name = names.get(call.args[0], "")
+            args = list(call.args[1].fields)
+            if len(args) == 2 and _is_constant(args[1]) and _scalar(args[1]) is not None:
+                if name.startswith("maximum"):
+                    return relax.op.maximum(args[0], args[1])
+                if name.startswith("minimum"):
+                    return relax.op.minimum(args[0], args[1])
+            return call
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Rewrite(mod).visit_expr(func)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _is_constant(expr) -> bool:
+    import tvm
+
+    return isinstance(getattr(expr, "value", None), tvm.runtime.Tensor)
+
+
+def _scalar(expr) -> float | None:
+    value = expr.value.numpy()
+    return float(value.reshape(())) if value.size == 1 and value.dtype == np.float32 else None
+
+
+# -- the conv chains ---------------------------------------------------------------------------
+def conv_chains(graph: ModelGraph) -> list[ConvChain]:
+    """Every conv of the graph's main function with the epilogue that follows it (see the module
+    docstring); a conv the kernels cannot take (another layout, a dynamic shape, a non-constant
+    weight) is left to TVM and named in a warning."""
+    from tvm import relax
+
+    func = graph.mod["main"]
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    users: dict = {}
+
+    def count(expr, holder):
+        if isinstance(expr, relax.Var):
+            users.setdefault(expr, []).append(holder)
+        elif isinstance(expr, relax.Call):
+            for arg in expr.args:
+                count(arg, holder)
+        elif isinstance(expr, relax.Tuple):
+            for item in expr.fields:
+                count(item, holder)
+        elif isinstance(expr, relax.TupleGetItem):
+            count(expr.tuple_value, holder)
+
+    for binding in bindings:
+        count(binding.value, binding)
+    count(func.body.body, None)
+
+    claimed: set = set()  # bindings an earlier chain computes (a residual add joins two convs)
+
+    def only_user(var):
+        holders = users.get(var, [])
+        ok = len(holders) == 1 and holders[0] is not None and holders[0].var not in claimed
+        return holders[0] if ok else None
+
+    def op_name(binding) -> str:
+        value = binding.value
+        return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
+
+    chains, skipped = [], []
+    for binding in bindings:
+        if op_name(binding) != "relax.nn.conv2d":
+            continue
+        index = len(chains) + len(skipped)
+        conv = binding.value
+        try:
+            wl, weight = _conv_workload(graph.layout, conv)
+        except (WorkloadError, ValueError) as err:
+            skipped.append(f"conv {index}: {err}")
+            continue
+        name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or _positional_name(index, wl)
+        chain = ConvChain(index, name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
+        epilogue = {"bias": False, "residual": False, "activation": "none", "clip": (0.0, 6.0)}
+        nxt = only_user(chain.last)
+        if nxt is not None and op_name(nxt) == "relax.add":
+            other = _other_operand(nxt.value, chain.last)
+            bias = _channel_constant(other, wl)
+            if bias is not None:
+                chain.bias, epilogue["bias"] = bias, True
+                chain.replaced.append(nxt.var)
+                chain.last = nxt.var
+                nxt = only_user(chain.last)
+        if nxt is not None and op_name(nxt) == "relax.add":
+            other = _other_operand(nxt.value, chain.last)
+            if (other is not None and not _is_constant(other)
+                    and _shape(other.ty) == list(wl.out_shape)):
+                chain.residual, epilogue["residual"] = other, True
+                chain.replaced.append(nxt.var)
+                chain.last = nxt.var
+                nxt = only_user(chain.last)
+        if nxt is not None and op_name(nxt) == "relax.nn.relu":
+            epilogue["activation"] = "relu"
+            chain.replaced.append(nxt.var)
+            chain.last = nxt.var
+        elif nxt is not None and op_name(nxt) == "relax.maximum":
+            # clip(lo, hi) as the frontend writes it: maximum(x, lo), then minimum(., hi); or a
+            # ReLU written as maximum(x, 0)
+            lo = _scalar_operand(nxt.value, chain.last)
+            after = only_user(nxt.var)
+            hi = _scalar_operand(after.value, nxt.var) if after is not None and op_name(after) == "relax.minimum" else None
+            if lo is not None and hi is not None and lo <= hi:
+                epilogue["activation"], epilogue["clip"] = "clip", (lo, hi)
+                chain.replaced += [nxt.var, after.var]
+                chain.last = after.var
+            elif lo == 0.0:
+                epilogue["activation"] = "relu"
+                chain.replaced.append(nxt.var)
+                chain.last = nxt.var
+        chain.workload = Workload(**{**wl.to_dict(), "epilogue": Epilogue(**epilogue)})
+        claimed.update(chain.replaced)
+        chains.append(chain)
+    if skipped:
+        print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
+    return chains
+
+
+def _shape(sinfo) -> list[int] | None:
+    shape = getattr(sinfo, "shape", None)
+    if shape is None or not hasattr(shape, "values"):
+        return None
+    try:
+        return [int(d) for d in shape.values]
+    except TypeError:  # a symbolic dimension
+        return None
+
+
+def _conv_workload(layout: str, call) -> tuple[Workload, np.ndarray]:
+    from tvm import relax
+
+    attrs = call.attrs
+    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+    want = ("NHWC", "HWIO") if layout == "NHWC" else ("NCHW", "OIHW")
+    if (data_layout, kernel_layout) != want or str(attrs.out_layout) not in ("", data_layout):
+        raise ValueError(f"layout {data_layout}/{kernel_layout}, the kernels take {want[0]}/{want[1]}")
+    x, w = call.args
+    if not _is_constant(w):
+        raise ValueError("its weight is computed at run time, not a constant")
+    xs = _shape(x.ty)
+    if xs is None or len(xs) != 4:
+        raise ValueError("its input shape is not static 4-D")
+    if str(x.ty.dtype) != "float32" or str(attrs.out_dtype) not in ("", "None", "void", "float32"):
+        raise ValueError(f"it computes in {x.ty.dtype}; the kernels are float32")
+    weight = w.value.numpy()
+    n, h, wd, ci = xs if layout == "NHWC" else (xs[0], xs[2], xs[3], xs[1])
+    if layout == "NHWC":
+        kh, kw, _, co = weight.shape
+    else:
+        co, _, kh, kw = weight.shape
+    pad = [int(p) for p in attrs.padding]
+    wl = Workload(n=n, h=h, w=wd, ci=ci, co=co, kh=kh, kw=kw, stride=tuple(int(s) for s in attrs.strides),
+                  pad=tuple(pad) if len(pad) == 4 else (pad[0], pad[1], pad[0], pad[1]),
+                  dilation=tuple(int(d) for d in attrs.dilation), groups=int(attrs.groups), layout=layout)
+    if tuple(weight.shape) != wl.weight_shape:
+        raise ValueError(f"weight {tuple(weight.shape)} is not {wl.weight_layout} {wl.weight_shape}")
+    return wl, weight
+
+
+def _other_operand(call, var):
+    a, b = call.args
+    if a.same_as(var):
+        return b
+    if b.same_as(var):
+        return a
+    return None
+
+
+def _channel_constant(expr, wl: Workload) -> np.ndarray | None:
+    """A per-output-channel constant as the frontend broadcasts it ([1,1,1,C], [1,C,1,1], [C])."""
+    if not _is_constant(expr) or str(expr.value.dtype) != "float32":
+        return None
+    value = expr.value.numpy()
+    channel_shape = (1, 1, 1, wl.co) if wl.layout == "NHWC" else (1, wl.co, 1, 1)
+    if value.shape in (channel_shape, (wl.co,)) or (wl.layout == "NHWC" and value.shape == (1, wl.co)):
+        return value.reshape(wl.co).astype(np.float32)
+    return None
+
+
+def _scalar_operand(call, var) -> float | None:
+    other = _other_operand(call, var)
+    if other is None or not _is_constant(other):
+        return None
+    value = _scalar(other)
+    return value if value is not None and np.isfinite(value) else None
+
+
+# -- rewriting the chains ------------------------------------------------------------------------
+def replace_chains(graph: ModelGraph, emit) -> object:
+    """The graph's module with every conv chain computed by `emit(builder, chain, value)`, which
+    returns the Relax expression that stands for the chain's last value (`value(expr)` maps an
+    operand of the chain, e.g. its input or residual, into the rewritten graph). The bindings the
+    chain computes are dropped; nothing else changes. Deploy emits convtune's kernels; the model
+    search emits an opaque stand-in, so that both see the same fused ops around the convs."""
+    from tvm import relax
+
+    chains = graph.chains()
+    ends = {c.last: c for c in chains}
+    dropped = {v for c in chains for v in c.replaced[:-1]}
+
+    @relax.expr_functor.mutator
+    class Replace(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if binding.var in dropped:
+                return
+            if binding.var not in ends:
+                return super().visit_var_binding_(binding)
+            value = emit(self.builder_, ends[binding.var], self.visit_expr)
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(value)))
+
+    replace = Replace(graph.mod)
+    main = replace.visit_expr(graph.mod["main"])
+    mod = replace.builder_.get()
+    mod[mod.get_global_var("main")] = main
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+OPAQUE_KERNEL = "convtune.kernel"  # the stand-in's extern name: never called, never built
+
+
+def ops_module(graph: ModelGraph):
+    """The graph with its conv chains as opaque extern calls, legalised and fused as the deployed
+    model will be: its PrimFuncs are exactly the model's other ops (what `tune --model` tunes and
+    the compiled library looks up by structure)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    def stand_in(builder, chain, value):
+        args = [value(chain.data)] + ([value(chain.residual)] if chain.residual is not None else [])
+        return relax.call_dps_packed(OPAQUE_KERNEL, relax.Tuple(args),
+                                     relax.TensorType(chain.workload.out_shape, "float32"))
+
+    mod = replace_chains(graph, stand_in)
+    return tvm.transform.Sequential(cpu_generic.legalize_passes(None))(mod)
