@@ -302,15 +302,36 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or _positional_name(index, wl)
         chain = ConvChain(index, name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
         epilogue = {"bias": False, "residual": False, "activation": "none", "clip": (0.0, 6.0)}
+        # Per-channel affine ops right after the conv (its bias, a batch norm that TVM decomposed
+        # into subtract / divide / multiply / add by constants) fold into its weight and a bias:
+        # y = conv(x, w) * scale + shift = conv(x, w * scale) + shift, exact up to rounding.
+        scale = np.ones(wl.co, np.float64)
+        shift = np.zeros(wl.co, np.float64)
+        folded = False
         nxt = only_user(chain.last)
-        if nxt is not None and op_name(nxt) == "relax.add":
-            other = _other_operand(nxt.value, chain.last)
-            bias = _channel_constant(other, wl)
-            if bias is not None:
-                chain.bias, epilogue["bias"] = bias, True
-                chain.replaced.append(nxt.var)
-                chain.last = nxt.var
-                nxt = only_user(chain.last)
+        while nxt is not None and op_name(nxt) in _AFFINE:
+            step = _affine_step(nxt.value, chain.last, wl)
+            if step is None:
+                break
+            op, value = step
+            if op == "relax.add":
+                shift = shift + value
+            elif op == "relax.subtract":
+                shift = shift - value
+            elif op == "relax.multiply":
+                scale, shift = scale * value, shift * value
+            else:
+                scale, shift = scale / value, shift / value
+            folded = True
+            chain.replaced.append(nxt.var)
+            chain.last = nxt.var
+            nxt = only_user(chain.last)
+        if folded:
+            axis = -1 if wl.layout == "NHWC" else 0
+            shape = [1] * weight.ndim
+            shape[axis] = wl.co
+            chain.weight = (weight.astype(np.float64) * scale.reshape(shape)).astype(np.float32)
+            chain.bias, epilogue["bias"] = shift.astype(np.float32), True
         if nxt is not None and op_name(nxt) == "relax.add":
             other = _other_operand(nxt.value, chain.last)
             if (other is not None and not _is_constant(other)
@@ -384,6 +405,27 @@ def _conv_workload(layout: str, call) -> tuple[Workload, np.ndarray]:
     if tuple(weight.shape) != wl.weight_shape:
         raise ValueError(f"weight {tuple(weight.shape)} is not {wl.weight_layout} {wl.weight_shape}")
     return wl, weight
+
+
+_AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
+
+
+def _affine_step(call, var, wl: Workload):
+    """(op, per-channel float64 values) when `call` is `var <op> constant` with a per-channel or
+    scalar constant (`constant - var` and `constant / var` are not affine in var's scale)."""
+    a, b = call.args
+    if not a.same_as(var):
+        if call.op.name not in ("relax.add", "relax.multiply") or not b.same_as(var):
+            return None
+        a, b = b, a
+    values = _channel_constant(b, wl)
+    if values is None and _is_constant(b) and _scalar(b) is not None:
+        values = np.full(wl.co, _scalar(b), np.float32)
+    if values is None or not np.all(np.isfinite(values)):
+        return None
+    if call.op.name == "relax.divide" and np.any(values == 0):
+        return None
+    return call.op.name, values.astype(np.float64)
 
 
 def _other_operand(call, var):

@@ -1,0 +1,61 @@
+"""Small ONNX models built in the test (no downloads, no torch): the structures whole-model
+compilation must handle, with random weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def small_resnet(path: str, seed: int = 0, batch: int = 1, size: int = 12) -> str:
+    """input [N,3,S,S] -> conv3x3(+bias) -> BatchNorm -> Relu -> conv3x3 + residual -> Relu
+    -> MaxPool 2x2 -> conv1x1 -> Clip(0, 6) -> GlobalAveragePool -> Flatten -> Gemm (10 classes).
+    Two conv chains with a residual between them, a ReLU6 chain, pooling and a linear layer."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, scale=0.3):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.uniform(-scale, scale, shape).astype(np.float32).ravel())
+
+    c = 8
+    inits = [
+        init("w1", c, 3, 3, 3), init("b1", c),
+        helper.make_tensor("bn_s", TensorProto.FLOAT, [c], rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        init("bn_b", c), init("bn_m", c),
+        helper.make_tensor("bn_v", TensorProto.FLOAT, [c], rng.uniform(0.5, 2.0, c).astype(np.float32)),
+        init("w2", c, c, 3, 3), init("b2", c),
+        init("w3", 16, c, 1, 1), init("b3", 16),
+        helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0]),
+        init("fc_w", 10, 16), init("fc_b", 10),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="stem/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["n1"], name="stem/bn"),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="block/conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a2"]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p2", "w3", "b3"], ["c3"], name="head/conv"),
+        helper.make_node("Clip", ["c3", "lo", "hi"], ["r3"]),
+        helper.make_node("GlobalAveragePool", ["r3"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_resnet", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def onnxruntime_outputs(path: str, inputs: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, inputs)
