@@ -291,3 +291,200 @@ def format_estimate(estimate: dict) -> str:
     if estimate["untuned"]:
         lines.append(f"UNTUNED layers (default configs): {', '.join(estimate['untuned'])}")
     return "\n".join(lines)
+
+
+# -- a whole model, end to end ---------------------------------------------------------------------------
+MODEL_CONTENDERS = ("convtune", "onnxruntime", "torch-channels_last", "tvm-static_shape_tuning")
+
+
+def _onnx_bytes(graph) -> bytes | None:
+    source = graph.source
+    if source["kind"] == "onnx":
+        return open(source["path"], "rb").read()
+    if source["kind"] == "zoo":
+        from .graph import zoo_onnx
+
+        return zoo_onnx(source["name"], source.get("batch", 1)).SerializeToString()
+    return None
+
+
+def _torch_module(graph):
+    """The model as PyTorch runs it eagerly (channels_last), when it came from PyTorch."""
+    import torch
+
+    source = graph.source
+    if source["kind"] == "zoo":
+        import torchvision
+
+        torch.manual_seed(0)  # tuning.graph.zoo_onnx builds the same weights
+        return getattr(torchvision.models, source["name"])(weights=None).eval()
+    if source["kind"] == "pt2":
+        return torch.export.load(source["path"]).module()
+    return None
+
+
+def model_contenders(graph, inputs: dict, threads: int, tvm_trials: int | None, target: Target,
+                     work_dir: str | None) -> dict:
+    """The rivals that run the whole model: ONNX Runtime (MLAS, all graph optimisations), PyTorch
+    eager in channels_last (oneDNN), and TVM's own pipeline (`static_shape_tuning` with
+    `tvm_trials` MetaSchedule trials: import, fuse, tune every fused op, compile, Relax VM)."""
+    calls, notes = {}, {}
+    onnx_bytes = _onnx_bytes(graph)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    if ort is not None and onnx_bytes is not None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        feed = dict(inputs)
+        calls["onnxruntime"] = lambda: session.run(None, feed)
+    try:
+        module = _torch_module(graph)
+    except ImportError:
+        module = None
+    if module is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        module = module.to(memory_format=torch.channels_last)
+        args = [torch.from_numpy(inputs[i["name"]]).to(memory_format=torch.channels_last) for i in graph.inputs]
+
+        def eager():
+            with torch.no_grad():
+                module(*args)
+
+        calls["torch-channels_last"] = eager
+    if tvm_trials is not None and onnx_bytes is not None:
+        import tempfile
+
+        import onnx
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        mod = from_onnx(onnx.load_from_string(onnx_bytes), shape_dict={i["name"]: i["shape"] for i in graph.inputs},
+                        keep_params_in_input=False)
+        work = work_dir or tempfile.mkdtemp(prefix="convtune-tvm-")
+        started = time.perf_counter()
+        mod = relax.get_pipeline("static_shape_tuning", total_trials=tvm_trials, target=target.tvm,
+                                 work_dir=work)(mod)
+        executable = tvm.compile(mod, target=target.tvm)
+        notes["tvm-static_shape_tuning"] = {"trials": tvm_trials, "work_dir": work,
+                                            "tune_and_compile_s": round(time.perf_counter() - started, 1)}
+        vm = relax.VirtualMachine(executable, tvm.cpu(0))
+        tvm_args = [tvm.runtime.tensor(inputs[i["name"]]) for i in graph.inputs]
+        calls["tvm-static_shape_tuning"] = lambda: vm["main"](*tvm_args)
+    return calls, notes
+
+
+def layer_split(side: dict, target: Target, logs: str, min_repeat_ms: float = 50.0) -> list[dict]:
+    """convtune's conv time layer by layer: each distinct fused layer's kernel timed alone (run
+    function, prepared weights), times its count. The model's time less their sum is what the
+    rest of the graph (pools, classifier, transposes) costs."""
+    from schedules.reference import epilogue_inputs
+    from schedules.workload import Workload as _Workload
+
+    from .deploy.library import Choice, choose
+    from .task import Task
+
+    rows: dict = {}
+    for layer in side["layers"]:
+        rows.setdefault(layer["spec"], {**layer, "count": 0})["count"] += 1
+    out = []
+    for row in rows.values():
+        wl = _Workload.from_dict(row["workload"])
+        task = Task(wl, row["algorithm"], target.machine)
+        choice = choose(wl, row["algorithm"], target, logs) if task.generated else Choice(task, None, row["config"])
+        kernel = in_memory_kernel(choice, target, layer_name=row["name"])
+        tensors = kernel.tensors(*random_inputs(wl), epilogue_inputs(wl))
+        kernel.prepare(tensors)
+        timer = kernel.timer(tensors, number=1, repeat=5, min_repeat_ms=int(min_repeat_ms))
+        timer()
+        ms = statistics.median(timer()) * 1e3
+        out.append({"layer": row["name"], "spec": row["spec"], "algorithm": row["algorithm"], "tuned": row["tuned"],
+                    "count": row["count"], "ms": ms, "total_ms": ms * row["count"],
+                    "gflops": wl.flops / (ms / 1e3) / 1e9})
+    return out
+
+
+def bench_model(graph, target: Target, logs: str, algorithm: str = "auto", rounds: int = 7,
+                min_repeat_ms: float = 200.0, tvm_trials: int | None = None, tvm_work_dir: str | None = None,
+                split: bool = True) -> dict:
+    """End-to-end latency of the compiled model against the rivals, interleaved round by round in
+    this process, same threads, batch and inputs; then convtune's time split by layer."""
+    from .deploy.model import ModelLibrary, build_model, random_model_inputs
+
+    executable, side = build_model(graph, target, logs, algorithm)
+    library = ModelLibrary(executable, side)
+    inputs = random_model_inputs(side)
+    ours = library.timer(inputs, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
+    calls = {"convtune": ours}
+    rivals, notes = model_contenders(graph, inputs, target.threads, tvm_trials, target, tvm_work_dir)
+    calls.update(rivals)
+    timings = {k: Timing() for k in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            time.sleep(PAUSE_S)
+            if key == "convtune":
+                fn()
+                timings[key].samples.append(fn()[0])
+            else:
+                time_call(fn, WARMUP_MS)
+                timings[key].samples.append(time_call(fn, min_repeat_ms))
+    results = {k: {"median_ms": t.median * 1e3, "min_ms": min(t.samples) * 1e3, "max_ms": max(t.samples) * 1e3}
+               for k, t in timings.items()}
+    out = {"model": graph.label, "layers": len(side["layers"]), "distinct_layers": side["distinct_layers"],
+           "untuned": side["untuned"], "results": results, "notes": notes,
+           "speedup": {k: results[k]["median_ms"] / results["convtune"]["median_ms"] for k in results if k != "convtune"},
+           "convtune_trials": convtune_trials(side, target, logs)}
+    if split:
+        rows = layer_split(side, target, logs)
+        convs = sum(r["total_ms"] for r in rows)
+        out["split"] = {"layers": rows, "convs_ms": convs, "rest_ms": results["convtune"]["median_ms"] - convs}
+    return out
+
+
+def convtune_trials(side: dict, target: Target, logs: str) -> int:
+    """Trials behind the model's kernels: the records of each distinct layer (its bare conv's
+    where it was built from those), what an equal-budget rival gets."""
+    from schedules.workload import Workload as _Workload
+
+    from .records import LayerRecords
+    from .task import tasks_for
+
+    seen, total = set(), 0
+    for row in side["layers"]:
+        wl = _Workload.from_dict(row["workload"])
+        wl = wl.bare if row.get("record_source") == "bare conv" else wl
+        if wl in seen:
+            continue
+        seen.add(wl)
+        store = LayerRecords.existing(logs, target, wl)
+        if store is not None:
+            total += sum(store.trial_count(t) for t in tasks_for(wl, "auto", target.machine))
+    return total
+
+
+def format_model_bench(result: dict) -> str:
+    lines = [f"{'contender':26s} {'median ms':>10s} {'min-max ms':>16s} {'convtune speed-up':>18s}"]
+    for key, r in result["results"].items():
+        ratio = "" if key == "convtune" else f"{result['speedup'][key]:.2f}x"
+        lines.append(f"{key:26s} {r['median_ms']:10.2f} {r['min_ms']:7.2f}-{r['max_ms']:<8.2f} {ratio:>18s}")
+    if "tvm-static_shape_tuning" in result["notes"]:
+        note = result["notes"]["tvm-static_shape_tuning"]
+        lines.append(f"TVM static_shape_tuning: {note['trials']} trials ({note['tune_and_compile_s']} s to tune "
+                     f"and compile); convtune's kernels come from {result['convtune_trials']} recorded trials")
+    if "split" in result:
+        split = result["split"]
+        lines.append("")
+        lines.append(f"{'convtune layer':34s} {'algorithm':>13s} {'count':>5s} {'ms each':>8s} {'GFLOP/s':>8s} {'ms total':>9s}")
+        for r in sorted(split["layers"], key=lambda r: -r["total_ms"]):
+            tag = "" if r["tuned"] else " (untuned)"
+            lines.append(f"{r['layer'][:34 - len(tag)] + tag:34s} {r['algorithm']:>13s} {r['count']:5d} {r['ms']:8.3f} "
+                         f"{r['gflops']:8.1f} {r['total_ms']:9.3f}")
+        lines.append(f"{'convs (kernels timed alone)':34s} {'':13s} {'':5s} {'':8s} {'':8s} {split['convs_ms']:9.3f}")
+        lines.append(f"{'rest of the model (end to end - convs)':41s} {'':26s} {split['rest_ms']:9.3f}")
+    return "\n".join(lines)

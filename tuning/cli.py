@@ -114,6 +114,8 @@ def cmd_tune(args) -> int:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
     if args.batch <= 0:
         raise UsageError(f"--batch: must be positive, got {args.batch}")
+    if args.model:
+        return _tune_model(args)
     if args.network:
         return _tune_network(args)
     name, wl = _layer(args)
@@ -143,6 +145,19 @@ def _tune_network(args) -> int:
           f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
           file=sys.stderr)
     tune_network(layers, args.algorithm, target, args.logs, total, options=options, runner=runner)
+    _print_emulated_note(runner)
+    return 0
+
+
+def _tune_model(args) -> int:
+    from .search.model import tune_model
+
+    graph = _model(args)
+    target = _target(args)
+    total = args.trials_total or args.trials * len(graph.layers())
+    options = _search_options(args)
+    runner = _rpc_runner(args, target, options.measure)
+    tune_model(graph, args.algorithm, target, args.logs, total, options=options, runner=runner)
     _print_emulated_note(runner)
     return 0
 
@@ -379,6 +394,19 @@ def cmd_bench(args) -> int:
     from .networks import NETWORKS, network_layers, resolve
 
     target = _target(args)
+    if args.model:
+        from .bench import bench_model, format_model_bench
+
+        result = bench_model(_model(args), target, args.logs, args.algorithm, rounds=args.rounds,
+                             min_repeat_ms=max(args.min_repeat_ms, 200.0), tvm_trials=args.tvm_trials)
+        print(format_model_bench(result))
+        env = environment(target)
+        print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
+              f"{args.rounds} rounds, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms of calls")
+        if args.json:
+            write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, **result})
+            print(f"wrote {args.json}")
+        return 0
     if args.network:
         from .bench import estimate_network, format_estimate
         from .model_import import load_network
@@ -600,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
     p.add_argument("--network", metavar="NAME|FILE", help="tune every conv layer of a zoo network, an .onnx or a "
                                                           "torch.export .pt2 file, under one budget")
-    p.add_argument("--trials-total", type=int, default=None, help="--network: the shared budget "
+    _add_model(p, "tune a model's conv workloads (epilogues fused) and its other ops under one budget")
+    p.add_argument("--trials-total", type=int, default=None, help="--network/--model: the shared budget "
                                                                   "(default: --trials x distinct layers)")
     p.add_argument("--strategy", choices=STRATEGIES, default=search.strategy)
     p.add_argument("--cost-model", choices=COST_MODELS, default=search.cost_model)
@@ -652,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
     p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
+    _add_model(p, "end-to-end latency of the compiled model against ONNX Runtime, PyTorch and TVM")
+    p.add_argument("--tvm-trials", type=int, default=None, metavar="N",
+                   help="--model: also TVM's static_shape_tuning pipeline with N MetaSchedule trials (0: untuned)")
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
 

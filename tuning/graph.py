@@ -486,6 +486,13 @@ def replace_chains(graph: ModelGraph, emit) -> object:
     return relax.transform.DeadCodeElimination()(mod)
 
 
+OPS_RECORDS = "model-ops"  # under logs/<target tag>/: MetaSchedule's records of models' non-conv ops
+
+
+def ops_directory(logs: str, target) -> str:
+    return os.path.join(logs, target.tag, OPS_RECORDS)
+
+
 OPAQUE_KERNEL = "convtune.kernel"  # the stand-in's extern name: never called, never built
 
 

@@ -28,13 +28,12 @@ import tvm
 from tvm import relax, s_tir
 
 from ..files import write_json_atomic
-from ..graph import ConvChain, ModelGraph, replace_chains
+from ..graph import ConvChain, ModelGraph, ops_directory, replace_chains
 from ..target import LibraryError, Target, check_arch, host_arch
 from .kernel import sidecar_path
 from .library import Choice, choose, in_memory_kernel, schedule_functions
 
 MODEL_SIDECAR_VERSION = 1
-OPS_RECORDS = "model-ops"  # under logs/<target tag>/: MetaSchedule's records of the non-conv ops
 # Relative tolerance of a whole model against ONNX Runtime, per unit of the worst layer's error
 # growth: a float32 network of ~20-50 layers on random weights agrees with another float32
 # engine to ~1e-5 of its output's scale; Winograd layers multiply their error by their growth.
@@ -250,7 +249,7 @@ def build_model(graph: ModelGraph, target: Target, logs: str, algorithm: str = "
     started = time.perf_counter()
     layers = plan(graph, target, logs, algorithm)
     mod = replace_convs(graph, layers)
-    ops_records = os.path.join(logs, target.tag, OPS_RECORDS)
+    ops_records = ops_directory(logs, target)
     has_ops = os.path.exists(os.path.join(ops_records, "database_tuning_record.json"))
     executable = tvm.compile(mod, target=target.tvm, relax_pipeline=_rest_pipeline(target, ops_records if has_ops else None))
     side = model_sidecar(graph, layers, target, has_ops, time.perf_counter() - started)

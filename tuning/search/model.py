@@ -1,0 +1,95 @@
+"""Tuning a whole model: its conv workloads (with their fused epilogues) and its other ops.
+
+The convs are a network search (tuning/search/network.py) over the model's distinct fused
+workloads: each one's first batch starts from the bare conv's records and similar layers'
+(search/transfer.py: the same layer without its epilogue is the nearest neighbour, distance 0,
+same tile space). The other ops (pools, the classifier, transposes, adds no conv absorbed) are
+MetaSchedule tasks of its generated space, extracted from exactly the module the deployed model
+compiles (tuning.graph.ops_module), recorded under logs/<target>/model-ops, where `compile
+--model` applies them by structural match.
+
+Budget: the other ops take little of a CNN's time (a few per cent of ResNet-18's) and their
+space is small, so they get OPS_SHARE of the total, at most OPS_TRIALS_PER_TASK each; the convs
+get the rest. Both resume: recorded trials count against the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from tvm.s_tir import meta_schedule as ms
+
+from ..graph import ModelGraph, ops_directory, ops_module
+from ..target import Target
+from . import measure
+from .network import NetworkResult, tune_network
+from .tune import SearchOptions, tensor_intrinsics
+
+OPS_SHARE = 0.1
+OPS_TRIALS_PER_TASK = 32
+
+
+def ops_tasks(graph: ModelGraph, target: Target) -> list:
+    """The MetaSchedule tasks of the model's non-conv ops (convtune's kernels stand outside them)."""
+    tensor_intrinsics(needed=True)  # the generated space's x86 rules look intrinsics up
+    return ms.relax_integration.extract_tasks(ops_module(graph), target.tvm)
+
+
+def recorded_ops_trials(logs: str, target: Target) -> int:
+    path = os.path.join(ops_directory(logs, target), "database_tuning_record.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options: SearchOptions = SearchOptions(),
+             stream=sys.stderr) -> int:
+    """Tune the model's other ops until their records hold `trials` (resumable); returns how many
+    this run measured."""
+    tasks = ops_tasks(graph, target)
+    recorded = recorded_ops_trials(logs, target)
+    todo = max(0, trials - recorded)
+    names = ", ".join(t.task_name for t in tasks)
+    print(f"model ops: {len(tasks)} tasks ({names}); {recorded} trials recorded, {todo} to go", file=stream)
+    if not tasks or todo == 0:
+        return 0
+    work_dir = ops_directory(logs, target)
+    os.makedirs(work_dir, exist_ok=True)
+    config = options.measure
+    # MetaSchedule prints its whole task table after every batch; its per-task logs under
+    # model-ops/logs keep the detail, the console gets convtune's lines.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, work_dir, num_threads=target.threads, seed=options.seed)
+    ms.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=todo,
+        max_trials_per_task=min(todo, OPS_TRIALS_PER_TASK), num_trials_per_iter=min(options.trials_per_iter, 16),
+        builder=measure.builder(target, config), runner=measure.local_runner(target, config),
+        database=ms.database.JSONDatabase(work_dir=work_dir),
+        cost_model=ms.cost_model.XGBModel(num_tuning_cores=target.threads) if options.cost_model == "xgb"
+        else ms.cost_model.RandomModel(),
+        task_scheduler="round-robin",
+    )
+    measured = recorded_ops_trials(logs, target) - recorded
+    print(f"model ops: {measured} trials measured, records in {work_dir}", file=stream)
+    return measured
+
+
+def tune_model(graph: ModelGraph, algorithm: str, target: Target, logs: str, total: int,
+               options: SearchOptions = SearchOptions(), runner=None, stream=sys.stderr) -> NetworkResult:
+    """The model's conv workloads and other ops under one budget of `total` trials (see the docstring)."""
+    layers = graph.layers()
+    ops = 0 if runner is not None else max(1, min(int(total * OPS_SHARE), OPS_TRIALS_PER_TASK * 8))
+    convs = total - ops
+    print(f"tuning {graph.label}: {len(layers)} distinct conv workloads (epilogues fused; {sum(l.count for l in layers)} "
+          f"convs) with {convs} trials, its other ops with {ops}, on {target.tag}", file=stream)
+    result = tune_network(layers, algorithm, target, logs, convs, options=options, runner=runner)
+    if ops:
+        tune_ops(graph, target, logs, ops, options, stream)
+    elif runner is not None:
+        print("model ops: not tuned over RPC (their records are for this host); compile schedules them by rule",
+              file=stream)
+    return result
