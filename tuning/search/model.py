@@ -24,8 +24,8 @@ from tvm.s_tir import meta_schedule as ms
 from ..graph import ModelGraph, ops_directory, ops_module
 from ..target import Target
 from . import measure
-from .network import NetworkResult, tune_network
-from .tune import SearchOptions, tensor_intrinsics
+from .network import NetworkResult, network_tasks, summarize
+from .tune import SearchOptions, search, tensor_intrinsics
 
 OPS_SHARE = 0.1
 OPS_TRIALS_PER_TASK = 32
@@ -78,15 +78,56 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
     return measured
 
 
+MODEL_CANDIDATES = 2  # per fused layer under `auto`: its bare conv's best algorithms on this target
+
+
+def model_tasks(layers, algorithm: str, target: Target, logs: str) -> list[tuple]:
+    """(layer, task) pairs of a model's fused workloads. Under `auto`, a layer whose bare conv has
+    records here tunes the MODEL_CANDIDATES algorithms fastest on them (their first batch re-measures
+    the bare conv's best configs with the epilogue, on this machine, now) and the algorithm the
+    untuned rule picks; a layer without records, every algorithm that fits (network_tasks)."""
+    from schedules import get_algorithm
+
+    from ..deploy.library import untuned_algorithm
+    from ..records import LayerRecords
+    from ..task import Task, tasks_for
+
+    if algorithm != "auto":
+        return network_tasks(layers, algorithm, target.machine)
+    pairs = []
+    for layer in layers:
+        wl = layer.workload
+        store = LayerRecords.existing(logs, target, wl.bare)
+        ranked = []
+        if store is not None:
+            best = {}
+            for task in tasks_for(wl.bare, "auto", target.machine):
+                record = store.best(task)
+                if record is not None and not task.generated:
+                    best[task.algorithm] = record.seconds
+            ranked = sorted(best, key=best.get)[:MODEL_CANDIDATES]
+        if not ranked:
+            pairs += network_tasks([layer], "auto", target.machine)
+            continue
+        names = list(dict.fromkeys(ranked + [untuned_algorithm(wl, target.machine)]))
+        pairs += [(layer, Task(wl, name, target.machine)) for name in names if get_algorithm(name).supports(wl) is None]
+    return pairs
+
+
 def tune_model(graph: ModelGraph, algorithm: str, target: Target, logs: str, total: int,
                options: SearchOptions = SearchOptions(), runner=None, stream=sys.stderr) -> NetworkResult:
     """The model's conv workloads and other ops under one budget of `total` trials (see the docstring)."""
     layers = graph.layers()
     ops = 0 if runner is not None else max(1, min(int(total * OPS_SHARE), OPS_TRIALS_PER_TASK * 8))
     convs = total - ops
+    pairs = model_tasks(layers, algorithm, target, logs)
     print(f"tuning {graph.label}: {len(layers)} distinct conv workloads (epilogues fused; {sum(l.count for l in layers)} "
-          f"convs) with {convs} trials, its other ops with {ops}, on {target.tag}", file=stream)
-    result = tune_network(layers, algorithm, target, logs, convs, options=options, runner=runner)
+          f"convs) as {len(pairs)} tasks with {convs} trials, its other ops with {ops}, on {target.tag}", file=stream)
+    run = search(pairs, target, logs, total=convs, options=options, runner=runner)
+    result = summarize(layers, algorithm, target, logs)
+    result.measured, result.budget = run.measured, run.budget
+    if not options.quiet:
+        print(result.table())
     if ops:
         tune_ops(graph, target, logs, ops, options, stream)
     elif runner is not None:
