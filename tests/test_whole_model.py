@@ -143,3 +143,15 @@ def test_prepared_weights_are_constants_not_calls(model_path, tmp_path, target):
     layers = plan(graph, target, str(tmp_path), "winograd-f2,direct")
     text = replace_convs(graph, layers)["main"].script(show_meta=False)
     assert "conv2d_packed" in text and "pack_weight" not in text
+
+
+def test_a_model_in_nchw_keeps_onnx_layout(model_path, tmp_path, target):
+    """--layout NCHW: no transposes, NCHW kernels (OIHW weights), the same answer."""
+    graph = load_model(model_path, "NCHW")
+    assert all(c.workload.layout == "NCHW" for c in graph.chains())
+    assert "permute_dims" not in graph.mod["main"].script(show_meta=False)
+    executable, side = build_model(graph, target, str(tmp_path))
+    x = random_model_inputs(side, seed=2)
+    got = ModelLibrary(executable, side).run(x)[0]
+    expected = onnxruntime_outputs(model_path, x)[0]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

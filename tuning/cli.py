@@ -110,6 +110,8 @@ def cmd_tune(args) -> int:
     from .search.tune import tune
     from .task import tasks_for
 
+    if args.algorithm is None:
+        args.algorithm = "auto" if args.model else "direct"
     if args.trials <= 0:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
     if args.batch <= 0:
@@ -624,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
     _add_common(p)
-    p.add_argument("--algorithm", default="direct", help=f"{algos}, a family (winograd) or auto (every one that fits)")
+    p.add_argument("--algorithm", default=None, help=f"{algos}, a family (winograd) or auto (every one that fits); "
+                                                     "default direct, auto with --model")
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
     p.add_argument("--network", metavar="NAME|FILE", help="tune every conv layer of a zoo network, an .onnx or a "
                                                           "torch.export .pt2 file, under one budget")
