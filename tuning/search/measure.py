@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 import tvm
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 from tvm.support import cc
@@ -63,18 +64,44 @@ def export_aarch64(mod: tvm.runtime.Module) -> str:
     return path
 
 
+class _UncheckedLocalBuilder(ms.builder.LocalBuilder._cls):
+    """MetaSchedule's LocalBuilder without its start-up check, which starts a pool of workers (3-4 s
+    on 2 cores) only to look the build and export functions up by name there: convtune passes the
+    functions themselves. (Every build starts its own pool anyway.)"""
+
+    def _sanity_check(self) -> None:
+        pass
+
+
+UncheckedLocalBuilder = derived_object(_UncheckedLocalBuilder)
+
+
 def builder(target: Target, config: MeasureConfig) -> ms.builder.LocalBuilder:
-    return ms.builder.LocalBuilder(
+    return UncheckedLocalBuilder(
         max_workers=config.builders, timeout_sec=config.build_timeout, f_build=fast_build,
         f_export=export_aarch64 if target.arch == "aarch64" and not target.is_host else None)
 
 
 def local_runner(target: Target, config: MeasureConfig, tasks=()) -> ms.runner.LocalRunner:
+    """The local runner; `tasks`' run states now, later tasks' with `add_run_state`."""
     # Runner workers inherit the environment: this is how the thread count reaches them.
     os.environ["TVM_NUM_THREADS"] = str(target.threads)
     states = run_state(tasks, target)
     return ms.runner.LocalRunner(timeout_sec=config.run_timeout, evaluator_config=config.evaluator(),
                                  cooldown_sec=0.0, f_alloc_argument=StateFiller(states) if states else None)
+
+
+def add_run_state(runner: ms.runner.LocalRunner, task, target: Target) -> None:
+    """Add `task`'s run state to a `local_runner`'s: building it (a host build of the kernel) is
+    work for when the task starts, not for every task before the first trial. The runner sends its
+    allocator to the worker with each trial, so a state added between batches reaches it."""
+    states = run_state([task], target)
+    if not states:
+        return
+    if runner.f_alloc_argument is None:
+        runner.f_alloc_argument = StateFiller(states)
+    else:
+        runner.f_alloc_argument.states.update(states)
 
 
 # -- MetaSchedule's runner on remote devices ------------------------------------------------------

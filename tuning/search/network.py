@@ -1,19 +1,21 @@
 """Whole networks: every conv layer of a model tuned under one trial budget.
 
-One task per distinct layer (per algorithm under `auto`), one MetaSchedule `tune_tasks` call with
-the gradient task scheduler, task weights = how often the network runs each layer: after a
-round-robin warm-up (one batch per task), each next batch goes to the task with the largest
-expected drop of count x best time (its recent improvement and its best time per trial so far),
-i.e. where the network's total conv time should drop most. (Under `auto` the
-scheduler sees a layer's algorithms as separate tasks of the same weight, although only the
-fastest of them counts in the network's time.)
+One task per distinct layer (per algorithm under `auto`), one scheduler loop
+(tuning/search/scheduler.py) with MetaSchedule's gradient policy, task weights = how often the
+network runs each layer: after a round-robin warm-up (one batch per task), each next batch goes to
+the task with the largest expected drop of count x best time (its recent improvement and its best
+time per batch so far), i.e. where the network's total conv time should drop most. (Under `auto`
+the scheduler sees a layer's algorithms as separate tasks of the same weight, although only the
+fastest of them counts in the network's time.) Each task starts (space, search, run state) when its
+first batch is due, and each trial is in its layer's records as soon as it is measured: the
+warm-up round shows a line per task started and per batch, and a stopped run keeps what it measured.
 
 Records stay per layer (logs/<target>/<layer key>/, tuning.records.LayerRecords): a routing
 database hands each workload and trial to the owning layer's JSONDatabase by structural equality
 of the task module, so `convtune tune`, `compile` and `records` see a network run's trials as
 their own. Resumable: trials already recorded for the run's tasks count against the total;
-tasks that already hold `max_trials_per_task` records are skipped. The scheduler works in whole
-batches, so a run may go over the total by less than one batch; a resumed run subtracts it.
+tasks that already hold `max_trials_per_task` records are skipped. The scheduler cuts a run's last
+batch to what the total has left, so a run measures no more than its total.
 MetaSchedule takes one per-task cap for all tasks: during a run each task may add up to
 `max_trials_per_task` minus the fewest records any running task holds (no cap by default).
 """

@@ -1,7 +1,8 @@
 """convtune's plug-ins to MetaSchedule's search: what it lacks for resumable, honest per-layer runs.
 
-- `Progress` and `progress_callback`: a progress line (one line per batch in a log), and why each
-  failed trial failed (MetaSchedule keeps only a stand-in time) in the layer's failures.jsonl.
+- `Progress` and `progress_hooks`: a progress line (one line per task started and per batch in a
+  log), and why each failed trial failed (MetaSchedule keeps only a stand-in time) in the layer's
+  failures.jsonl.
 - `SkipRecorded`: a search strategy that never measures a recorded schedule again, and measures
   schedules transferred from similar layers first.
 - `LayerRoutedDatabase`: one database over many layers' records, each trial routed to its layer.
@@ -23,13 +24,15 @@ from tvm.s_tir import meta_schedule as ms
 from .. import records
 from ..records import LayerRecords
 from ..task import Task
+from .scheduler import Hooks
 
 
 @dataclass
 class Progress:
-    """What the progress line shows; filled by the measure callback. On a terminal one line is
-    redrawn in place (carriage return); on anything else (a log file, a pipe) each measured batch
-    prints its own line, so a log reads as a history instead of one endless line."""
+    """What the progress line shows; filled by the scheduler's hooks (`progress_hooks`). On a
+    terminal one line is redrawn in place (carriage return); on anything else (a log file, a pipe)
+    each measured batch and each task started prints its own line, so a log reads as a history
+    instead of one endless line."""
 
     tasks: list[Task]
     total: int
@@ -61,12 +64,21 @@ class Progress:
         gflops = f"{task.workload.flops / best / 1e9:7.1f} GFLOP/s" if best else "      - GFLOP/s"
         rate = (time.time() - self.started) / max(self.done, 1)
         label = self.labels[task_id] if self.labels else task.algorithm
-        stats = f"{self.done:4d}/{self.total} trials  {label:>12s}  best {gflops}  failed {self.failed}  {rate:4.1f} s/trial"
+        self._show(f"{self.done:4d}/{self.total} trials  {label:>12s}  best {gflops}  failed {self.failed}  "
+                   f"{rate:4.1f} s/trial")
+
+    def note(self, task_id: int, words: str) -> None:
+        """A line about one task between batches (it started, what it measures first)."""
+        label = self.labels[task_id] if self.labels else self.tasks[task_id].algorithm
+        self._show(f"{self.done:4d}/{self.total} trials  {label:>12s}  {words}")
+
+    def _show(self, stats: str) -> None:
         if self.redraw:
             width = 24
             filled = int(width * min(self.done, self.total) / max(self.total, 1))
             bar = "#" * filled + "." * (width - filled)
-            print(f"\r[{bar}] {stats}", end="", file=self.stream, flush=True)
+            # \033[K: clear what a longer line drawn before left on the right
+            print(f"\r[{bar}] {stats}\033[K", end="", file=self.stream, flush=True)
         else:
             print(stats, file=self.stream, flush=True)
 
@@ -76,30 +88,32 @@ class Progress:
             print(file=self.stream, flush=True)
 
 
-def progress_callback(progress: Progress, failure_logs: list[str]):
-    """Progress, and why each failed trial failed (MetaSchedule keeps only its 'failed' time), into
+def progress_hooks(progress: Progress, failure_logs: list[str]) -> Hooks:
+    """The scheduler's hooks: a line when a task starts; after each batch the progress line, and
+    why each failed trial failed (MetaSchedule keeps only its 'failed' time) in
     `failure_logs[task]` (a network run keeps each layer's in its directory)."""
 
-    @derived_object
-    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            seconds, failures = [], []
-            for cand, built, ran in zip(measure_candidates, builder_results, runner_results):
-                error = built.error_msg or ran.error_msg
-                if error or not ran.run_secs:
-                    seconds.append(None)
-                    failures.append({"algorithm": progress.tasks[task_id].algorithm,
-                                     "trace": records.trace_id(cand.sch.trace),
-                                     "stage": "build" if built.error_msg else "run",
-                                     "error": str(error or "no run time")[-2000:]})
-                else:
-                    seconds.append(records.median_seconds(ran.run_secs))
-            if failures:
-                with open(failure_logs[task_id], "a") as f:
-                    f.write("".join(json.dumps(x) + "\n" for x in failures))
-            progress.report(task_id, seconds)
+    def started(task_id: int, seconds: float, words: str) -> None:
+        progress.note(task_id, f"started in {seconds:.1f} s" + (f": {words}" if words else ""))
 
-    return ProgressCallback()
+    def measured(task_id: int, measure_candidates, builder_results, runner_results) -> None:
+        seconds, failures = [], []
+        for cand, built, ran in zip(measure_candidates, builder_results, runner_results):
+            error = built.error_msg or ran.error_msg
+            if error or not ran.run_secs:
+                seconds.append(None)
+                failures.append({"algorithm": progress.tasks[task_id].algorithm,
+                                 "trace": records.trace_id(cand.sch.trace),
+                                 "stage": "build" if built.error_msg else "run",
+                                 "error": str(error or "no run time")[-2000:]})
+            else:
+                seconds.append(records.median_seconds(ran.run_secs))
+        if failures:
+            with open(failure_logs[task_id], "a") as f:
+                f.write("".join(json.dumps(x) + "\n" for x in failures))
+        progress.report(task_id, seconds)
+
+    return Hooks(started=started, measured=measured)
 
 
 @derived_object

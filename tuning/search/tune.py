@@ -5,7 +5,9 @@ records: trials already recorded count against them, so re-running a command res
 stopped run ended (the records also seed the evolutionary search's first population).
 
 A layer run is the one-layer case of a network run: every task of every layer goes into one
-MetaSchedule `tune_tasks` call, each task's trials routed to its own layer's records.
+scheduler loop (tuning/search/scheduler.py: MetaSchedule's gradient policy, run one batch at a time
+from Python), each task's trials routed to its own layer's records as soon as they are measured.
+Ctrl-C stops the loop between two steps: SearchInterrupted says how many trials are in the records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 
@@ -27,7 +30,8 @@ from ..target import Target
 from ..task import Task
 from . import measure
 from .measure import MeasureConfig
-from .plugins import LayerRoutedDatabase, Progress, SkipRecorded, progress_callback
+from .plugins import LayerRoutedDatabase, Progress, SkipRecorded, progress_hooks
+from .scheduler import StopFlag, TaskRun, run_tasks
 from .transfer import History, Transfer, pretrain, seed_traces
 
 STRATEGIES = ("evolutionary", "replay-trace", "replay-func")
@@ -120,22 +124,35 @@ def search(pairs: list[tuple[Layer, Task]], target: Target, logs: str, *, per_ta
     stores = {wl: LayerRecords.open_for_tuning(logs, target, wl, names[wl] if len(workloads) > 1 else None)
               for wl in workloads}
     run = SearchRun(stores)
+    stop = StopFlag()  # Ctrl-C, seen between two steps (see tuning/search/scheduler.py)
     with contextlib.ExitStack() as held:
         stream = held.enter_context(open(os.devnull, "w")) if options.quiet else sys.stderr
         # Sorted, so two runs sharing layers take their locks in one order (no deadlock).
         for store in sorted(stores.values(), key=lambda s: s.directory):
             held.enter_context(store.lock())
-        run.measured, run.budget = _search_locked(pairs, stores, target, logs, per_task, total, options, runner,
-                                                  stream)
+        # After the locks: Ctrl-C while waiting for another run's lock still stops at once.
+        held.enter_context(stop.deferring_sigint(announce=not options.quiet))
+        try:
+            run.measured, run.budget = _search_locked(pairs, stores, target, logs, per_task, total, options, runner,
+                                                      stream, stop)
+        except KeyboardInterrupt:
+            for store in stores.values():  # an interrupted run's records are whole too, or it says so
+                store.check_on_disk()
+            raise
         for store in stores.values():
             store.check_on_disk()
     if target.is_host and runner is None:
-        for layer, task in pairs:
-            check_top_records(stores[layer.workload], task, target)
+        # Building and running the top records calls into TVM too: Ctrl-C is deferred to between them.
+        with stop.deferring_sigint(announce=not options.quiet):
+            for layer, task in pairs:
+                stop.check(run.measured)
+                check_top_records(stores[layer.workload], task, target)
+        stop.check(run.measured)
     return run
 
 
-def _search_locked(pairs, stores, target, logs, per_task, total, options, runner, stream) -> tuple[int, int]:
+def _search_locked(pairs, stores, target, logs, per_task, total, options, runner, stream,
+                   stop: StopFlag) -> tuple[int, int]:
     by_layer: dict = {}
     for layer, task in pairs:
         by_layer.setdefault(layer.workload, []).append(task)
@@ -162,9 +179,12 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
         best = stores[pairs[i][0].workload].best(pairs[i][1])
         if best:
             progress.best_sec[j] = best.seconds
+    # Small enough that the gradient scheduler's warm-up round (one batch per task) fits the budget.
+    per_iter = max(1, min(options.trials_per_iter, budget // len(todo)))
     if network:
         print(f"network: {len(todo)} task(s) of {len(pairs)}, {sum(done)} trials recorded, measuring up to "
-              f"{budget} more (total {total})", file=stream)
+              f"{budget} more (total {total}) in batches of {per_iter}; each task starts when its first "
+              "batch is due", file=stream)
     warning = budget_warning(budget, names, total, sum(done))
     if warning:
         print(warning, file=sys.stderr)
@@ -173,14 +193,15 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
         work_dir = os.path.join(logs, target.tag)
     else:
         database, work_dir = stores[pairs[0][0].workload].database, stores[pairs[0][0].workload].directory
-    # Small enough that the gradient scheduler's warm-up round (one batch per task) fits the budget.
-    per_iter = max(1, min(options.trials_per_iter, budget // len(todo)))
-    _run_search(tasks, target, work_dir, database, progress, budget=budget,
-                max_trials_per_task=min(budget, max(cap - done[i] for i in todo)), trials_per_iter=per_iter,
-                weights=[float(pairs[i][0].count) for i in todo],
-                failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG) for i in todo],
-                names=names, options=options, runner=runner)
-    progress.end()
+    try:
+        _run_search(tasks, target, work_dir, database, progress, budget=budget,
+                    max_trials_per_task=min(budget, max(cap - done[i] for i in todo)), trials_per_iter=per_iter,
+                    weights=[float(pairs[i][0].count) for i in todo],
+                    failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG)
+                                  for i in todo],
+                    names=names, options=options, runner=runner, stop=stop)
+    finally:
+        progress.end()
     return progress.done, budget
 
 
@@ -201,49 +222,58 @@ def budget_warning(budget: int, labels: list[str], total: int | None, recorded: 
 
 def _run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
                 max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
-                names: list[str], options: SearchOptions, runner) -> None:
-    """One MetaSchedule `tune_tasks` call over `todo` with convtune's builder, runner, cost model and
-    callbacks; `database` receives every trial."""
+                names: list[str], options: SearchOptions, runner, stop: StopFlag | None = None) -> None:
+    """The scheduler loop over `todo` with convtune's builder, runner, cost model and hooks;
+    `database` receives every trial as it is measured. (`work_dir`: where `database` writes.)"""
     transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
     tensor_intrinsics(needed=any(t.generated for t in todo))
     # One scan per layer: a layer's algorithms share its neighbours.
     scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
     histories = [scanned.get(t.workload, History()) for t in todo]
-    # The first batch: configs transferred from similar layers, then the template's own default
-    # for this machine (a strong start: the untuned survey's defaults beat the rivals; a search
-    # should never end below the kernel `compile` would build without it).
-    seeds = [seed_traces(t, h, trials_per_iter) + ([] if t.generated else [t.default_trace()])
-             for t, h in zip(todo, histories)]
-    contexts = [
-        ms.TuneContext(mod=t.mod, target=target.tvm, space_generator=t.space(),
-                       search_strategy=SkipRecorded(strategy, seeds[i], options.population), task_name=names[i],
-                       num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
-        for i, t in enumerate(todo)
-    ]
-    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
-                 ms.measure_callback.UpdateCostModel(), progress_callback(progress, failure_logs)]
     if options.cost_model == "xgb":
         cost = ms.cost_model.XGBModel(num_tuning_cores=target.threads, num_warmup_samples=XGB_WARMUP_SAMPLES,
                                       adaptive_training=False)
-        if transfer:
+        if transfer and any(h.neighbours for h in scanned.values()):
+            # The one start-up step for all tasks (the model must rank from the first batch): shown.
+            started = time.time()
+            print("transfer: pre-training the cost model on similar layers' trials ...", file=progress.stream,
+                  flush=True)
             fed = pretrain(cost, History.merge(list(scanned.values())), sorted({t.algorithm for t in todo}), target)
-            if fed:
-                print(f"transfer: cost model pre-trained on {fed} trials of similar layers", file=progress.stream)
+            print(f"transfer: cost model pre-trained on {fed} trials of similar layers in "
+                  f"{time.time() - started:.1f} s", file=progress.stream, flush=True)
     else:
         cost = ms.cost_model.RandomModel()
-    if any(seeds):
-        print(f"transfer: {sum(map(len, seeds))} configs from similar layers measured first", file=progress.stream)
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=work_dir,
-        max_trials_global=budget,
-        max_trials_per_task=max_trials_per_task,
-        num_trials_per_iter=trials_per_iter,
-        builder=measure.builder(target, config),
-        runner=runner or measure.local_runner(target, config, todo),
-        database=database,
-        cost_model=cost,
-        measure_callbacks=callbacks,
-        task_scheduler="gradient" if len(todo) > 1 else "round-robin",
-    )
+    own_runner = runner is None
+    if own_runner:
+        started = time.time()  # its worker process imports TVM: seconds, shown
+        runner = measure.local_runner(target, config)  # each task's run state is added when it starts
+        print(f"measurement worker started in {time.time() - started:.1f} s", file=progress.stream, flush=True)
+
+    def starter(i: int):
+        def start():
+            task = todo[i]
+            # The first batch: configs transferred from similar layers, then the template's own
+            # default for this machine (a strong start: the untuned survey's defaults beat the
+            # rivals; a search should never end below the kernel `compile` would build without it).
+            seeds = seed_traces(task, histories[i], trials_per_iter)
+            words = ", ".join(([f"{len(seeds)} config(s) from similar layers"] if seeds else [])
+                              + ([] if task.generated else ["its default config"]))
+            seeds += [] if task.generated else [task.default_trace()]
+            if own_runner:
+                measure.add_run_state(runner, task, target)
+            context = ms.TuneContext(
+                mod=task.mod, target=target.tvm, space_generator=task.space(),
+                search_strategy=SkipRecorded(strategy, seeds, options.population), task_name=names[i],
+                num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
+            return context, f"{words} first" if words else ""
+        return start
+
+    try:
+        run_tasks([TaskRun(starter(i), weights[i]) for i in range(len(todo))], budget=budget,
+                  max_trials_per_task=max_trials_per_task, trials_per_iter=trials_per_iter,
+                  builder=measure.builder(target, config), runner=runner, database=database, cost_model=cost,
+                  stop=stop or StopFlag(), hooks=progress_hooks(progress, failure_logs), seed=seed,
+                  runner_workers=getattr(runner, "workers", 1))
+    finally:
+        if own_runner:
+            measure.close_runner(runner)  # its worker process ends now, interrupted or not
