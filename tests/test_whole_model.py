@@ -155,3 +155,21 @@ def test_a_model_in_nchw_keeps_onnx_layout(model_path, tmp_path, target):
     got = ModelLibrary(executable, side).run(x)[0]
     expected = onnxruntime_outputs(model_path, x)[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_a_symbolic_batch_is_refused_naming_the_flag_that_fixes_it(tmp_path, capsys):
+    """The refusal once named `--batch`, which the CLI has only for trials per batch."""
+    path = small_resnet(str(tmp_path / "dynamic.onnx"), batch="N")
+    assert cli.main(["layers", path]) == 2
+    assert "--model-batch N" in capsys.readouterr().err
+    assert cli.main(["layers", path, "--model-batch", "2", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {layer["workload"]["n"] for layer in listed["layers"]} == {2}
+    assert cli.main(["compile", "--model", path, "-o", str(tmp_path / "m.so"), "--logs", str(tmp_path)]) == 2
+    assert "--model-batch N" in capsys.readouterr().err
+    assert cli.main(["compile", "--model", path, "--model-batch", "0", "-o", str(tmp_path / "m.so")]) == 2
+    assert "--model-batch: must be a positive batch size" in capsys.readouterr().err
+    library = str(tmp_path / "m.so")
+    assert cli.main(["compile", "--model", path, "--model-batch", "2", "-o", library, "--logs", str(tmp_path)]) == 0
+    side = json.load(open(str(tmp_path / "m.json")))
+    assert side["inputs"][0]["shape"] == [2, 3, 12, 12]

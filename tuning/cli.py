@@ -65,7 +65,7 @@ def cmd_layers(args) -> int:
 
     reports = []
     for network in [args.network] if args.network else NETWORKS:
-        layers = load_network(network, args.layout or "NHWC")
+        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch)
         reports.append(_layers_report(network, layers))
     if args.json:
         print(json.dumps(reports[0] if args.network else reports, indent=1))
@@ -138,7 +138,7 @@ def _tune_network(args) -> int:
     from .model_import import load_network
     from .search.network import tune_network
 
-    layers = load_network(args.network, args.layout or "NHWC")
+    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
     target = _target(args)
     total = args.trials_total or args.trials * len(layers)
     options = _search_options(args)
@@ -252,7 +252,7 @@ def cmd_compile(args) -> int:
         from .deploy.bundle import compile_bundle
         from .model_import import load_network
 
-        layers = load_network(args.network, args.layout or "NHWC")
+        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
         out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
         manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
         print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
@@ -413,7 +413,8 @@ def cmd_bench(args) -> int:
         from .bench import estimate_network, format_estimate
         from .model_import import load_network
 
-        estimate = estimate_network(load_network(args.network, args.layout or "NHWC"), target, args.logs,
+        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch),
+                                    target, args.logs,
                                     args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
                                     rivals=not args.no_rivals)
         print(format_estimate(estimate))
@@ -595,7 +596,7 @@ def _add_model(p, what: str) -> None:
     p.add_argument("--model", metavar="FILE|ZOO", help=f"{what}: an .onnx or .pt2 file, or a zoo model "
                                                        "(resnet18, resnet50, mobilenet_v2: torchvision, random weights)")
     p.add_argument("--model-batch", type=int, default=None, metavar="N",
-                   help="the batch size of an ONNX model whose input batch is symbolic")
+                   help="the batch size of an ONNX model (--model or --network) whose input batch is symbolic")
 
 
 def _add_rpc(p):
@@ -622,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a zoo network, an .onnx file or a torch.export .pt2 file (default: every zoo network)")
     p.add_argument("--layout", choices=["NHWC", "NCHW"], type=str.upper, default=None)
     p.add_argument("--json", action="store_true", help="print the same as JSON (a list without NAME|FILE)")
+    p.add_argument("--model-batch", type=int, default=None, metavar="N",
+                   help="the batch size of an ONNX model whose input batch is symbolic")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
@@ -773,6 +776,9 @@ def _check_args(args) -> None:
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UsageError(f"--{option.replace('_', '-')}: must be {rule}, got {value:g}")
+    batch = getattr(args, "model_batch", None)
+    if batch is not None and batch <= 0:
+        raise UsageError(f"--model-batch: must be a positive batch size, got {batch}")
     for option in ("logs", "transfer_from"):
         path = getattr(args, option, None)
         if not isinstance(path, str):

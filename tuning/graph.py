@@ -168,8 +168,8 @@ def _from_onnx(label: str, model, batch: int | None):
         dims = value.type.tensor_type.shape.dim
         if not all(d.HasField("dim_value") for d in dims):
             shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --batch N "
-                                    "(the batch dimension) to fix it")
+            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --model-batch N "
+                                    "(its batch size) to fix it")
         shapes[value.name] = [d.dim_value for d in dims]
     names = []
     for node in model.graph.node:

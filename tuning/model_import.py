@@ -230,8 +230,8 @@ def _dynamic_refusal(onnx, graph, shapes, problems: list[str]) -> str:
                 if i.name not in initializers and i.name in shapes and _static(shapes[i.name]) is None]
     if symbolic:
         fix = (f"the graph input {', '.join(symbolic)} has symbolic dimensions; convtune tunes fixed shapes: "
-               "export with a fixed input shape (torch.onnx.export without dynamic_axes), or, from Python, "
-               "pass batch=N to tuning.model_import.load_network / from_onnx for a symbolic batch")
+               "export with a fixed input shape (torch.onnx.export without dynamic_axes), or give "
+               "--model-batch N for a symbolic batch (from Python: load_network(path, batch=N))")
     else:
         try:
             import onnxruntime  # noqa: F401, PLC0415 - an optional extra
