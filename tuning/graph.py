@@ -377,7 +377,6 @@ def _shape(sinfo) -> list[int] | None:
 
 
 def _conv_workload(layout: str, call) -> tuple[Workload, np.ndarray]:
-    from tvm import relax
 
     attrs = call.attrs
     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)

@@ -68,9 +68,13 @@ class Kernel:
         for fn in self.prepare_functions:
             self.call(fn, tensors)
 
-    def timer(self, tensors: dict, number: int, repeat: int, min_repeat_ms: int):
+    def timer(self, tensors: dict, number: int, repeat: int, min_repeat_ms: int, cold: bool = False):
+        """Seconds per call of the run function; `cold`: every argument but the first (the input)
+        flushed from the caches before each repeat, as a layer's weights are inside a model whose
+        weights exceed the last-level cache."""
         f = self.module.time_evaluator(self.run_function, self.device, number=number, repeat=repeat,
-                                       min_repeat_ms=min_repeat_ms)
+                                       min_repeat_ms=min_repeat_ms,
+                                       f_preproc="cache_flush_cpu_non_first_arg" if cold else "")
         args = [tensors[a["name"]] for a in self.args(self.run_function)]
         return lambda: f(*args).results
 

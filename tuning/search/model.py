@@ -37,12 +37,18 @@ def ops_tasks(graph: ModelGraph, target: Target) -> list:
     return ms.relax_integration.extract_tasks(ops_module(graph), target.tvm)
 
 
-def recorded_ops_trials(logs: str, target: Target) -> int:
-    path = os.path.join(ops_directory(logs, target), "database_tuning_record.json")
-    if not os.path.exists(path):
+def recorded_ops_trials(logs: str, target: Target, tasks) -> int:
+    """Records of these tasks (the directory is shared by every model tuned on this target)."""
+    work_dir = ops_directory(logs, target)
+    if not os.path.exists(os.path.join(work_dir, "database_tuning_record.json")):
         return 0
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    total = 0
+    for task in tasks:
+        mod = task.dispatched[0]
+        if database.has_workload(mod):
+            total += len(database.get_top_k(database.commit_workload(mod), 1 << 30))
+    return total
 
 
 def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options: SearchOptions = SearchOptions(),
@@ -50,7 +56,7 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
     """Tune the model's other ops until their records hold `trials` (resumable); returns how many
     this run measured."""
     tasks = ops_tasks(graph, target)
-    recorded = recorded_ops_trials(logs, target)
+    recorded = recorded_ops_trials(logs, target, tasks)
     todo = max(0, trials - recorded)
     names = ", ".join(t.task_name for t in tasks)
     print(f"model ops: {len(tasks)} tasks ({names}); {recorded} trials recorded, {todo} to go", file=stream)
@@ -73,7 +79,7 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
         else ms.cost_model.RandomModel(),
         task_scheduler="round-robin",
     )
-    measured = recorded_ops_trials(logs, target) - recorded
+    measured = recorded_ops_trials(logs, target, tasks) - recorded
     print(f"model ops: {measured} trials measured, records in {work_dir}", file=stream)
     return measured
 
@@ -85,7 +91,7 @@ def model_tasks(layers, algorithm: str, target: Target, logs: str) -> list[tuple
     """(layer, task) pairs of a model's fused workloads. Under `auto`, a layer whose bare conv has
     records here tunes the MODEL_CANDIDATES algorithms fastest on them (their first batch re-measures
     the bare conv's best configs with the epilogue, on this machine, now) and the algorithm the
-    untuned rule picks; a layer without records, every algorithm that fits (network_tasks)."""
+    untuned rule picks; a layer without records, the untuned rule's algorithm alone."""
     from schedules import get_algorithm
 
     from ..deploy.library import untuned_algorithm
@@ -107,8 +113,10 @@ def model_tasks(layers, algorithm: str, target: Target, logs: str) -> list[tuple
                     best[task.algorithm] = record.seconds
             ranked = sorted(best, key=best.get)[:MODEL_CANDIDATES]
         if not ranked:
-            pairs += network_tasks([layer], "auto", target.machine)
-            continue
+            # No records of this conv here: the algorithm the untuned rule picks for its kind (a
+            # model has tens of layers: every fitting algorithm for each would spend the budget
+            # on warm-up batches alone); its first batch is similar layers' configs and its default.
+            ranked = [untuned_algorithm(wl, target.machine)]
         names = list(dict.fromkeys(ranked + [untuned_algorithm(wl, target.machine)]))
         pairs += [(layer, Task(wl, name, target.machine)) for name in names if get_algorithm(name).supports(wl) is None]
     return pairs
