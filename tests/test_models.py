@@ -102,7 +102,8 @@ def test_shapes_that_stay_dynamic_are_refused_per_layer_with_the_fix(monkeypatch
         from_onnx(chunk_model(batch="N"))
     message = str(err.value)
     assert "Conv '/stage2/stage2.0/branch2/branch2.0/Conv'" in message and "'N'" in message
-    assert "pass batch=N" in message and "--batch" not in message  # no such CLI flag for a model
+    # the flag that fixes it (once it named `--batch`, which is trials per batch on the CLI)
+    assert "--model-batch N" in message and " --batch" not in message
     assert from_onnx(chunk_model(batch="N"), batch=3)[0].workload.n == 3
 
     monkeypatch.setattr(model_import, "_fold_shape_arithmetic", lambda onnx, model, shapes: (model, 0))

@@ -92,7 +92,7 @@ def test_onnx_layers_merged_counted_and_padded_as_onnx_means(tmp_path):
 
 def test_onnx_refusals():
     onnx, model = tiny_onnx()
-    with pytest.raises(ModelError, match="dynamic shape .*'N'.*pass batch=N"):
+    with pytest.raises(ModelError, match="dynamic shape .*'N'.*--model-batch N"):
         from_onnx(model)
     assert from_onnx(model, batch=2)[0].workload.n == 2
     from onnx import TensorProto, helper

@@ -471,3 +471,32 @@ def test_a_record_write_that_did_not_reach_the_disk_stops_the_run(tmp_path, monk
     with pytest.raises(RecordsError, match=r"1 of 3 trial records did not reach the disk .*the 2 on disk are safe"):
         tune([Task(parse_spec("h=8,ci=8,co=8,k=3,pad=1"), "direct")], resolve_target("x86"), str(tmp_path), 3,
              SearchOptions(measure=quick, trials_per_iter=3, seed=1, quiet=True))
+
+
+def test_a_lost_write_stops_the_run_at_the_batch_that_lost_it(tmp_path, monkeypatch):
+    """Checked after every batch, not only at the end: the second batch is never measured once the
+    first lost a record, and the error says what is safe."""
+    from schedules.workload import parse_spec
+    from tuning.records import RecordsError, layer_directory
+    from tuning.search import plugins
+    from tuning.search.measure import MeasureConfig
+    from tuning.search.tune import SearchOptions, tune
+    from tuning.target import resolve_target
+    from tuning.task import Task
+
+    wl, target = parse_spec("h=8,ci=8,co=8,k=3,pad=1"), resolve_target("x86")
+    path = os.path.join(layer_directory(str(tmp_path), target, wl), "database_tuning_record.json")
+    real_report, batches = plugins.Progress.report, []
+
+    def report(self, task_id, seconds):
+        real_report(self, task_id, seconds)
+        batches.append(len(seconds))
+        lines = open(path).read().splitlines(keepends=True)
+        open(path, "w").write("".join(lines[:-1]))  # the disk filled before the batch's last append
+
+    monkeypatch.setattr(plugins.Progress, "report", report)
+    quick = MeasureConfig(number=1, repeat=2, min_repeat_ms=5)
+    with pytest.raises(RecordsError, match=r"1 of 3 trial records did not reach the disk .*the 2 on disk are safe"):
+        tune([Task(wl, "direct")], target, str(tmp_path), 9,
+             SearchOptions(measure=quick, trials_per_iter=3, seed=1, quiet=True))
+    assert batches == [3]

@@ -88,10 +88,12 @@ class Progress:
             print(file=self.stream, flush=True)
 
 
-def progress_hooks(progress: Progress, failure_logs: list[str]) -> Hooks:
+def progress_hooks(progress: Progress, failure_logs: list[str], disk_checks: list | None = None) -> Hooks:
     """The scheduler's hooks: a line when a task starts; after each batch the progress line, and
     why each failed trial failed (MetaSchedule keeps only its 'failed' time) in
-    `failure_logs[task]` (a network run keeps each layer's in its directory)."""
+    `failure_logs[task]` (a network run keeps each layer's in its directory). `disk_checks[task]`
+    (its records' `check_on_disk`) runs after each batch: TVM's appends report no failed write, so a
+    full disk stops the run at the batch it first lost, naming the file and what is safe."""
 
     def started(task_id: int, seconds: float, words: str) -> None:
         progress.note(task_id, f"started in {seconds:.1f} s" + (f": {words}" if words else ""))
@@ -112,6 +114,8 @@ def progress_hooks(progress: Progress, failure_logs: list[str]) -> Hooks:
             with open(failure_logs[task_id], "a") as f:
                 f.write("".join(json.dumps(x) + "\n" for x in failures))
         progress.report(task_id, seconds)
+        if disk_checks:
+            disk_checks[task_id]()
 
     return Hooks(started=started, measured=measured)
 

@@ -199,7 +199,8 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
                     weights=[float(pairs[i][0].count) for i in todo],
                     failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG)
                                   for i in todo],
-                    names=names, options=options, runner=runner, stop=stop)
+                    names=names, options=options, runner=runner, stop=stop,
+                    disk_checks=[stores[pairs[i][0].workload].check_on_disk for i in todo])
     finally:
         progress.end()
     return progress.done, budget
@@ -222,7 +223,8 @@ def budget_warning(budget: int, labels: list[str], total: int | None, recorded: 
 
 def _run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
                 max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
-                names: list[str], options: SearchOptions, runner, stop: StopFlag | None = None) -> None:
+                names: list[str], options: SearchOptions, runner, stop: StopFlag | None = None,
+                disk_checks: list | None = None) -> None:
     """The scheduler loop over `todo` with convtune's builder, runner, cost model and hooks;
     `database` receives every trial as it is measured. (`work_dir`: where `database` writes.)"""
     transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
@@ -272,7 +274,7 @@ def _run_search(todo: list[Task], target: Target, work_dir: str, database, progr
         run_tasks([TaskRun(starter(i), weights[i]) for i in range(len(todo))], budget=budget,
                   max_trials_per_task=max_trials_per_task, trials_per_iter=trials_per_iter,
                   builder=measure.builder(target, config), runner=runner, database=database, cost_model=cost,
-                  stop=stop or StopFlag(), hooks=progress_hooks(progress, failure_logs), seed=seed,
+                  stop=stop or StopFlag(), hooks=progress_hooks(progress, failure_logs, disk_checks), seed=seed,
                   runner_workers=getattr(runner, "workers", 1))
     finally:
         if own_runner:
