@@ -295,9 +295,6 @@ def format_estimate(estimate: dict) -> str:
 
 
 # -- a whole model, end to end ---------------------------------------------------------------------------
-MODEL_CONTENDERS = ("convtune", "onnxruntime", "torch-channels_last", "tvm-static_shape_tuning")
-
-
 def _onnx_bytes(graph) -> bytes | None:
     source = graph.source
     if source["kind"] == "onnx":
@@ -386,19 +383,12 @@ def layer_split(side: dict, target: Target, logs: str, min_repeat_ms: float = 50
     function, prepared weights), times its count. The model's time less their sum is what the
     rest of the graph (pools, classifier, transposes) costs."""
     from schedules.reference import epilogue_inputs
-    from schedules.workload import Workload as _Workload
 
-    from .deploy.library import Choice, choose
-    from .task import Task
+    from .deploy.model import layer_choices
 
-    rows: dict = {}
-    for layer in side["layers"]:
-        rows.setdefault(layer["spec"], {**layer, "count": 0})["count"] += 1
     out = []
-    for row in rows.values():
-        wl = _Workload.from_dict(row["workload"])
-        task = Task(wl, row["algorithm"], target.machine)
-        choice = choose(wl, row["algorithm"], target, logs) if task.generated else Choice(task, None, row["config"])
+    for row, count, choice in layer_choices(side, target, logs):
+        wl = choice.task.workload
         kernel = in_memory_kernel(choice, target, layer_name=row["name"])
         tensors = kernel.tensors(*random_inputs(wl), epilogue_inputs(wl))
         kernel.prepare(tensors)
@@ -411,8 +401,8 @@ def layer_split(side: dict, target: Target, logs: str, min_repeat_ms: float = 50
         weight_bytes = sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize
                            for a in kernel.args(kernel.run_function) if a["name"] not in ("data", "out", "residual", "col"))
         out.append({"layer": row["name"], "spec": row["spec"], "algorithm": row["algorithm"], "tuned": row["tuned"],
-                    "count": row["count"], "ms": ms, "total_ms": ms * row["count"], "cold_ms": cold,
-                    "cold_total_ms": cold * row["count"], "weight_mb": weight_bytes / 1e6,
+                    "count": count, "ms": ms, "total_ms": ms * count, "cold_ms": cold,
+                    "cold_total_ms": cold * count, "weight_mb": weight_bytes / 1e6,
                     "gflops": wl.flops / (ms / 1e3) / 1e9})
     return out
 
@@ -460,14 +450,12 @@ def bench_model(graph, target: Target, logs: str, algorithm: str = "auto", round
 def convtune_trials(side: dict, target: Target, logs: str) -> int:
     """Trials behind the model's kernels: the records of each distinct layer (its bare conv's
     where it was built from those), what an equal-budget rival gets."""
-    from schedules.workload import Workload as _Workload
-
     from .records import LayerRecords
     from .task import tasks_for
 
     seen, total = set(), 0
     for row in side["layers"]:
-        wl = _Workload.from_dict(row["workload"])
+        wl = Workload.from_dict(row["workload"])
         wl = wl.bare if row.get("record_source") == "bare conv" else wl
         if wl in seen:
             continue

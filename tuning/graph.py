@@ -28,7 +28,7 @@ import numpy as np
 
 from schedules.workload import Epilogue, Workload, WorkloadError
 
-from .model_import import ModelError, _onnx_module_path, _positional_name
+from .model_import import ModelError, _onnx_module_path, _positional_name, read_onnx
 from .networks import Layer, distinct_layers
 
 MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
@@ -90,15 +90,7 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> M
     """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
     suffix = os.path.splitext(source)[1].lower()
     if suffix == ".onnx":
-        if not os.path.exists(source):
-            raise ModelError(source, "no such file")
-        import onnx
-
-        try:
-            model = onnx.load(source)
-        except Exception as err:  # noqa: BLE001 - protobuf raises several types
-            raise ModelError(source, f"not an ONNX model: {err}") from None
-        mod, names = _from_onnx(source, model, batch)
+        mod, names = _from_onnx(source, read_onnx(source), batch)
         kind = {"kind": "onnx", "path": os.path.abspath(source)}
     elif suffix == ".pt2":
         if batch is not None:

@@ -101,6 +101,17 @@ def _import_onnx():
     return onnx
 
 
+def read_onnx(path: str):
+    """An ONNX file as a ModelProto, or ModelError naming the file and why not."""
+    onnx = _import_onnx()
+    if not os.path.exists(path):
+        raise ModelError(path, "no such file")
+    try:
+        return onnx.load(path)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types
+        raise ModelError(path, f"not an ONNX model: {err}") from None
+
+
 def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
     """The conv layers of an ONNX model (a path or a ModelProto). `batch` fixes a symbolic batch
     dimension of the graph inputs (ONNX exports often leave it dynamic).
@@ -112,12 +123,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
     onnx = _import_onnx()
     label = model if isinstance(model, str) else (network or model.graph.name or "model")
     if isinstance(model, str):
-        if not os.path.exists(model):
-            raise ModelError(model, "no such file")
-        try:
-            model = onnx.load(model)
-        except Exception as err:  # noqa: BLE001 - protobuf raises several types
-            raise ModelError(label, f"not an ONNX model: {err}") from None
+        model = read_onnx(model)
         network = network or os.path.splitext(os.path.basename(label))[0]
     network = network or label
     if batch is not None:

@@ -84,14 +84,20 @@ def sidecar_path(library_path: str) -> str:
     return os.path.splitext(library_path)[0] + ".json"
 
 
-def read_sidecar(library_path: str) -> dict:
+def load_sidecar_json(library_path: str):
+    """(path, parsed JSON) of the sidecar beside a library (a kernel's or a model's), or LibraryError."""
     path = sidecar_path(library_path)
     if not os.path.exists(path):
         raise LibraryError(f"{library_path}: no sidecar {path} beside it (it says what the library computes)")
     try:
-        side = json.load(open(path))
+        with open(path) as f:
+            return path, json.load(f)
     except json.JSONDecodeError as err:
         raise LibraryError(f"{path}: not valid JSON: {err}") from None
+
+
+def read_sidecar(library_path: str) -> dict:
+    path, side = load_sidecar_json(library_path)
     lib = side.get("library") if isinstance(side, dict) else None
     if lib and (not isinstance(lib, str) or os.path.basename(lib) != lib):
         raise LibraryError(f"{path}: 'library' must be a file name beside the sidecar, got {lib!r}")
