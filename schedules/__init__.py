@@ -10,7 +10,7 @@ import importlib
 
 from .template import Algorithm, Unsupported
 
-MODULES = ("direct", "im2col", "spatial_pack", "winograd", "indirect", "depthwise")
+MODULES = ("direct", "im2col", "spatial_pack", "winograd", "indirect", "depthwise", "grouped")
 
 
 def _load() -> dict[str, Algorithm]:
