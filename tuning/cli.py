@@ -272,13 +272,11 @@ def cmd_compile(args) -> int:
 
 def _model_library(path: str):
     from .deploy.model import ModelLibrary, read_model_sidecar
-    from .target import set_threads
 
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
     side = read_model_sidecar(path)
-    set_threads(int(side.get("threads", 1)))
-    return ModelLibrary.load(path, side)
+    return ModelLibrary.load(path, side)  # with the sidecar's threads, unpinned (tuning/deploy/loader.py)
 
 
 def _is_model(path: str) -> bool:
@@ -370,13 +368,12 @@ def cmd_verify(args) -> int:
     side = read_sidecar(args.library)
     session = _rpc_session(args, side)
     if session is None:
-        from .target import host_arch, set_threads, sidecar_arch
+        from .target import host_arch, sidecar_arch
 
         arch = sidecar_arch(side)
         if arch and arch != host_arch():
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
-        set_threads(int(side.get("threads", 1)))
-        kernel = Kernel.load(args.library, side)
+        kernel = Kernel.load(args.library, side)  # with the sidecar's threads, unpinned
     else:
         from .remote.session import load_library
 
@@ -747,6 +744,10 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.emulator import EmulatorError
     from .target import LibraryError, TargetError
 
+    # A library that will not run as built (tuning/deploy/loader.py) says so in one line.
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest: f"convtune {args.command}: warning: {message}\n"
     try:
         _check_args(args)
         return args.func(args)
