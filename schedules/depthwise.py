@@ -31,6 +31,9 @@ from .workload import Workload
 
 NAME = "depthwise"
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 def depthwise_compute(wl: Workload, data: te.Tensor, weight: te.Tensor) -> te.Tensor:
     src = padded(wl, data)
@@ -92,6 +95,7 @@ def check(wl: Workload) -> None:
 
 
 ALGORITHM = Algorithm(
+    template_version=TEMPLATE_VERSION,
     name=NAME,
     layouts=("NHWC", "NCHW"),
     description="depthwise convolution: register tile over width x channel vector, kernel loops unrolled",

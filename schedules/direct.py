@@ -14,6 +14,9 @@ from tvm import s_tir, te, tirx
 from .template import Algorithm, Knobs, Phase, epilogue, has_block, phase, register_tile
 from .workload import Workload
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 def padded(wl: Workload, data: te.Tensor) -> te.Tensor:
     """Zero-padded input (a separate stage, so templates can place it), or the input itself."""
@@ -127,6 +130,7 @@ def check(wl: Workload) -> None:
 
 
 ALGORITHM = Algorithm(
+    template_version=TEMPLATE_VERSION,
     name="direct",
     layouts=("NHWC", "NCHW"),
     description="seven-loop direct convolution, register-tiled, vectorised along the contiguous output axis",

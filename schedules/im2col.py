@@ -48,6 +48,9 @@ NAME = "im2col"
 VECTOR = (16, 8)  # vector widths of the N axis: AVX-512 (two AVX2 registers), or one AVX2 one
 NCHW_ROWS = 4  # output channels per NCHW weight panel: the rows one panel adds to the tile
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 def weight_panel(wl: Workload) -> int:
     """Output channels per weight panel (NHWC: the vector; NCHW: broadcast rows)."""
@@ -281,6 +284,7 @@ def check(wl: Workload) -> None:
 
 
 ALGORITHM = Algorithm(
+    template_version=TEMPLATE_VERSION,
     name=NAME,
     layouts=("NHWC", "NCHW"),
     description="im2col + GEMM (Caffe): the input unfolded into a matrix, packed weight panels, tiled GEMM",

@@ -73,6 +73,9 @@ from .workload import Workload
 NAME = "indirect"
 INDEX_DTYPE = "int32"
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 def channel_block(co: int) -> int:
     """NB, the output channels of one packed weight block and one vector of the micro-kernel: a
@@ -237,6 +240,7 @@ def check(wl: Workload) -> None:
 
 
 ALGORITHM = Algorithm(
+    template_version=TEMPLATE_VERSION,
     name=NAME,
     layouts=("NHWC",),
     description="indirect convolution (QNNPACK): M x N micro-kernel GEMM reading input rows through an "

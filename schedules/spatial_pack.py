@@ -64,6 +64,9 @@ FLOAT_BYTES = 4
 # Spatial tiles the default config wants per thread: two, so that uneven tiles still balance.
 TILES_PER_THREAD = 2
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 # -- the article's arithmetic ------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ def check(wl: Workload) -> None:
 
 
 ALGORITHM = Algorithm(
+    template_version=TEMPLATE_VERSION,
     name=NAME,
     layouts=("NHWC", "NCHW"),
     description="spatial pack: output split into tiles, each tile's input+halo packed contiguously, "

@@ -230,6 +230,11 @@ class Algorithm:
     # how many times fewer multiplications than the direct algorithm it does (Winograd: 9 / its
     # multiplications per output): the most its rate in direct-algorithm FLOP/s can exceed the peak
     multiplication_saving: float = 1.0
+    # Raised by hand whenever the template or its default config changes what a config builds:
+    # records made under another version are set aside (the tuned function carries the version
+    # from 2 on, so they are another workload in the database; version 1 is the unmarked function
+    # every record before versions had, shipped records included).
+    template_version: int = 1
 
     def __post_init__(self):
         # Every caller (search spaces, replay, default configs) schedules through this field: the

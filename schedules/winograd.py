@@ -65,6 +65,9 @@ from .workload import Workload
 KERNEL = 3
 TILES = (2, 4, 6)
 
+# Raise when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
+
 
 def multiplications_per_output(m: int, r: int = KERNEL) -> float:
     """Multiplications per output of 2-D F(m x m, r x r) in the GEMMs: alpha^2 / m^2 (m=1: direct, r^2)."""
@@ -376,6 +379,7 @@ def make_algorithm(m: int) -> Algorithm:
     name = f"winograd-f{m}"
 
     return Algorithm(
+        template_version=TEMPLATE_VERSION,
         name=name,
         layouts=("NHWC",),
         description=(f"Winograd F({m}x{m},3x3): {(m + 2) ** 2} multiplications per {m * m} outputs "

@@ -201,7 +201,8 @@ def format_table(rows: list[dict], peak: float | None) -> str:
         cells = []
         for k in keys:
             r = row["results"].get(k)
-            cells.append(f"{r['gflops']:.1f} ({r['min_ms']:.3f}-{r['max_ms']:.3f})" if r else "-")
+            flag = f" SPREAD {r['spread']:.2f}x" if r and r.get("flagged") else ""
+            cells.append(f"{r['gflops']:.1f} ({r['min_ms']:.3f}-{r['max_ms']:.3f}){flag}" if r else "-")
         speed = f"{row['speedup_vs_onednn']:.2f}x" if "speedup_vs_onednn" in row else "-"
         rival = f"{row['speedup_vs_best_rival']:.2f}x ({row['best_rival']})" if "best_rival" in row else "-"
         pct = f"{100 * row['results']['convtune']['gflops'] / peak:.0f}%" if peak else "-"
@@ -489,3 +490,139 @@ def format_model_bench(result: dict) -> str:
         lines.append(f"rest of the model: end to end - convs {split['rest_ms']:.3f} ms; - convs with cold weights "
                      f"{split['rest_after_cold_ms']:.3f} ms (pools, classifier, transposes, the VM, cold activations)")
     return "\n".join(lines)
+
+
+# -- every contender in its own fresh processes ------------------------------------------------------
+# A number taken inside one process can be a property of that process: beside another runtime's
+# thread pool a TVM kernel ran at exactly half speed in some processes and not in others (a Zen 4,
+# docs/performance.md). So each contender runs as a user deploys it, alone in a fresh process
+# (convtune's library loaded from its .so through tuning.deploy.load), several processes each,
+# contenders alternating; the spread across processes is reported, not averaged away.
+PROCESS_SECONDS = 1.5  # timing budget of one process
+SPREAD_FLAG = 1.3  # processes of one contender further apart than this are flagged
+PROCESS_CONTENDERS = ("convtune", *RIVALS, "numpy-im2col")
+
+
+def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
+    """(call, thread settings) of one contender, built in this (fresh) process."""
+    data, weight = random_inputs(wl)
+    if key == "convtune":
+        import tvm  # noqa: PLC0415
+
+        from .deploy.kernel import Kernel, read_sidecar  # noqa: PLC0415
+        from .deploy.loader import load, pool_settings  # noqa: PLC0415
+
+        kernel = Kernel(load(library), read_sidecar(library), tvm.cpu(0))
+        tensors = kernel.tensors(data, weight)
+        kernel.prepare(tensors)
+        run, args = kernel.module[kernel.run_function], [tensors[a["name"]] for a in kernel.args(kernel.run_function)]
+        settings = pool_settings()
+        return (lambda: run(*args)), {"tvm_threads": settings["threads"], "tvm_binding": settings["binding"]}
+    if key.startswith("torch"):
+        import torch  # noqa: PLC0415
+
+        return torch_calls(wl, data, weight, threads)[key], {"torch_threads": torch.get_num_threads()}
+    if key == "onnxruntime":
+        return onnxruntime_call(wl, data, weight, threads)[key], {"ort_intra_op_threads": threads}
+    return numpy_im2col_call(wl, data, weight), {"blas_threads": threads}
+
+
+def child_main(argv: list[str]) -> int:
+    """`python -m tuning.bench CONTENDER SPEC THREADS SECONDS [LIBRARY]`: one JSON line, the
+    median seconds per call over this process's timing budget and the thread settings."""
+    from schedules.workload import parse_spec  # noqa: PLC0415
+
+    key, spec, threads, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
+    call, settings = _contender_call(key, parse_spec(spec), threads, argv[4] if len(argv) > 4 else None)
+    with blas_threads(threads):
+        time_call(call, WARMUP_MS)
+        samples, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            samples.append(time_call(call, 20.0))
+    import json  # noqa: PLC0415
+
+    print(json.dumps({"seconds": statistics.median(samples), "samples": len(samples), "settings": settings}))
+    return 0
+
+
+def process_summary(medians_s: list[float], flops: int) -> dict:
+    """min / median / max of the per-process medians; `flagged` when they disagree by more than
+    SPREAD_FLAG (a process-level effect: thread pools, placement)."""
+    mid = statistics.median(medians_s)
+    spread = max(medians_s) / min(medians_s)
+    return {"median_ms": mid * 1e3, "min_ms": min(medians_s) * 1e3, "max_ms": max(medians_s) * 1e3,
+            "process_medians_ms": [m * 1e3 for m in medians_s], "spread": spread, "flagged": spread > SPREAD_FLAG,
+            "gflops": flops / mid / 1e9}
+
+
+def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, algorithm: str = "auto",
+                          processes: int = 3, seconds: float = PROCESS_SECONDS, rivals: bool = True) -> dict:
+    """`bench_layer`, each contender in `processes` fresh processes of `seconds` of timing each,
+    contenders alternating process by process."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from .deploy.library import export  # noqa: PLC0415
+
+    choice = choose(wl, algorithm, target, logs)
+    folder = tempfile.mkdtemp(prefix="convtune-bench-")
+    library = os.path.join(folder, "layer.so")
+    export(choice, target, library, layer_name=name, warn=False)
+    keys = ["convtune"]
+    if rivals:
+        keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # as a user runs it: no TVM variables (the loader applies the library's own settings)
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    medians, settings = {k: [] for k in keys}, {}
+    for _ in range(processes):
+        for key in keys:
+            done = subprocess.run([sys.executable, "-m", "tuning.bench", key, wl.spec, str(target.threads),
+                                   str(seconds), library], capture_output=True, text=True, env=env, timeout=600)
+            if done.returncode:
+                raise RuntimeError(f"{key} process failed: {done.stderr.strip().splitlines()[-1:]}")
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[key].append(out["seconds"])
+            settings[key] = out["settings"]
+    row = {"layer": name, "spec": wl.spec, "layout": wl.layout, "flops": wl.flops,
+           "algorithm": choice.task.algorithm, "tuned": choice.tuned, "timed_function": choice.task.template.run_function,
+           "processes": processes, "process_seconds": seconds, "settings": settings,
+           "results": {k: process_summary(v, wl.flops) for k, v in medians.items()}}
+    torch_keys = [k for k in row["results"] if k.startswith("torch")]
+    if torch_keys:
+        best = min(torch_keys, key=lambda k: row["results"][k]["median_ms"])
+        row["onednn_best"] = best
+        row["speedup_vs_onednn"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
+    rival_keys = [k for k in row["results"] if k in RIVALS]
+    if rival_keys:
+        best = min(rival_keys, key=lambda k: row["results"][k]["median_ms"])
+        row["best_rival"] = best
+        row["speedup_vs_best_rival"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
+    return row
+
+
+def _available(key: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    need = {"torch-nchw": "torch", "torch-channels_last": "torch", "onnxruntime": "onnxruntime",
+            "numpy-im2col": "numpy"}[key]
+    return importlib.util.find_spec(need) is not None and (key != "onnxruntime" or importlib.util.find_spec("onnx"))
+
+
+def format_settings(rows: list[dict]) -> str:
+    """The thread settings each contender's processes ran with, printed beside the numbers."""
+    seen = {}
+    for row in rows:
+        for key, s in row.get("settings", {}).items():
+            seen.setdefault(key, s)
+    return "; ".join(f"{k}: " + ", ".join(f"{n}={v}" for n, v in s.items()) for k, s in seen.items())
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(child_main(sys.argv[1:]))

@@ -272,13 +272,11 @@ def cmd_compile(args) -> int:
 
 def _model_library(path: str):
     from .deploy.model import ModelLibrary, read_model_sidecar
-    from .target import set_threads
 
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
     side = read_model_sidecar(path)
-    set_threads(int(side.get("threads", 1)))
-    return ModelLibrary.load(path, side)
+    return ModelLibrary.load(path, side)  # with the sidecar's threads, unpinned (tuning/deploy/loader.py)
 
 
 def _is_model(path: str) -> bool:
@@ -370,13 +368,12 @@ def cmd_verify(args) -> int:
     side = read_sidecar(args.library)
     session = _rpc_session(args, side)
     if session is None:
-        from .target import host_arch, set_threads, sidecar_arch
+        from .target import host_arch, sidecar_arch
 
         arch = sidecar_arch(side)
         if arch and arch != host_arch():
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
-        set_threads(int(side.get("threads", 1)))
-        kernel = Kernel.load(args.library, side)
+        kernel = Kernel.load(args.library, side)  # with the sidecar's threads, unpinned
     else:
         from .remote.session import load_library
 
@@ -386,9 +383,11 @@ def cmd_verify(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import (
+        SPREAD_FLAG,
         bar_chart,
         bench_layer,
         environment,
+        format_settings,
         format_table,
         geomean,
         write_json,
@@ -430,19 +429,33 @@ def cmd_bench(args) -> int:
         else:
             items.append(resolve(text, args.layout))
     env = environment(target)
+    if not args.in_process and args.processes < 3:
+        raise UsageError(f"--processes: at least 3 (the spread across processes is the point), got {args.processes}")
     rows = []
     for name, wl in items:
         print(f"benchmarking {name} ...", file=sys.stderr)
-        rows.append(bench_layer(name, wl, target, args.logs, args.algorithm, rounds=args.rounds,
-                                min_repeat_ms=args.min_repeat_ms, rivals=not args.no_rivals))
+        if args.in_process:
+            rows.append(bench_layer(name, wl, target, args.logs, args.algorithm, rounds=args.rounds,
+                                    min_repeat_ms=args.min_repeat_ms, rivals=not args.no_rivals))
+        else:
+            from .bench import bench_layer_processes
+
+            rows.append(bench_layer_processes(name, wl, target, args.logs, args.algorithm, processes=args.processes,
+                                              seconds=args.process_seconds, rivals=not args.no_rivals))
     table = format_table(rows, env["fp32_peak_gflops"])
     ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
     rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
     print(table)
     peak = env["fp32_peak_gflops"]
+    how = (f"median of {args.rounds} rounds in this process, each >= {args.min_repeat_ms:.0f} ms of back-to-back calls"
+           if args.in_process else
+           f"each contender in {args.processes} fresh processes ({args.process_seconds:g} s of calls each, "
+           f"contenders alternating): median (min-max) of the per-process medians; SPREAD: processes disagree "
+           f"by more than {SPREAD_FLAG}x")
     print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
-          f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; median of {args.rounds} rounds, "
-          f"each >= {args.min_repeat_ms:.0f} ms of back-to-back calls.")
+          f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
+    if not args.in_process:
+        print(f"threads: {format_settings(rows)}")
     if ratios:
         print(f"geomean speed-up over oneDNN (the better PyTorch layout per layer): {geomean(ratios):.2f}x")
     if rival_ratios:
@@ -686,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
+    p.add_argument("--processes", type=int, default=3, metavar="N",
+                   help="layers: fresh processes per contender, contenders alternating (default 3, at least 3)")
+    p.add_argument("--process-seconds", type=float, default=1.5, help="timing budget of one process (default 1.5)")
+    p.add_argument("--in-process", action="store_true",
+                   help="layers: every contender in this one process, interleaved by --rounds (the old way)")
     p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
     _add_model(p, "end-to-end latency of the compiled model against ONNX Runtime, PyTorch and TVM")
     p.add_argument("--tvm-trials", type=int, default=None, metavar="N",
@@ -747,6 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     from .remote.emulator import EmulatorError
     from .target import LibraryError, TargetError
 
+    # A library that will not run as built (tuning/deploy/loader.py) says so in one line.
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest: f"convtune {args.command}: warning: {message}\n"
     try:
         _check_args(args)
         return args.func(args)

@@ -488,6 +488,16 @@ class LayerRecords:
             out.append(record)
         return sorted(out, key=lambda rec: rec.seconds)[:k]
 
+    def find(self, task: Task, wanted: str) -> Record | None:
+        """The record of `task` whose trace has id `wanted`, if measured, for this target, not rejected."""
+        rejected = self.rejected()
+        for r in self._records(task):
+            median = median_seconds(r.run_secs)
+            if (median is not None and self._same_target(r) and trace_id(r.trace) == wanted
+                    and wanted not in rejected):
+                return Record(median, r.trace, task.algorithm)
+        return None
+
     def best(self, task: Task) -> Record | None:
         top = self.top(task, 1)
         return top[0] if top else None
@@ -535,7 +545,7 @@ class LayerRecords:
         algorithms = info.get("algorithms")
         algorithms = info["algorithms"] = algorithms if isinstance(algorithms, dict) else {}
         for t in tasks:
-            algorithms[t.algorithm] = {"knobs": t.knob_names}
+            algorithms[t.algorithm] = {"knobs": t.knob_names, "template_version": t.template_version}
         write_json_atomic(path, info)
 
 

@@ -53,7 +53,14 @@ class Task:
         """The tuned function; tagged with the algorithm so that records of different algorithms
         over the same compute (direct and ms-auto) are different workloads in the database."""
         func = self.template.functions(self.workload)[self.template.run_function].func
-        return func.with_attr("convtune.algorithm", self.algorithm)
+        func = func.with_attr("convtune.algorithm", self.algorithm)
+        # A changed template makes another workload: records of the old one are set aside, not trusted.
+        version = self.template_version
+        return func.with_attr("convtune.template_version", version) if version > 1 else func
+
+    @property
+    def template_version(self) -> int:
+        return self.template.template_version
 
     @cached_property
     def mod(self) -> tvm.IRModule:

@@ -26,7 +26,7 @@ from schedules.workload import WorkloadError
 
 from ..files import write_json_atomic
 from ..networks import Layer
-from ..target import Target, host_arch, set_threads, sidecar_arch
+from ..target import Target, host_arch, sidecar_arch
 from .kernel import Kernel, LibraryError, check_sidecar, sidecar_path
 from .library import choose, export
 from .verify import Check, print_checks, verify
@@ -142,7 +142,6 @@ def verify_bundle(out_dir: str, seed: int = 0) -> list[tuple[str, list[Check]]]:
     arch = sidecar_arch(manifest)
     if arch and arch != host_arch():
         raise BundleError(f"{out_dir} is built for {arch}; verify it on such a device")
-    set_threads(int(manifest.get("threads", 1)))
     checked: dict[str, list[Check]] = {}
     results = []
     for entry in manifest["layers"]:

@@ -7,7 +7,6 @@ functions fill once; the run function is then called per input.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -15,7 +14,8 @@ import tvm
 
 from schedules.workload import Workload, WorkloadError
 
-from ..target import LibraryError, check_arch, host_arch
+from ..target import LibraryError
+from .loader import load_module, load_sidecar_json, sidecar_path  # noqa: F401 - sidecar_path: kernel's callers
 
 USER_TENSORS = ("data", "weight", "bias", "residual", "out")
 
@@ -32,9 +32,7 @@ class Kernel:
         """Load `path` in this process. (A library for a remote device is loaded there by
         `tuning.remote.session.load_library`, then wrapped as `Kernel(module, side, session.cpu(0))`.)"""
         side = side or read_sidecar(path)
-        # a library of another architecture: a message, not a dlopen error
-        check_arch(path, host_arch(), "this host", ", or run it on a device with --rpc-tracker/--rpc")
-        return cls(tvm.runtime.load_module(path), side, tvm.cpu(0))
+        return cls(load_module(path, side), side, tvm.cpu(0))
 
     @property
     def run_function(self) -> str:
@@ -77,23 +75,6 @@ class Kernel:
                                        f_preproc="cache_flush_cpu_non_first_arg" if cold else "")
         args = [tensors[a["name"]] for a in self.args(self.run_function)]
         return lambda: f(*args).results
-
-
-def sidecar_path(library_path: str) -> str:
-    """Where a library's sidecar lives: beside it, same name, `.json`."""
-    return os.path.splitext(library_path)[0] + ".json"
-
-
-def load_sidecar_json(library_path: str):
-    """(path, parsed JSON) of the sidecar beside a library (a kernel's or a model's), or LibraryError."""
-    path = sidecar_path(library_path)
-    if not os.path.exists(path):
-        raise LibraryError(f"{library_path}: no sidecar {path} beside it (it says what the library computes)")
-    try:
-        with open(path) as f:
-            return path, json.load(f)
-    except json.JSONDecodeError as err:
-        raise LibraryError(f"{path}: not valid JSON: {err}") from None
 
 
 def read_sidecar(library_path: str) -> dict:

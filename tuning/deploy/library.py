@@ -18,11 +18,12 @@ from tvm.support import cc
 
 from schedules import get_algorithm
 from schedules.machine import host_machine
+from schedules.reference import epilogue_inputs, random_inputs
 from schedules.template import config_from_trace
 from schedules.workload import Workload
 
 from ..files import write_json_atomic
-from ..records import LayerRecords, Record
+from ..records import LayerRecords, Record, RecordsError, median_seconds, trace_id
 from ..target import Target
 from ..task import Task, tasks_for
 from .kernel import Kernel, sidecar_path
@@ -72,8 +73,13 @@ def _choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
     candidates = tasks_for(wl, algorithm, machine) + (_generated(wl, machine) if algorithm == "auto" else [])
     best: tuple[Task, Record] | None = None
     if store is not None:
-        for task in candidates:
-            record = store.best(task)
+        records = [(task, store.best(task)) for task in candidates]
+        if any(record for _, record in records) and target.is_host:
+            # Records never make a layer slower: each template's untuned default competes too,
+            # measured once here and kept as a record (the default of another machine, or a
+            # board's, is not measurable here: records alone decide there).
+            records += [(task, default_record(store, task, target)) for task in candidates if not task.generated]
+        for task, record in records:
             if record and (best is None or record.seconds < best[1].seconds):
                 best = (task, record)
     if best is None:
@@ -82,6 +88,40 @@ def _choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
     task, record = best
     config = None if task.generated else config_from_trace(record.trace, task.knob_names)
     return Choice(task, record, config)
+
+
+# how a default config is timed: MeasureConfig's defaults (tuning/search/measure.py), as its records were
+DEFAULT_NUMBER, DEFAULT_REPEAT, DEFAULT_MIN_REPEAT_MS = 3, 5, 50
+
+
+def default_record(store: LayerRecords, task: Task, target: Target) -> Record | None:
+    """The template's default config as a record: found in the layer's records by its trace, or
+    built, timed (run function, prepared state) and committed to them; None when it cannot be built."""
+    trace = task.default_trace()
+    found = store.find(task, trace_id(trace))
+    if found is not None:  # a search measures the default first; or an earlier compile did
+        return found
+    try:
+        kernel = in_memory_kernel(Choice(task, None, None), target)
+    except Exception as err:  # noqa: BLE001 - TVM's build errors come in several types
+        print(f"warning: {task.algorithm}'s default config for {task.workload.spec} does not build "
+              f"({str(err).splitlines()[0][:160]}): not a candidate", file=sys.stderr)
+        return None
+    tensors = kernel.tensors(*random_inputs(task.workload), epilogue_inputs(task.workload))
+    kernel.prepare(tensors)
+    run_secs = kernel.timer(tensors, DEFAULT_NUMBER, DEFAULT_REPEAT, DEFAULT_MIN_REPEAT_MS)()
+    record = Record(median_seconds(run_secs), trace, task.algorithm)
+    print(f"measured {task.algorithm}'s untuned default for {task.workload.spec}: "
+          f"{record.seconds * 1e3:.3f} ms (kept in its records)", file=sys.stderr)
+    try:
+        with store.lock():
+            store.database.commit_tuning_record(ms.database.TuningRecord(
+                trace, store.database.commit_workload(task.mod), [float(s) for s in run_secs], target.tvm,
+                ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])))
+    except (RecordsError, OSError) as err:
+        print(f"warning: {store.directory}: the measured default is not kept ({err}); it is measured again "
+              "next time", file=sys.stderr)
+    return record
 
 
 def untuned_algorithm(wl: Workload, machine=None) -> str:

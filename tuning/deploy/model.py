@@ -30,8 +30,9 @@ from tvm import relax, s_tir
 
 from ..files import write_json_atomic
 from ..graph import ConvChain, ModelGraph, ops_directory, replace_chains
-from ..target import LibraryError, Target, check_arch, host_arch
+from ..target import LibraryError, Target
 from .kernel import load_sidecar_json, sidecar_path
+from .loader import load_module
 from .library import Choice, choose, in_memory_kernel, schedule_functions
 
 MODEL_SIDECAR_VERSION = 1
@@ -396,9 +397,8 @@ class ModelLibrary:
         self.vm = relax.VirtualMachine(executable, self.device)
 
     @classmethod
-    def load(cls, path: str, side: dict) -> "ModelLibrary":
-        check_arch(path, host_arch(), "this host", "")
-        return cls(tvm.runtime.load_module(path), side)
+    def load(cls, path: str, side: dict, threads: int | None = None) -> "ModelLibrary":
+        return cls(load_module(path, side, threads), side)
 
     @property
     def input_names(self) -> list[str]:

@@ -1,0 +1,47 @@
+"""Records never make a layer slower: every applicable template's untuned default competes with
+the records (measured once, then kept as a record), and a record of a changed template is set aside."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from schedules import get_algorithm
+from schedules.workload import parse_spec
+from tuning.deploy.library import choose
+from tuning.records import LayerRecords
+from tuning.task import Task
+
+from .support.records import write_record
+
+LAYER = "h=14,w=14,ci=16,co=16,k=3,pad=1"
+
+
+def test_a_record_worse_than_another_algorithms_default_loses_to_it(tmp_path, target, capsys):
+    wl = parse_spec(LAYER)
+    logs = str(tmp_path / "logs")
+    # one poor record: direct at a random config, 0.5 s a call (any default is far faster)
+    write_record(logs, target, wl, "direct", seconds=0.5, seed=7)
+    choice = choose(wl, "auto", target, logs)
+    said = capsys.readouterr().err
+    assert choice.tuned and choice.record.seconds < 0.05, (choice.task.algorithm, choice.record.seconds)
+    assert choice.config == choice.task.default_config()
+    assert said.count("untuned default") >= 3  # every template that fits this layer was measured
+    # kept: a second choice measures nothing and picks the same
+    again = choose(wl, "auto", target, logs)
+    assert "untuned default" not in capsys.readouterr().err
+    assert again.task.algorithm == choice.task.algorithm and again.record.seconds == choice.record.seconds
+
+
+def test_a_record_of_a_changed_template_is_set_aside(tmp_path, target, monkeypatch):
+    wl = parse_spec(LAYER)
+    logs = str(tmp_path / "logs")
+    store = write_record(logs, target, wl, "direct", seconds=6e-6, seed=7)  # 150 GFLOP/s: beats the default, within the peak
+    info = json.load(open(os.path.join(store.directory, "task.json")))
+    assert info["algorithms"]["direct"]["template_version"] == 1
+    assert choose(wl, "direct", target, logs).record.seconds == pytest.approx(6e-6)
+    monkeypatch.setattr(get_algorithm("direct"), "template_version", 2)
+    assert LayerRecords.existing(logs, target, wl).best(Task(wl, "direct", target.machine)) is None
+    assert not choose(wl, "direct", target, logs).tuned  # set aside: no record of this template
