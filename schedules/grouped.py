@@ -30,6 +30,8 @@ from .template import Algorithm, Knobs, Phase, Unsupported, epilogue, phase, reg
 from .workload import Workload
 
 NAME = "grouped"
+# Bump when the template or its default config changes: older records are then set aside.
+TEMPLATE_VERSION = 1
 
 
 def functions(wl: Workload) -> dict[str, Phase]:
@@ -86,4 +88,5 @@ ALGORITHM = Algorithm(
     check=check,
     functions=functions,
     schedule=schedule,
+    template_version=TEMPLATE_VERSION,
 )

@@ -121,6 +121,17 @@ SPECS = {
         ),
         random_layers=("h=14,ci=32,co=32,k=3,stride=2,pad=1,groups=32", "h=9,w=11,ci=8,co=16,k=3,pad=1,groups=8"),
         seeds=(1, 2, 3), canonical="h=112,ci=32,co=32,k=3,pad=1,groups=32"),
+    "grouped": Spec(
+        layers=(
+            "h=8,ci=8,co=12,k=3,pad=1,groups=4",  # 2 in, 3 out per group: vectors of 1
+            "h=9,w=7,ci=16,co=32,k=3,groups=4",  # 4 in, 8 out per group: one AVX2 vector
+            "h=11,w=13,ci=12,co=48,k=3,stride=2,pad=0x1x2x1,groups=3",  # asymmetric padding, 16 out
+            "h=12,ci=8,co=8,k=3,pad=2,dilation=2,groups=2",
+            "n=2,h=7,ci=32,co=32,k=1,groups=8",  # batch 2, pointwise grouped
+            "h=10,w=6,ci=24,co=12,k=5,stride=2,pad=2,groups=6",  # more inputs than outputs per group
+        ),
+        random_layers=("h=10,ci=32,co=64,k=3,pad=1,groups=4", "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=1,groups=3"),
+        seeds=(1, 2, 3), canonical="h=56,ci=128,co=128,k=3,pad=1,groups=32", layouts=("NHWC",)),
     **{f"winograd-f{m}": _winograd(m) for m in (2, 4, 6)},
 }
 

@@ -27,11 +27,13 @@ def model_path(tmp_path_factory):
 def test_chains_carry_their_epilogues_and_names(model_path):
     graph = load_model(model_path)
     chains = graph.chains()
-    assert [c.name for c in chains] == ["stem/conv", "block/conv", "head/conv"]
+    # the classifier's Gemm (a constant weight) is a 1x1 conv over its one row
+    assert [c.name for c in chains] == ["stem/conv", "block/conv", "head/conv", "matmul0.1x16x10"]
     specs = [c.workload.spec for c in chains]
     assert specs == ["h=12,w=12,ci=3,co=8,k=3,pad=1,bias=1,act=relu",  # conv + bias + BN + relu
                      "h=12,w=12,ci=8,co=8,k=3,pad=1,bias=1,residual=1,act=relu",
-                     "h=6,w=6,ci=8,co=16,k=1,bias=1,act=relu6"]
+                     "h=6,w=6,ci=8,co=16,k=1,bias=1,act=relu6", "h=1,w=1,ci=16,co=10,k=1,bias=1"]
+    assert chains[3].shape == (1, 10) and all(c.shape is None for c in chains[:3])
     assert chains[1].residual is not None and chains[0].residual is None
     # nothing of the batch norm or the Clip is left outside the kernels
     import tvm
@@ -67,12 +69,12 @@ def test_untuned_model_compiles_runs_and_matches_onnxruntime(model_path, tmp_pat
     assert cli.main(["compile", "--model", model_path, "-o", library, "--logs", str(tmp_path / "logs")]) == 0
     captured = capsys.readouterr()
     # no records: loud, with the count and the names, and it still builds
-    assert "WARNING: 3 of 3 conv layers have no tuning record" in captured.err
+    assert "WARNING: 4 of 4 layers (convs and matmuls as 1x1 convs) have no tuning record" in captured.err
     assert "stem/conv" in captured.err
     side = json.load(open(str(tmp_path / "out" / "model.json")))
-    assert side["kind"] == "model" and side["untuned"] == ["stem/conv", "block/conv", "head/conv"]
+    assert side["kind"] == "model" and side["untuned"] == ["stem/conv", "block/conv", "head/conv", "matmul0.1x16x10"]
     assert side["inputs"] == [{"name": "input", "shape": [1, 3, 12, 12], "dtype": "float32"}]
-    assert [r["workload"].get("epilogue", {}).get("residual", False) for r in side["layers"]] == [False, True, False]
+    assert [r["workload"].get("epilogue", {}).get("residual", False) for r in side["layers"]] == [False, True, False, False]
 
     x = np.random.default_rng(3).uniform(-1, 1, (1, 3, 12, 12)).astype(np.float32)
     np.save(str(tmp_path / "x.npy"), x)
@@ -148,7 +150,8 @@ def test_prepared_weights_are_constants_not_calls(model_path, tmp_path, target):
 def test_a_model_in_nchw_keeps_onnx_layout(model_path, tmp_path, target):
     """--layout NCHW: no transposes, NCHW kernels (OIHW weights), the same answer."""
     graph = load_model(model_path, "NCHW")
-    assert all(c.workload.layout == "NCHW" for c in graph.chains())
+    # the convs keep ONNX's layout; the classifier's matmul is a 1x1 conv over rows (NHWC is its own)
+    assert all(c.workload.layout == ("NHWC" if c.shape else "NCHW") for c in graph.chains())
     assert "permute_dims" not in graph.mod["main"].script(show_meta=False)
     executable, side = build_model(graph, target, str(tmp_path))
     x = random_model_inputs(side, seed=2)

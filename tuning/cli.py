@@ -234,7 +234,7 @@ def cmd_compile(args) -> int:
         graph = _model(args)
         target = _target(args)
         out = args.output if args.output != "kernel.so" else f"build/{os.path.splitext(os.path.basename(args.model))[0]}.so"
-        print(f"compiling {args.model}: {len(graph.chains())} convs ({len(graph.layers())} distinct) with convtune's "
+        print(f"compiling {args.model}: {len(graph.chains())} convs and matmuls ({len(graph.layers())} distinct) with convtune's "
               f"kernels, the rest with TVM, for {target.tag} ...", file=sys.stderr)
         side = export_model(graph, target, args.logs, out, args.algorithm)
         warning = untuned_warning(side)
@@ -243,7 +243,7 @@ def cmd_compile(args) -> int:
         algorithms = {}
         for row in side["layers"]:
             algorithms[row["algorithm"]] = algorithms.get(row["algorithm"], 0) + 1
-        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['model']}, {len(side['layers'])} convs "
+        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['model']}, {len(side['layers'])} layers "
               f"({', '.join(f'{n} {a}' for a, n in sorted(algorithms.items(), key=lambda kv: -kv[1]))}), "
               f"{len(side['layers']) - len(side['untuned'])} tuned; other ops: {side['other_ops']}; "
               f"{side['compile_seconds']:.0f} s")
@@ -346,7 +346,7 @@ def verify_model(path: str, seed: int = 0) -> int:
         print(f"{path}: {c.output}: max abs error {c.max_error:.3g} against {engine} (tolerance {c.tolerance:.3g}: "
               f"{side['tolerance']['why']}) {'ok' if c.ok else 'MISMATCH'}")
     ok = sum(c.ok for c in checks)
-    print(f"{ok}/{len(checks)} outputs ok ({len(side['layers'])} convs, {side['model']})")
+    print(f"{ok}/{len(checks)} outputs ok ({len(side['layers'])} layers, {side['model']})")
     if ok == len(checks):
         return 0
     print(first_diverging_layer(side, seed))

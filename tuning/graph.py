@@ -49,6 +49,9 @@ class ConvChain:
     residual: object | None  # relax.Expr added after the bias
     replaced: list = field(default_factory=list)  # the relax.Vars the kernel computes, conv first
     last: object = None  # the relax.Var whose value the kernel produces
+    # A matmul by a constant [K, N] weight is a 1x1 conv over its rows: the kernel reads its input
+    # viewed as NHWC [n, h, w, K] and its output is viewed back as the matmul's shape (`shape`).
+    shape: tuple | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ModelGraph:
     layout: str
     conv_names: list[str]  # readable names of the convs, in order
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
+    matmul_names: list[str] = field(default_factory=list)  # of the MatMul/Gemm nodes, in order
     _chains: list | None = None
 
     @property
@@ -106,7 +110,7 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> M
     else:
         raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
                                   f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names, kind)
+    return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, names[1])
 
 
 def zoo_onnx(name: str, batch: int = 1):
@@ -163,15 +167,17 @@ def _from_onnx(label: str, model, batch: int | None):
             raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --model-batch N "
                                     "(its batch size) to fix it")
         shapes[value.name] = [d.dim_value for d in dims]
-    names = []
+    names, matmuls = [], []
     for node in model.graph.node:
         if node.op_type == "Conv":
             names.append(_onnx_module_path(node))
+        elif node.op_type in ("MatMul", "Gemm"):
+            matmuls.append(_onnx_module_path(node))
     try:
         mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
         raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
-    return mod, names
+    return mod, (names, matmuls)
 
 
 def _from_pt2(path: str):
@@ -183,7 +189,7 @@ def _from_pt2(path: str):
     except Exception as err:  # noqa: BLE001
         raise ModelError(path, f"not a torch.export program: {err}") from None
     mod = from_exported_program(program, keep_params_as_input=False)
-    return mod, []
+    return mod, ([], [])
 
 
 def normalise(mod, layout: str = "NHWC"):
@@ -281,18 +287,30 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
 
     chains, skipped = [], []
+    convs = matmuls = 0
     for binding in bindings:
-        if op_name(binding) != "relax.nn.conv2d":
+        if op_name(binding) == "relax.nn.conv2d":
+            index, convs = convs, convs + 1
+            conv = binding.value
+            try:
+                wl, weight = _conv_workload(graph.layout, conv)
+            except (WorkloadError, ValueError) as err:
+                skipped.append(f"conv {index}: {err}")
+                continue
+            name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or _positional_name(index, wl)
+            chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
+        elif op_name(binding) == "relax.matmul":
+            index, matmuls = matmuls, matmuls + 1
+            found = _matmul_workload(binding.value, binding.var)
+            if found is None:  # activations times activations (attention), or a dynamic shape: TVM's
+                continue
+            wl, weight, shape = found
+            name = ((graph.matmul_names[index] if index < len(graph.matmul_names) else None)
+                    or f"matmul{index}.{wl.n * wl.h * wl.w}x{wl.ci}x{wl.co}")
+            chain = ConvChain(len(chains), name, wl, binding.value.args[0], weight, None, None, [binding.var],
+                              binding.var, shape=shape)
+        else:
             continue
-        index = len(chains) + len(skipped)
-        conv = binding.value
-        try:
-            wl, weight = _conv_workload(graph.layout, conv)
-        except (WorkloadError, ValueError) as err:
-            skipped.append(f"conv {index}: {err}")
-            continue
-        name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or _positional_name(index, wl)
-        chain = ConvChain(index, name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
         epilogue = {"bias": False, "residual": False, "activation": "none", "clip": (0.0, 6.0)}
         # Per-channel affine ops right after the conv (its bias, a batch norm that TVM decomposed
         # into subtract / divide / multiply / add by constants) fold into its weight and a bias:
@@ -327,7 +345,7 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         if nxt is not None and op_name(nxt) == "relax.add":
             other = _other_operand(nxt.value, chain.last)
             if (other is not None and not _is_constant(other)
-                    and _shape(other.ty) == list(wl.out_shape)):
+                    and _shape(other.ty) == list(chain.shape or wl.out_shape)):
                 chain.residual, epilogue["residual"] = other, True
                 chain.replaced.append(nxt.var)
                 chain.last = nxt.var
@@ -396,6 +414,32 @@ def _conv_workload(layout: str, call) -> tuple[Workload, np.ndarray]:
     if tuple(weight.shape) != wl.weight_shape:
         raise ValueError(f"weight {tuple(weight.shape)} is not {wl.weight_layout} {wl.weight_shape}")
     return wl, weight
+
+
+def _matmul_workload(call, var) -> tuple[Workload, np.ndarray, tuple] | None:
+    """A matmul `x [..., K] @ W [K, N]` with a constant float32 W as a 1x1 NHWC conv: (workload,
+    HWIO weight [1, 1, K, N], the matmul's output shape). A 4-D x [n, h, w, K] (ConvNeXt's MLP
+    after its permute) keeps its pixels; otherwise the rows are h (n = 1, w = 1). None where the
+    weight is not a constant matrix or a shape is not static: TVM schedules those."""
+    x, w = call.args
+    if not _is_constant(w) or str(w.value.dtype) != "float32" or len(w.value.shape) != 2:
+        return None
+    xs = _shape(x.ty)
+    out = _shape(var.ty)
+    if xs is None or out is None or not xs or str(x.ty.dtype) != "float32":
+        return None
+    k, n_out = (int(d) for d in w.value.shape)
+    if xs[-1] != k or str(call.attrs.out_dtype) not in ("", "None", "void", "float32"):
+        return None
+    if len(xs) == 4:
+        n, h, wd = xs[:3]
+    else:
+        n, h, wd = 1, int(np.prod(xs[:-1], dtype=np.int64)), 1
+    try:
+        wl = Workload(n=n, h=h, w=wd, ci=k, co=n_out, kh=1, kw=1, layout="NHWC")
+    except WorkloadError:
+        return None
+    return wl, w.value.numpy().reshape(1, 1, k, n_out), tuple(out)
 
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
@@ -477,6 +521,57 @@ def replace_chains(graph: ModelGraph, emit) -> object:
     return relax.transform.DeadCodeElimination()(mod)
 
 
+def _fast_math():
+    """Relax legalizations of the transcendental ops by TOPI's polynomial approximations. TVM's
+    own lower exp/erf/tanh/sigmoid to libm calls, one scalar call per element that LLVM cannot
+    vectorise: ConvNeXt's GELU took 4.2 ms for 1.2 M elements (erff), a vectorised polynomial a
+    fraction of it. The approximations are within a few float32 ulps (relative 1e-7..1e-6), far
+    inside a model's tolerance; a NaN input still gives NaN (the polynomials clamp their argument,
+    which would turn NaN into a number)."""
+    from tvm import te, tirx, topi
+
+    def keep_nan(fast):
+        def compute(x):
+            y = fast(x)
+            return te.compute(x.shape, lambda *i: tirx.Select(x(*i) != x(*i), x(*i), y(*i)), name="fast_math")
+        return compute
+
+    def sigmoid(x):
+        one = tirx.const(1.0, x.dtype)
+        e = topi.fast_exp(topi.negative(x))
+        return te.compute(x.shape, lambda *i: one / (one + e(*i)), name="sigmoid")
+
+    def gelu(x):
+        half = tirx.const(0.5, x.dtype)
+        erf = topi.fast_erf(topi.multiply(x, tirx.const(0.5 ** 0.5, x.dtype)))
+        return te.compute(x.shape, lambda *i: x(*i) * (half + erf(*i) * half), name="gelu")
+
+    def silu(x):
+        return topi.multiply(x, sigmoid(x))
+
+    def legalize(fast):
+        def rule(bb, call):
+            x = call.args[0]
+            if str(x.ty.dtype) != "float32":
+                return call  # left to the default legalization below
+            return bb.call_te(keep_nan(fast), x)
+        return rule
+
+    return {"relax.exp": legalize(topi.fast_exp), "relax.tanh": legalize(topi.fast_tanh),
+            "relax.erf": legalize(topi.fast_erf), "relax.sigmoid": legalize(sigmoid),
+            "relax.nn.gelu": legalize(gelu), "relax.nn.silu": legalize(silu)}
+
+
+def legalize_passes():
+    """Relax's CPU legalization and fusion (`cpu_generic.legalize_passes`), with the fast-math
+    legalizations first: what `compile --model` builds and `tune --model` tunes, alike."""
+    from tvm import relax
+
+    return [relax.transform.LegalizeOps(_fast_math()), relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+
+
 OPS_RECORDS = "model-ops"  # under logs/<target tag>/: MetaSchedule's records of models' non-conv ops
 
 
@@ -493,12 +588,11 @@ def ops_module(graph: ModelGraph):
     the compiled library looks up by structure)."""
     import tvm
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     def stand_in(builder, chain, value):
         args = [value(chain.data)] + ([value(chain.residual)] if chain.residual is not None else [])
         return relax.call_dps_packed(OPAQUE_KERNEL, relax.Tuple(args),
-                                     relax.TensorType(chain.workload.out_shape, "float32"))
+                                     relax.TensorType(chain.shape or chain.workload.out_shape, "float32"))
 
     mod = replace_chains(graph, stand_in)
-    return tvm.transform.Sequential(cpu_generic.legalize_passes(None))(mod)
+    return tvm.transform.Sequential(legalize_passes())(mod)

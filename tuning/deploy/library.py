@@ -140,8 +140,11 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
       3x3 stride 1, < 14x14              im2col on 32 registers, winograd-f2 on 16
       <= 7x7 output otherwise            im2col on 32 registers, direct on 16
       a 7x7+ stem on 3-4 channels        spatial-pack on 32 registers, direct on 16
+      1x1 stride 1 (pointwise, matmul)   im2col       (its GEMM needs no copy; spatial pack's and
+                                                       direct's defaults fall to 3-10 GFLOP/s when
+                                                       CO is not a multiple of their channel tile)
       anything else with groups = 1      spatial-pack on 32 registers, indirect on 16
-      grouped, not depthwise             direct
+      grouped, not depthwise             grouped      (direct's vectors straddle groups: gathers)
     An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through."""
     wide = (machine.registers if machine is not None else host_machine().registers) >= 32
     candidates = []
@@ -156,12 +159,14 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
             candidates.append("winograd-f2" if wide else "winograd-f4")
         elif winograd:
             candidates.append("im2col" if wide else "winograd-f2")
+        if (wl.kh, wl.kw, wl.stride) == (1, 1, (1, 1)):
+            candidates.append("im2col")
         if wl.oh * wl.ow <= 49:
             candidates.append("im2col" if wide else "direct")
         if not wide and wl.ci <= 4 and wl.kh >= 7:
             candidates.append("direct")
         candidates += ["spatial-pack"] if wide else ["indirect", "spatial-pack"]
-    candidates.append("direct")
+    candidates += ["grouped", "direct"]
     return next(name for name in candidates if get_algorithm(name).supports(wl) is None)
 
 

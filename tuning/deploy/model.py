@@ -29,7 +29,7 @@ import tvm
 from tvm import relax, s_tir
 
 from ..files import write_json_atomic
-from ..graph import ConvChain, ModelGraph, ops_directory, replace_chains
+from ..graph import ConvChain, ModelGraph, legalize_passes, ops_directory, replace_chains
 from ..target import LibraryError, Target
 from .kernel import load_sidecar_json, sidecar_path
 from .loader import load_module
@@ -173,11 +173,16 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
         layer, index, state, per_call, funcs = by_chain[id(chain)]
         task = layer.choice.task
         phases = task.template.functions(task.workload)
-        values = {"data": value(chain.data), "weight": relax.const(chain.weight, "float32")}
+        wl = task.workload
+
+        def viewed(expr, shape):  # a matmul's operands as the 1x1 conv's NHWC tensors
+            return builder.emit(relax.op.reshape(expr, shape)) if chain.shape is not None else expr
+
+        values = {"data": viewed(value(chain.data), wl.data_shape), "weight": relax.const(chain.weight, "float32")}
         if chain.bias is not None:
             values["bias"] = relax.const(chain.bias, "float32")
         if chain.residual is not None:
-            values["residual"] = value(chain.residual)
+            values["residual"] = viewed(value(chain.residual), wl.out_shape)
         for name, array in state.items():
             values[name] = relax.const(array)
 
@@ -196,6 +201,8 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
         expr, outputs = call(task.template.run_function if state or per_call else "conv2d")
         if len(outputs) > 1:  # a workspace (im2col's matrix) beside the output
             expr = relax.TupleGetItem(builder.emit(expr), [a.name for a in outputs].index("out"))
+        if chain.shape is not None:
+            expr = relax.op.reshape(builder.emit(expr), chain.shape)
         return expr
 
     return replace_chains(graph, emit)
@@ -210,7 +217,7 @@ def _rest_pipeline(target: Target, ops_records: str | None) -> tvm.transform.Pas
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
         with target.tvm:
-            mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target.tvm))(mod)
+            mod = tvm.transform.Sequential(legalize_passes())(mod)
             if ops_records:
                 database = JSONDatabase(work_dir=ops_records)
                 with database:
@@ -438,7 +445,7 @@ def untuned_warning(side: dict) -> str | None:
     if not names:
         return None
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return (f"WARNING: {len(names)} of {len(side['layers'])} conv layers have no tuning record on "
+    return (f"WARNING: {len(names)} of {len(side['layers'])} layers (convs and matmuls as 1x1 convs) have no tuning record on "
             f"{side['target']['tag']} and use their template's UNTUNED default config: {shown}. "
             "Run `convtune tune --model ...` first for fast kernels.")
 
