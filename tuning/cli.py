@@ -65,7 +65,7 @@ def cmd_layers(args) -> int:
 
     reports = []
     for network in [args.network] if args.network else NETWORKS:
-        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch)
+        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
         reports.append(_layers_report(network, layers))
     if args.json:
         print(json.dumps(reports[0] if args.network else reports, indent=1))
@@ -138,7 +138,8 @@ def _tune_network(args) -> int:
     from .model_import import load_network
     from .search.network import tune_network
 
-    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
+    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                          trust_pickle=args.trust_pickle)
     target = _target(args)
     total = args.trials_total or args.trials * len(layers)
     options = _search_options(args)
@@ -222,7 +223,7 @@ def _print_emulated_note(runner) -> None:
 def _model(args):
     from .graph import load_model
 
-    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch)
+    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
 
 
 def cmd_compile(args) -> int:
@@ -252,7 +253,8 @@ def cmd_compile(args) -> int:
         from .deploy.bundle import compile_bundle
         from .model_import import load_network
 
-        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
+        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                          trust_pickle=args.trust_pickle)
         out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
         manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
         print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
@@ -335,14 +337,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def verify_model(path: str, seed: int = 0) -> int:
+def verify_model(path: str, seed: int = 0, trust_pickle: bool = False) -> int:
     from .deploy.model import compare_outputs, first_diverging_layer, random_model_inputs, reference_outputs
 
     library = _model_library(path)
     side = library.side
     inputs = random_model_inputs(side, seed)
     ours = library.run(inputs)
-    engine, theirs = reference_outputs(side, inputs)
+    engine, theirs = reference_outputs(side, inputs, trust_pickle)
     checks = compare_outputs(side, ours, theirs)
     for c in checks:
         print(f"{path}: {c.output}: max abs error {c.max_error:.3g} against {engine} (tolerance {c.tolerance:.3g}: "
@@ -362,7 +364,7 @@ def cmd_verify(args) -> int:
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
     if os.path.isfile(args.library) and _is_model(args.library):
-        return verify_model(args.library, args.seed)
+        return verify_model(args.library, args.seed, args.trust_pickle)
     if os.path.isdir(args.library):
         from .deploy.bundle import verify_bundle
 
@@ -413,7 +415,8 @@ def cmd_bench(args) -> int:
         from .bench import estimate_network, format_estimate
         from .model_import import load_network
 
-        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch),
+        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                                                 trust_pickle=args.trust_pickle),
                                     target, args.logs,
                                     args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
                                     rivals=not args.no_rivals)
@@ -597,6 +600,13 @@ def _add_model(p, what: str) -> None:
                                                        "(resnet18, resnet50, mobilenet_v2: torchvision, random weights)")
     p.add_argument("--model-batch", type=int, default=None, metavar="N",
                    help="the batch size of an ONNX model (--model or --network) whose input batch is symbolic")
+    _add_trust_pickle(p)
+
+
+def _add_trust_pickle(p) -> None:
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a .pt2 whose pickled objects torch's restricted loader refuses (they can run code: "
+                        "only for files you trust)")
 
 
 def _add_rpc(p):
@@ -625,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the same as JSON (a list without NAME|FILE)")
     p.add_argument("--model-batch", type=int, default=None, metavar="N",
                    help="the batch size of an ONNX model whose input batch is symbolic")
+    _add_trust_pickle(p)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
@@ -676,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "a model library against ONNX Runtime")
     p.add_argument("library")
     p.add_argument("--seed", type=int, default=0)
+    _add_trust_pickle(p)
     _add_rpc(p)
     p.set_defaults(func=cmd_verify)
 

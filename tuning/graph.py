@@ -30,6 +30,7 @@ from schedules.workload import Epilogue, Workload, WorkloadError
 
 from .model_import import ModelError, _onnx_module_path, _positional_name, read_onnx
 from .networks import Layer, distinct_layers
+from .tables import safe_text
 
 MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
 ZOO_INPUT = (1, 3, 224, 224)
@@ -58,6 +59,7 @@ class ModelGraph:
     layout: str
     conv_names: list[str]  # readable names of the convs, in order
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
+    trust_pickle: bool = False  # the user vouched for the pickles of its .pt2 (--trust-pickle)
     _chains: list | None = None
 
     @property
@@ -86,7 +88,8 @@ def _tensor_info(name: str, sinfo) -> dict:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> ModelGraph:
+def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
+               trust_pickle: bool = False) -> ModelGraph:
     """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
     suffix = os.path.splitext(source)[1].lower()
     if suffix == ".onnx":
@@ -95,7 +98,7 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> M
     elif suffix == ".pt2":
         if batch is not None:
             raise ModelError(source, "--batch applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        mod, names = _from_pt2(source)
+        mod, names = _from_pt2(source, trust_pickle)
         kind = {"kind": "pt2", "path": os.path.abspath(source)}
     elif os.path.exists(source):
         raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
@@ -106,7 +109,7 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> M
     else:
         raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
                                   f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names, kind)
+    return ModelGraph(source, normalise(mod, layout), layout, names, kind, trust_pickle)
 
 
 def zoo_onnx(name: str, batch: int = 1):
@@ -166,7 +169,8 @@ def _from_onnx(label: str, model, batch: int | None):
     names = []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            names.append(_onnx_module_path(node))
+            path = _onnx_module_path(node)  # from the file: escaped before anything prints it
+            names.append(safe_text(path) if path is not None else None)
     try:
         mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
@@ -174,14 +178,12 @@ def _from_onnx(label: str, model, batch: int | None):
     return mod, names
 
 
-def _from_pt2(path: str):
-    import torch
+def _from_pt2(path: str, trust_pickle: bool = False):
     from tvm.relax.frontend.torch import from_exported_program
 
-    try:
-        program = torch.export.load(path)
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(path, f"not a torch.export program: {err}") from None
+    from .model_import import load_exported_program
+
+    program = load_exported_program(path, trust_pickle)
     mod = from_exported_program(program, keep_params_as_input=False)
     return mod, []
 

@@ -460,14 +460,20 @@ def read_model_sidecar(path: str) -> dict:
     return side
 
 
-def reference_outputs(side: dict, inputs: dict[str, np.ndarray]) -> tuple[str, list[np.ndarray]]:
+def reference_outputs(side: dict, inputs: dict[str, np.ndarray],
+                      trust_pickle: bool = False) -> tuple[str, list[np.ndarray]]:
     """The model run by another engine on the same inputs: ONNX Runtime for ONNX and zoo models
-    (the zoo model rebuilt with the same seed), PyTorch for a torch.export program."""
+    (the zoo model rebuilt with the same seed), PyTorch for a torch.export program. The sidecar
+    is data: the program it names is read as any user's .pt2 is (its pickles checked)."""
     source = side["source"]
     if source.get("kind") == "pt2":
         import torch
 
-        program = torch.export.load(source["path"])
+        from ..model_import import load_exported_program
+
+        if not isinstance(source.get("path"), str):
+            raise LibraryError(f"{side.get('model', 'the sidecar')}: source.path: missing or not a string")
+        program = load_exported_program(source["path"], trust_pickle)
         with torch.no_grad():
             result = program.module()(*[torch.from_numpy(inputs[i["name"]]) for i in side["inputs"]])
         items = result if isinstance(result, (list, tuple)) else [result]
