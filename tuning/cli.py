@@ -226,10 +226,32 @@ def _model(args):
     return load_model(args.model, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
 
 
+def _output_path(path: str, what: str, suffix: str | None = None) -> str:
+    """`path` as a file convtune can write, else UsageError with the fix: the right suffix (`-o
+    k.json` would have the library overwritten by its own sidecar; `.tar` or no suffix write files
+    verify cannot load), not a directory, in a directory (not under a file) we may write."""
+    if suffix and not path.endswith(suffix):
+        raise UsageError(f"{what} {path}: must end in {suffix} (e.g. {what} {os.path.splitext(path)[0]}{suffix})")
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path}: is a directory; give a file path in it "
+                         f"(e.g. {what} {os.path.join(path, 'out' + (suffix or ''))})")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"{what} {path}: {path if os.path.exists(path) else probe} is not writable; "
+                         "give a path you can write")
+    return path
+
+
 def cmd_compile(args) -> int:
     from .deploy.library import choose, export
 
     if args.model:
+        if args.output != "kernel.so":
+            _output_path(args.output, "-o", ".so")
         from .deploy.model import export_model, untuned_warning
 
         graph = _model(args)
@@ -262,6 +284,7 @@ def cmd_compile(args) -> int:
                  if manifest.get("untuned") else ""))
         return 0
 
+    _output_path(args.output, "-o", ".so")
     name, wl = _layer(args)
     target = _target(args)
     choice = choose(wl, args.algorithm, target, args.logs)
@@ -300,6 +323,8 @@ def cmd_run(args) -> int:
 
     from .deploy.model import random_model_inputs, untuned_warning
 
+    if args.output:
+        _output_path(args.output, "--output", ".npz")  # before the run, not after it
     library = _model_library(args.library)
     side = library.side
     warning = untuned_warning(side)

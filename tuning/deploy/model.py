@@ -28,11 +28,11 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir
 
-from ..files import write_json_atomic
+from ..files import publish_library
 from ..graph import ConvChain, ModelGraph, ops_directory, replace_chains
 from ..target import LibraryError, Target, check_arch, host_arch
 from .kernel import load_sidecar_json, sidecar_path
-from .library import Choice, choose, in_memory_kernel, schedule_functions
+from .library import Choice, choose, in_memory_kernel, schedule_functions, write_library
 
 MODEL_SIDECAR_VERSION = 1
 # Relative tolerance of a whole model against ONNX Runtime, per unit of the worst layer's error
@@ -370,16 +370,9 @@ def model_sidecar(graph: ModelGraph, layers: list[LayerPlan], target: Target, op
 
 
 def export_model(graph: ModelGraph, target: Target, logs: str, path: str, algorithm: str = "auto") -> dict:
-    from tvm.support import cc
-
     executable, side = build_model(graph, target, logs, algorithm)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     side["library"] = os.path.basename(path)
-    if target.cross_compiler:
-        executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
-    else:
-        executable.export_library(path)
-    write_json_atomic(sidecar_path(path), side)
+    publish_library(path, lambda tmp: write_library(executable, target, tmp), sidecar_path(path), side)
     return side
 
 
