@@ -403,3 +403,16 @@ def test_names_from_a_model_file_reach_the_terminal_escaped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "\nconvtune: error: fake" not in out and "\\x1b[31m\\nconvtune: error: fake" in out
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused(tmp_path, capsys):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["out"], pads=[1, 1, 1, 1])]
+    model = _model(nodes, [_weight("w", (4, 4, 3, 3))], [1, 4, 6, 6])
+    model.opset_import[0].version = 99
+    path = str(tmp_path / "future.onnx")
+    onnx.save(model, path)
+    for argv in (["layers", path], ["compile", "--model", path, "-o", str(tmp_path / "m.so")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "opset 99" in err and "opset_version <=" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.so").exists()

@@ -60,11 +60,16 @@ class ModelGraph:
     conv_names: list[str]  # readable names of the convs, in order
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
     trust_pickle: bool = False  # the user vouched for the pickles of its .pt2 (--trust-pickle)
+    # The inputs' names as the file has them (`input.1`): Relax's parameters carry sanitised names
+    # (`input_1`), but ONNX Runtime, and a user's feed, know the file's.
+    input_names: list[str] | None = None
     _chains: list | None = None
 
     @property
     def inputs(self) -> list[dict]:
-        return [_tensor_info(p.name, p.ty) for p in self.mod["main"].params]
+        params = self.mod["main"].params
+        names = self.input_names if self.input_names and len(self.input_names) == len(params) else None
+        return [_tensor_info(names[i] if names else p.name, p.ty) for i, p in enumerate(params)]
 
     @property
     def outputs(self) -> list[dict]:
@@ -92,8 +97,11 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
                trust_pickle: bool = False) -> ModelGraph:
     """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
     suffix = os.path.splitext(source)[1].lower()
+    input_names = None
     if suffix == ".onnx":
-        mod, names = _from_onnx(source, read_onnx(source), batch)
+        model = read_onnx(source)
+        mod, names = _from_onnx(source, model, batch)
+        input_names = _onnx_input_names(model)
         kind = {"kind": "onnx", "path": os.path.abspath(source)}
     elif suffix == ".pt2":
         if batch is not None:
@@ -104,12 +112,20 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
         raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
                                  f"{' or '.join(MODEL_SUFFIXES)}, or a zoo name ({', '.join(MODEL_ZOO)})")
     elif source in MODEL_ZOO:
-        mod, names = _from_onnx(source, zoo_onnx(source, batch or 1), None)
+        model = zoo_onnx(source, batch or 1)
+        mod, names = _from_onnx(source, model, None)
+        input_names = _onnx_input_names(model)
         kind = {"kind": "zoo", "name": source, "batch": batch or 1}
     else:
         raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
                                   f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names, kind, trust_pickle)
+    return ModelGraph(source, normalise(mod, layout), layout, names, kind, trust_pickle, input_names)
+
+
+def _onnx_input_names(model) -> list[str]:
+    """The graph inputs that are not initializers, in order: what the Relax frontend makes parameters."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in initializers]
 
 
 def zoo_onnx(name: str, batch: int = 1):

@@ -110,9 +110,22 @@ def read_onnx(path: str):
     if not os.path.exists(path):
         raise ModelError(path, "no such file")
     try:
-        return onnx.load(path)
+        model = onnx.load(path)
     except Exception as err:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(path, f"not an ONNX model: {err}") from None
+    check_opset(onnx, path, model)
+    return model
+
+
+def check_opset(onnx, label: str, model) -> None:
+    """Refuse a model whose default-domain opset is newer than the installed onnx knows: its ops
+    would be read (and compared by ONNX Runtime) under semantics nobody here defines."""
+    known = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > known:
+            raise ModelError(label, f"uses ONNX opset {opset.version}, newer than the {known} the installed onnx "
+                                    f"{onnx.__version__} knows; export with opset_version <= {known} "
+                                    "(or upgrade onnx and onnxruntime)")
 
 
 def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
