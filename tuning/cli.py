@@ -555,6 +555,8 @@ def cmd_peak(args) -> int:
 def cmd_tracker(args) -> int:
     from .remote.tracker import Tracker
 
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: must be a port number in 1..65535, got {args.port}")
     tracker = Tracker.start(host=args.host, port=args.port, detach=args.detach)
     print(f"RPC tracker on {tracker.address} (pid {tracker.pid}); register devices with "
           f"`convtune device start --tracker {tracker.address}`", flush=True)
