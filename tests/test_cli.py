@@ -152,3 +152,17 @@ def test_run_refuses_an_unwritable_output_before_running(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "m.so"), "--output", str(tmp_path / "a_file" / "y.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a directory" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["tune", "h=8,ci=8,co=8,k=3,pad=1", "--trials", "2"], "apt-get install gcc"),
+    (["compile", "h=8,ci=8,co=8,k=3,pad=1", "--target", "aarch64"], "convtune device setup"),
+])
+def test_no_compiler_is_refused_before_any_trial(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    logs = tmp_path / "logs"
+    assert cli.main(argv + ["--logs", str(logs), "-o" if argv[0] == "compile" else "--seed",
+                            str(tmp_path / "k.so") if argv[0] == "compile" else "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not logs.exists()  # nothing recorded

@@ -46,9 +46,23 @@ def _target(args):
         given = "--threads" if args.threads else "the target's num-cores"
         raise UsageError(f"{given}: {target.threads} threads on this machine's {host_cores()} cores would share "
                          "cores and spoil every timing; pass --force-threads to use them anyway")
+    if args.command in ("tune", "compile", "bench"):
+        _check_compiler(target)
     if target.is_host:
         set_threads(target.threads)
     return target
+
+
+def _check_compiler(target) -> None:
+    """Every trial and every library is linked by a C compiler: without it a tune would record each
+    trial as a failed build, and export dies in TVM with a TypeError. Refused before anything runs."""
+    import shutil
+
+    compiler = target.cross_compiler or "gcc"
+    if shutil.which(compiler) is None:
+        fix = ("convtune device setup (or apt-get install gcc-aarch64-linux-gnu)" if target.cross_compiler
+               else "apt-get install gcc")
+        raise UsageError(f"no {compiler} on PATH: kernels for {target.tag} are linked with it; {fix}")
 
 
 def _layer(args):
