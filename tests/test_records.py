@@ -71,3 +71,26 @@ def test_the_ceiling_is_the_machine_description_at_a_generous_clock(target):
 
     m = target.machine
     assert ceiling_gflops(m, 2) == pytest.approx(2 * m.lanes * m.fma_units * 2 * 6.0)
+
+
+@pytest.mark.parametrize("damage", ["torn last line", "no workload file"])
+def test_the_model_ops_database_is_repaired_as_layer_records_are(tmp_path, target, capsys, damage):
+    """logs/<target>/model-ops (tune --model's other ops) gets the layer records' repair: a damaged
+    file is moved aside with a warning naming it, never a crash naming no file."""
+    from tuning.graph import ops_directory
+    from tuning.search.model import recorded_ops_trials
+
+    wl = parse_spec(LAYER)
+    store = write_record(str(tmp_path / "layer"), target, wl, seconds=1e-3)
+    work_dir = ops_directory(str(tmp_path), target)
+    os.makedirs(work_dir)
+    for name in DB_FILES:
+        with open(os.path.join(store.directory, name), "rb") as src, open(os.path.join(work_dir, name), "wb") as dst:
+            dst.write(src.read())
+    if damage == "torn last line":
+        with open(os.path.join(work_dir, DB_FILES[1]), "ab") as f:
+            f.write(b'[0, [[["Sch')
+    else:
+        os.remove(os.path.join(work_dir, DB_FILES[0]))
+    assert recorded_ops_trials(str(tmp_path), target, []) == 0
+    assert f"{DB_FILES[1]}.torn" in capsys.readouterr().err

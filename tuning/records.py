@@ -288,6 +288,27 @@ def _in_memory(plan, reason: str) -> dict[str, bytes]:
     return {os.path.basename(path): b"".join(line + b"\n" for line in kept) for path, kept, _ in plan}
 
 
+def open_database(work_dir: str) -> ms.database.JSONDatabase:
+    """A MetaSchedule JSON database kept outside the layer records (a model's other ops, `tune
+    --model`'s logs/<target>/model-ops), its two files checked and repaired as a layer's are: a torn
+    last line or a lost workload file is moved aside with a warning, never a crash naming no file."""
+    if os.path.isdir(work_dir) and repair_database(work_dir):
+        raise RecordsError(f"{work_dir}: its records cannot be repaired on disk (see the warnings); make it "
+                           "writable, or move it aside")
+    try:
+        return ms.database.JSONDatabase(work_dir=work_dir)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types; a line that does not replay
+        if repair_database(work_dir, deep=True):
+            raise RecordsError(f"{work_dir}: its records cannot be repaired on disk (see the warnings); make it "
+                               "writable, or move it aside") from None
+    try:
+        return ms.database.JSONDatabase(work_dir=work_dir)
+    except Exception as err:  # noqa: BLE001
+        first = next((l for l in str(err).splitlines() if l.strip()), type(err).__name__)
+        raise RecordsError(f"{work_dir}: TVM cannot read these records ({first.strip()[:200]}); move "
+                           f"{DB_FILES[1]} aside") from None
+
+
 def read_task_json(directory: str) -> dict | None:
     """A layer's task.json; None when it is absent, or unreadable (with a warning: the layer is then
     treated as having none)."""

@@ -204,14 +204,14 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
 def _rest_pipeline(target: Target, ops_records: str | None) -> tvm.transform.Pass:
     """Relax's CPU pipeline, with the fused non-conv ops scheduled before lowering."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from tvm.s_tir.meta_schedule.database import JSONDatabase
+    from ..records import open_database
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
         with target.tvm:
             mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target.tvm))(mod)
             if ops_records:
-                database = JSONDatabase(work_dir=ops_records)
+                database = open_database(ops_records)
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase(ops_records)(mod)
             mod = default_schedules(mod, target)
