@@ -166,3 +166,52 @@ def test_no_compiler_is_refused_before_any_trial(tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1
     assert not logs.exists()  # nothing recorded
+
+
+# -- issue 23: stopping, and readers that leave ------------------------------------------------------
+def test_a_reader_that_leaves_ends_the_command_quietly(monkeypatch, capsys):
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # `| head -1` has exited
+    pipe = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", pipe)
+    try:
+        assert cli.main(["layers", "resnet50"]) == 141
+    finally:
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["layers"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "interrupted" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_as_ctrl_c_does(monkeypatch, capsys, name):
+    import os
+    import signal
+
+    def killed(args):
+        os.kill(os.getpid(), getattr(signal, name))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_layers", killed)
+    assert cli.main(["layers"]) == 128 + getattr(signal, name)
+    err = capsys.readouterr().err.strip()
+    assert f"{name}: interrupted; every trial measured so far is in the records" in err
+    assert signal.getsignal(getattr(signal, name)) is not cli._stop_on_signal  # restored
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1"])
+def test_a_seed_out_of_range_is_refused(capsys, seed):
+    assert cli.main(["tune", "h=8,ci=8,co=8,k=3,pad=1", "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--seed: must be in 0.." in err and len(err.splitlines()) == 1

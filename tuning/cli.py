@@ -789,20 +789,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from schedules.template import Unsupported
-    from schedules.workload import WorkloadError
+_STOP_SIGNAL: list[int] = []  # the SIGTERM/SIGHUP that stopped this run, if one did
 
-    from .records import ForeignRecords, RecordsError
-    from .remote.address import RPCError
-    from .remote.emulator import EmulatorError
-    from .target import LibraryError, TargetError
+
+def _stop_on_signal(signum, _frame) -> None:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: the same unwinding, the same report of what was kept."""
+    _STOP_SIGNAL.append(signum)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    _STOP_SIGNAL.clear()
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a reader that left shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # `convtune layers | head -1`: the reader left; stop quietly, as other unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
+    import signal
+
+    try:
+        parser = build_parser()  # imports TVM: seconds in which a Ctrl-C must not give a traceback
+        args = parser.parse_args(argv)
+        from schedules.template import Unsupported
+        from schedules.workload import WorkloadError
+
+        from .records import ForeignRecords, RecordsError
+        from .remote.address import RPCError
+        from .remote.emulator import EmulatorError
+        from .target import LibraryError, TargetError
+    except KeyboardInterrupt:
+        print("\nconvtune: interrupted while starting; nothing was done", file=sys.stderr)
+        return _interrupted_status()
 
     try:
         _check_args(args)
         return args.func(args)
+    except BrokenPipeError:
+        raise  # main's: no message can reach a reader that left
     except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords, RecordsError,
             RPCError, EmulatorError) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
@@ -810,13 +845,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         # A search's interrupt (tuning.search.scheduler.SearchInterrupted) says how many trials it measured.
         said = str(err) or "interrupted; every trial measured so far is in the records"
+        if _STOP_SIGNAL:
+            said = f"{signal.Signals(_STOP_SIGNAL[0]).name}: {said}"
         print(f"\nconvtune {args.command}: {said}", file=sys.stderr)
-        return 130
+        return _interrupted_status()
     except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
         message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
         print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
               file=sys.stderr)
         return 1
+
+
+def _interrupted_status() -> int:
+    return 128 + _STOP_SIGNAL[0] if _STOP_SIGNAL else 130
 
 
 def _check_args(args) -> None:
@@ -829,6 +870,9 @@ def _check_args(args) -> None:
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UsageError(f"--{option.replace('_', '-')}: must be {rule}, got {value:g}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**31:
+        raise UsageError(f"--seed: must be in 0..{2**31 - 1}, got {seed}")
     batch = getattr(args, "model_batch", None)
     if batch is not None and batch <= 0:
         raise UsageError(f"--model-batch: must be a positive batch size, got {batch}")
