@@ -215,3 +215,19 @@ def test_a_seed_out_of_range_is_refused(capsys, seed):
     assert cli.main(["tune", "h=8,ci=8,co=8,k=3,pad=1", "--seed", seed]) == 2
     err = capsys.readouterr().err.strip()
     assert "--seed: must be in 0.." in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("threads, says", [(64, "more than this machine's"), ("abc", "must be a positive integer"),
+                                           (0, "must be a positive integer")])
+def test_a_sidecar_thread_count_this_machine_cannot_run_is_refused(tmp_path, capsys, threads, says):
+    import json
+
+    assert cli.main(["compile", "h=8,ci=8,co=8,k=3,pad=1", "--algorithm", "direct", "--logs", str(tmp_path / "logs"),
+                     "-o", str(tmp_path / "k.so")]) == 0
+    side = json.load(open(tmp_path / "k.json"))
+    side["threads"] = threads
+    (tmp_path / "k.json").write_text(json.dumps(side))
+    capsys.readouterr()
+    assert cli.main(["verify", str(tmp_path / "k.so")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1

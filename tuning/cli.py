@@ -316,8 +316,23 @@ def _model_library(path: str):
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
     side = read_model_sidecar(path)
-    set_threads(int(side.get("threads", 1)))
+    set_threads(_sidecar_threads(path, side))
     return ModelLibrary.load(path, side)
+
+
+def _sidecar_threads(path: str, side: dict) -> int:
+    """The sidecar's thread count, if this machine can run it: a positive integer, no more than its cores
+    (more threads than cores share them, and every call slows)."""
+    from .target import host_cores
+
+    threads = side.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise UsageError(f"{path}: sidecar \"threads\": must be a positive integer, got {threads!r}; "
+                         "restore the sidecar or compile again")
+    if threads > host_cores():
+        raise UsageError(f"{path}: sidecar \"threads\": {threads}, more than this machine's {host_cores()} cores; "
+                         f"compile again with --threads {host_cores()} (or set \"threads\" to at most {host_cores()})")
+    return threads
 
 
 def _is_model(path: str) -> bool:
@@ -416,7 +431,7 @@ def cmd_verify(args) -> int:
         arch = sidecar_arch(side)
         if arch and arch != host_arch():
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
-        set_threads(int(side.get("threads", 1)))
+        set_threads(_sidecar_threads(args.library, side))
         kernel = Kernel.load(args.library, side)
     else:
         from .remote.session import load_library
