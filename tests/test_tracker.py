@@ -12,7 +12,7 @@ def test_a_second_tracker_on_a_taken_port_is_refused(capsys):
     with Tracker.start() as first:
         assert cli.main(["tracker", "--port", str(first.port), "--detach"]) == 2
         err = capsys.readouterr().err.strip()
-        assert f"port {first.port} on 127.0.0.1 is taken" in err and len(err.splitlines()) == 1
+        assert f"cannot bind port {first.port} on 127.0.0.1: it is taken" in err and len(err.splitlines()) == 1
         assert "pid" not in capsys.readouterr().out
 
 

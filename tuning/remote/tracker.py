@@ -84,6 +84,8 @@ class Tracker:
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
+                if "cannot bind" in tail(self.log_path):
+                    raise RPCError(self._taken())
                 raise RPCError(f"the tracker on {self.address} exited at start (code {self.proc.returncode}):\n"
                                f"{tail(self.log_path)}")
             try:
@@ -101,9 +103,13 @@ class Tracker:
                 return
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop_quietly()
-                raise RPCError(f"port {self.port} on {self.host} is taken (another tracker, or another program, "
-                               f"listens there); stop it, or pass another --port")
+                raise RPCError(self._taken())
             time.sleep(0.2)
+
+    def _taken(self) -> str:
+        # "cannot bind": on_free_port retries a port it picked itself on these words
+        return (f"cannot bind port {self.port} on {self.host}: it is taken (another tracker, or another program, "
+                "listens there); stop it, or pass another --port")
 
     def _says_listening(self) -> bool:
         try:
