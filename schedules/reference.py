@@ -37,10 +37,12 @@ def apply_epilogue(wl: Workload, out: np.ndarray, bias: np.ndarray | None = None
         out = out + np.asarray(bias, np.float64).reshape(shape)
     if ep.residual:
         out = out + np.asarray(residual, np.float64)
+    # As the kernels' selects (schedules.template): a NaN passes through the activation.
     if ep.activation == "relu":
-        out = np.maximum(out, 0.0)
+        out = np.where(out < 0.0, 0.0, out)
     elif ep.activation == "clip":
-        out = np.clip(out, *ep.clip)
+        lo, hi = ep.clip
+        out = np.where(out < lo, lo, np.where(out > hi, hi, out))
     return out
 
 

@@ -179,10 +179,15 @@ def epilogue(wl: Workload, out: te.Tensor) -> tuple[dict[str, te.Tensor], te.Ten
             v = v + args["bias"][idx[channel_axis]]
         if ep.residual:
             v = v + args["residual"][idx]
+        # Selects, not max/min: LLVM's maxnum-style max(NaN, 0) is 0, so a NaN (a diverged
+        # model, a NaN input) would leave as a plausible number; ONNX Runtime and the float64
+        # reference carry it through, and so does a compare that is false for NaN.
         if ep.activation == "relu":
-            v = tirx.max(v, tirx.const(0.0, wl.dtype))
+            zero = tirx.const(0.0, wl.dtype)
+            v = tirx.Select(v < zero, zero, v)
         elif ep.activation == "clip":
-            v = tirx.min(tirx.max(v, tirx.const(ep.clip[0], wl.dtype)), tirx.const(ep.clip[1], wl.dtype))
+            lo, hi = tirx.const(ep.clip[0], wl.dtype), tirx.const(ep.clip[1], wl.dtype)
+            v = tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
         return v
 
     return args, te.compute(wl.out_shape, value, name="epilogue")

@@ -87,3 +87,147 @@ def test_peak_of_a_cross_target_is_unknown(capsys):
 
     report = json.loads(capsys.readouterr().out)
     assert report["isa"] == "neon" and set(report["gflops"].values()) == {None}
+
+
+# -- issue 23: outputs convtune can write and verify can load ----------------------------------------
+@pytest.mark.parametrize("output, says", [("k.json", "must end in .so"), ("noext", "must end in .so"),
+                                          ("k.tar", "must end in .so"), ("existing_dir.so", "is a directory"),
+                                          ("a_file/k.so", "is not a directory")])
+def test_compile_refuses_an_output_it_cannot_write_as_a_library(tmp_path, capsys, output, says):
+    (tmp_path / "existing_dir.so").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["compile", "h=8,ci=8,co=8,k=3,pad=1", "--logs", str(tmp_path / "logs"),
+                     "-o", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "existing_dir.so"]
+
+
+def test_two_compiles_to_one_output_publish_whole_pairs(tmp_path):
+    """The library and its sidecar are renamed into place together, under a lock: whatever the
+    interleaving, the pair on disk comes from one writer, and no temporary is left."""
+    import json
+    import threading
+
+    from tuning.files import publish_library
+
+    path = str(tmp_path / "k.so")
+
+    def writer(tag):
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(tag)
+        for _ in range(50):
+            publish_library(path, write, str(tmp_path / "k.json"), {"library": tag})
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert open(path).read() == json.load(open(tmp_path / "k.json"))["library"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k.so.lock", "k.json", "k.so"]
+
+
+def test_a_killed_bundle_compile_leaves_no_manifest_naming_old_libraries(tmp_path, monkeypatch):
+    from tuning.deploy import bundle
+    from tuning.networks import Layer
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / bundle.MANIFEST).write_text('{"layers": []}')
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while building the first library
+
+    monkeypatch.setattr(bundle, "export", killed)
+    monkeypatch.setattr(bundle, "choose", lambda *a, **k: None)
+    with pytest.raises(KeyboardInterrupt):
+        bundle.compile_bundle([Layer("l", parse_spec("h=8,ci=8,co=8,k=3,pad=1"))], "auto", None, "logs", str(out))
+    assert not (out / bundle.MANIFEST).exists()
+
+
+def test_run_refuses_an_unwritable_output_before_running(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["run", str(tmp_path / "m.so"), "--output", str(tmp_path / "a_file" / "y.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a directory" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["tune", "h=8,ci=8,co=8,k=3,pad=1", "--trials", "2"], "apt-get install gcc"),
+    (["compile", "h=8,ci=8,co=8,k=3,pad=1", "--target", "aarch64"], "convtune device setup"),
+])
+def test_no_compiler_is_refused_before_any_trial(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    logs = tmp_path / "logs"
+    assert cli.main(argv + ["--logs", str(logs), "-o" if argv[0] == "compile" else "--seed",
+                            str(tmp_path / "k.so") if argv[0] == "compile" else "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not logs.exists()  # nothing recorded
+
+
+# -- issue 23: stopping, and readers that leave ------------------------------------------------------
+def test_a_reader_that_leaves_ends_the_command_quietly(monkeypatch, capsys):
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # `| head -1` has exited
+    pipe = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", pipe)
+    try:
+        assert cli.main(["layers", "resnet50"]) == 141
+    finally:
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["layers"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "interrupted" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_as_ctrl_c_does(monkeypatch, capsys, name):
+    import os
+    import signal
+
+    def killed(args):
+        os.kill(os.getpid(), getattr(signal, name))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_layers", killed)
+    assert cli.main(["layers"]) == 128 + getattr(signal, name)
+    err = capsys.readouterr().err.strip()
+    assert f"{name}: interrupted; every trial measured so far is in the records" in err
+    assert signal.getsignal(getattr(signal, name)) is not cli._stop_on_signal  # restored
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1"])
+def test_a_seed_out_of_range_is_refused(capsys, seed):
+    assert cli.main(["tune", "h=8,ci=8,co=8,k=3,pad=1", "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--seed: must be in 0.." in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("threads, says", [(64, "more than this machine's"), ("abc", "must be a positive integer"),
+                                           (0, "must be a positive integer")])
+def test_a_sidecar_thread_count_this_machine_cannot_run_is_refused(tmp_path, capsys, threads, says):
+    import json
+
+    assert cli.main(["compile", "h=8,ci=8,co=8,k=3,pad=1", "--algorithm", "direct", "--logs", str(tmp_path / "logs"),
+                     "-o", str(tmp_path / "k.so")]) == 0
+    side = json.load(open(tmp_path / "k.json"))
+    side["threads"] = threads
+    (tmp_path / "k.json").write_text(json.dumps(side))
+    capsys.readouterr()
+    assert cli.main(["verify", str(tmp_path / "k.so")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1

@@ -149,3 +149,20 @@ def test_a_fused_conv_takes_its_bare_convs_record(tmp_path, target):
 def test_bare_workload_is_unchanged_by_the_epilogue_field():
     wl = parse_spec("h=8,ci=4,co=8,k=3")
     assert wl.bare is wl and wl.epilogue.empty and dataclasses.replace(wl, epilogue=Epilogue()) == wl
+
+
+@pytest.mark.parametrize("epilogue", ["bias=1,act=relu", "act=relu6"])
+def test_a_nan_input_stays_nan_through_the_activation(target, epilogue):
+    """max(NaN, 0) is 0 in LLVM's maxnum: a NaN would leave the kernel as a plausible number, where
+    ONNX Runtime and the reference give NaN."""
+    wl = parse_spec(f"h=6,w=6,ci=4,co=8,k=3,pad=1,{epilogue}")
+    kernel = in_memory_kernel(Choice(Task(wl, "direct", target.machine), None, None), target, "nan test")
+    data, weight = random_inputs(wl, 0)
+    data[0, 2, 3, 1] = np.nan
+    extra = epilogue_inputs(wl, 0)
+    expected = conv2d_reference(wl, data, weight, **extra)
+    tensors = kernel.tensors(data, weight, extra)
+    kernel.call("conv2d", tensors)
+    got = tensors["out"].numpy()
+    assert np.isnan(expected).sum() == 9 * wl.co  # the 3x3 window around the NaN, every channel
+    assert np.array_equal(np.isnan(got), np.isnan(expected))

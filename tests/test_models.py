@@ -293,3 +293,126 @@ def test_untuned_bundle_warns_once_with_the_count(monkeypatch, tmp_path, capsys)
     assert calls == [False, False]  # one library per distinct shape, none warning on its own
     assert err.count("WARNING") == 1 and "3 of 3 layers" in err and '"untuned"' in err and "manifest.json" in err
     assert "net.a" not in err and manifest["untuned"] == ["net.a", "net.b", "net.c"]
+
+
+# -- files are data: nothing in a model file runs or reaches the terminal raw -------------------------
+class _WritesMarker:
+    """A pickle payload: unpickling it writes the marker file (what a crafted .pt2 would run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+def _touch(path):
+    open(path, "w").close()
+    return None
+
+
+def _malicious_pt2(tmp_path, marker):
+    """A .pt2-shaped zip whose sample inputs are a torch.save-style archive with a `__reduce__`
+    payload in data.pkl (built by hand: no torch needed to make the attack)."""
+    import pickle
+    import zipfile
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("model/data.pkl", pickle.dumps(_WritesMarker(marker), protocol=2))
+        z.writestr("model/version", "3\n")
+    path = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evil/archive_format", "pt2")
+        z.writestr("evil/archive_version", "0")
+        z.writestr("evil/data/sample_inputs/model.pt", inner.getvalue())
+        z.writestr("evil/data/opaque.pkl", pickle.dumps(_WritesMarker(marker), protocol=2))
+    return str(path)
+
+
+def _real_pt2_with_payload(tmp_path, marker):
+    """A genuine torch.export.save archive whose sample inputs are replaced by a torch.save
+    archive carrying the payload: torch.export.load runs it (its weights_only load fails, and it
+    retries with plain pickle)."""
+    import zipfile
+
+    torch = pytest.importorskip("torch")
+    program = torch.export.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),))
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(program, str(clean))
+    payload = io.BytesIO()
+    torch.save(_WritesMarker(marker), payload)
+    path = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info, payload.getvalue() if info.filename.endswith("sample_inputs/model.pt") else data)
+    return str(path)
+
+
+def test_a_real_pt2_with_a_payload_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    path = _real_pt2_with_payload(tmp_path, marker)
+    assert main(["layers", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    assert len(err.splitlines()) == 1 and "sample_inputs/model.pt" in err and "--trust-pickle" in err
+
+
+@pytest.mark.parametrize("command", [["layers", "{path}"], ["compile", "--model", "{path}", "-o", "{out}"]])
+def test_a_pt2_with_a_pickle_payload_is_refused_before_anything_is_unpickled(tmp_path, capsys, command):
+    marker = tmp_path / "marker"
+    path = _malicious_pt2(tmp_path, marker)
+    argv = [a.format(path=path, out=tmp_path / "k.so") for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    assert len(err.splitlines()) == 1 and "--trust-pickle" in err and "Traceback" not in err
+
+
+def test_verify_reads_the_pt2_a_sidecar_names_as_untrusted(tmp_path):
+    from tuning.deploy.model import reference_outputs
+
+    marker = tmp_path / "marker"
+    side = {"model": "m", "source": {"kind": "pt2", "path": _malicious_pt2(tmp_path, marker)}, "inputs": []}
+    with pytest.raises(ModelError, match="--trust-pickle"):
+        reference_outputs(side, {})
+    assert not marker.exists()
+
+
+def test_a_real_torch_export_archive_loads_without_trust():
+    torch = pytest.importorskip("torch")
+    program = torch.export.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),))
+    buffer_path = io.BytesIO()
+    torch.export.save(program, buffer_path)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pt2") as f:
+        f.write(buffer_path.getvalue())
+        f.flush()
+        layers = load_network(f.name)
+    assert [l.workload.co for l in layers] == [4]
+
+
+def test_names_from_a_model_file_reach_the_terminal_escaped(tmp_path, capsys):
+    name = "/evil\x1b[31m\nconvtune: error: fake\x1b]0;title\x07/Conv"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["out"], name=name, pads=[1, 1, 1, 1])]
+    path = str(tmp_path / "names.onnx")
+    onnx.save(_model(nodes, [_weight("w", (4, 4, 3, 3))], [1, 4, 6, 6]), path)
+    assert main(["layers", path]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\nconvtune: error: fake" not in out and "\\x1b[31m\\nconvtune: error: fake" in out
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused(tmp_path, capsys):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["out"], pads=[1, 1, 1, 1])]
+    model = _model(nodes, [_weight("w", (4, 4, 3, 3))], [1, 4, 6, 6])
+    model.opset_import[0].version = 99
+    path = str(tmp_path / "future.onnx")
+    onnx.save(model, path)
+    for argv in (["layers", path], ["compile", "--model", path, "-o", str(tmp_path / "m.so")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "opset 99" in err and "opset_version <=" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.so").exists()

@@ -176,3 +176,24 @@ def test_a_symbolic_batch_is_refused_naming_the_flag_that_fixes_it(tmp_path, cap
     assert cli.main(["compile", "--model", path, "--model-batch", "2", "-o", library, "--logs", str(tmp_path)]) == 0
     side = json.load(open(str(tmp_path / "m.json")))
     assert side["inputs"][0]["shape"] == [2, 3, 12, 12]
+
+
+def test_an_input_named_as_a_legacy_export_names_it_verifies(model_path, tmp_path, capsys):
+    """`input.1` (torch.onnx's legacy exporter): Relax sanitises the parameter to `input_1`; the
+    sidecar keeps the file's name, which ONNX Runtime and `run --input NAME=` know."""
+    import onnx
+
+    model = onnx.load(model_path)
+    for value in model.graph.input:
+        if value.name == "input":
+            value.name = "input.1"
+    for node in model.graph.node:
+        node.input[:] = ["input.1" if name == "input" else name for name in node.input]
+    path = str(tmp_path / "legacy.onnx")
+    onnx.save(model, path)
+    library = str(tmp_path / "legacy.so")
+    assert cli.main(["compile", "--model", path, "-o", library, "--logs", str(tmp_path / "logs")]) == 0
+    assert json.load(open(tmp_path / "legacy.json"))["inputs"][0]["name"] == "input.1"
+    capsys.readouterr()
+    assert cli.main(["verify", library]) == 0
+    assert "1/1 outputs ok" in capsys.readouterr().out

@@ -318,7 +318,9 @@ def _torch_module(graph):
         torch.manual_seed(0)  # tuning.graph.zoo_onnx builds the same weights
         return getattr(torchvision.models, source["name"])(weights=None).eval()
     if source["kind"] == "pt2":
-        return torch.export.load(source["path"]).module()
+        from .model_import import load_exported_program
+
+        return load_exported_program(source["path"], graph.trust_pickle).module()
     return None
 
 

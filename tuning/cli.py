@@ -46,9 +46,23 @@ def _target(args):
         given = "--threads" if args.threads else "the target's num-cores"
         raise UsageError(f"{given}: {target.threads} threads on this machine's {host_cores()} cores would share "
                          "cores and spoil every timing; pass --force-threads to use them anyway")
+    if args.command in ("tune", "compile", "bench"):
+        _check_compiler(target)
     if target.is_host:
         set_threads(target.threads)
     return target
+
+
+def _check_compiler(target) -> None:
+    """Every trial and every library is linked by a C compiler: without it a tune would record each
+    trial as a failed build, and export dies in TVM with a TypeError. Refused before anything runs."""
+    import shutil
+
+    compiler = target.cross_compiler or "gcc"
+    if shutil.which(compiler) is None:
+        fix = ("convtune device setup (or apt-get install gcc-aarch64-linux-gnu)" if target.cross_compiler
+               else "apt-get install gcc")
+        raise UsageError(f"no {compiler} on PATH: kernels for {target.tag} are linked with it; {fix}")
 
 
 def _layer(args):
@@ -65,7 +79,7 @@ def cmd_layers(args) -> int:
 
     reports = []
     for network in [args.network] if args.network else NETWORKS:
-        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch)
+        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
         reports.append(_layers_report(network, layers))
     if args.json:
         print(json.dumps(reports[0] if args.network else reports, indent=1))
@@ -138,7 +152,8 @@ def _tune_network(args) -> int:
     from .model_import import load_network
     from .search.network import tune_network
 
-    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
+    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                          trust_pickle=args.trust_pickle)
     target = _target(args)
     total = args.trials_total or args.trials * len(layers)
     options = _search_options(args)
@@ -222,13 +237,35 @@ def _print_emulated_note(runner) -> None:
 def _model(args):
     from .graph import load_model
 
-    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch)
+    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
+
+
+def _output_path(path: str, what: str, suffix: str | None = None) -> str:
+    """`path` as a file convtune can write, else UsageError with the fix: the right suffix (`-o
+    k.json` would have the library overwritten by its own sidecar; `.tar` or no suffix write files
+    verify cannot load), not a directory, in a directory (not under a file) we may write."""
+    if suffix and not path.endswith(suffix):
+        raise UsageError(f"{what} {path}: must end in {suffix} (e.g. {what} {os.path.splitext(path)[0]}{suffix})")
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path}: is a directory; give a file path in it "
+                         f"(e.g. {what} {os.path.join(path, 'out' + (suffix or ''))})")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"{what} {path}: {path if os.path.exists(path) else probe} is not writable; "
+                         "give a path you can write")
+    return path
 
 
 def cmd_compile(args) -> int:
     from .deploy.library import choose, export
 
     if args.model:
+        if args.output != "kernel.so":
+            _output_path(args.output, "-o", ".so")
         from .deploy.model import export_model, untuned_warning
 
         graph = _model(args)
@@ -252,7 +289,8 @@ def cmd_compile(args) -> int:
         from .deploy.bundle import compile_bundle
         from .model_import import load_network
 
-        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch)
+        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                          trust_pickle=args.trust_pickle)
         out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
         manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
         print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
@@ -260,6 +298,7 @@ def cmd_compile(args) -> int:
                  if manifest.get("untuned") else ""))
         return 0
 
+    _output_path(args.output, "-o", ".so")
     name, wl = _layer(args)
     target = _target(args)
     choice = choose(wl, args.algorithm, target, args.logs)
@@ -276,7 +315,23 @@ def _model_library(path: str):
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
     side = read_model_sidecar(path)
+    _sidecar_threads(path, side)  # refused in one line before the loader applies it
     return ModelLibrary.load(path, side)  # with the sidecar's threads, unpinned (tuning/deploy/loader.py)
+
+
+def _sidecar_threads(path: str, side: dict) -> int:
+    """The sidecar's thread count, if this machine can run it: a positive integer, no more than its cores
+    (more threads than cores share them, and every call slows)."""
+    from .target import host_cores
+
+    threads = side.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise UsageError(f"{path}: sidecar \"threads\": must be a positive integer, got {threads!r}; "
+                         "restore the sidecar or compile again")
+    if threads > host_cores():
+        raise UsageError(f"{path}: sidecar \"threads\": {threads}, more than this machine's {host_cores()} cores; "
+                         f"compile again with --threads {host_cores()} (or set \"threads\" to at most {host_cores()})")
+    return threads
 
 
 def _is_model(path: str) -> bool:
@@ -296,6 +351,8 @@ def cmd_run(args) -> int:
 
     from .deploy.model import random_model_inputs, untuned_warning
 
+    if args.output:
+        _output_path(args.output, "--output", ".npz")  # before the run, not after it
     library = _model_library(args.library)
     side = library.side
     warning = untuned_warning(side)
@@ -333,14 +390,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def verify_model(path: str, seed: int = 0) -> int:
+def verify_model(path: str, seed: int = 0, trust_pickle: bool = False) -> int:
     from .deploy.model import compare_outputs, first_diverging_layer, random_model_inputs, reference_outputs
 
     library = _model_library(path)
     side = library.side
     inputs = random_model_inputs(side, seed)
     ours = library.run(inputs)
-    engine, theirs = reference_outputs(side, inputs)
+    engine, theirs = reference_outputs(side, inputs, trust_pickle)
     checks = compare_outputs(side, ours, theirs)
     for c in checks:
         print(f"{path}: {c.output}: max abs error {c.max_error:.3g} against {engine} (tolerance {c.tolerance:.3g}: "
@@ -360,7 +417,7 @@ def cmd_verify(args) -> int:
     if not os.path.exists(args.library):
         raise UsageError(f"{args.library}: no such file")
     if os.path.isfile(args.library) and _is_model(args.library):
-        return verify_model(args.library, args.seed)
+        return verify_model(args.library, args.seed, args.trust_pickle)
     if os.path.isdir(args.library):
         from .deploy.bundle import verify_bundle
 
@@ -373,6 +430,7 @@ def cmd_verify(args) -> int:
         arch = sidecar_arch(side)
         if arch and arch != host_arch():
             raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
+        _sidecar_threads(args.library, side)
         kernel = Kernel.load(args.library, side)  # with the sidecar's threads, unpinned
     else:
         from .remote.session import load_library
@@ -412,7 +470,8 @@ def cmd_bench(args) -> int:
         from .bench import estimate_network, format_estimate
         from .model_import import load_network
 
-        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch),
+        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
+                                                 trust_pickle=args.trust_pickle),
                                     target, args.logs,
                                     args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
                                     rivals=not args.no_rivals)
@@ -540,6 +599,8 @@ def cmd_peak(args) -> int:
 def cmd_tracker(args) -> int:
     from .remote.tracker import Tracker
 
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: must be a port number in 1..65535, got {args.port}")
     tracker = Tracker.start(host=args.host, port=args.port, detach=args.detach)
     print(f"RPC tracker on {tracker.address} (pid {tracker.pid}); register devices with "
           f"`convtune device start --tracker {tracker.address}`", flush=True)
@@ -610,6 +671,13 @@ def _add_model(p, what: str) -> None:
                                                        "(resnet18, resnet50, mobilenet_v2: torchvision, random weights)")
     p.add_argument("--model-batch", type=int, default=None, metavar="N",
                    help="the batch size of an ONNX model (--model or --network) whose input batch is symbolic")
+    _add_trust_pickle(p)
+
+
+def _add_trust_pickle(p) -> None:
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a .pt2 whose pickled objects torch's restricted loader refuses (they can run code: "
+                        "only for files you trust)")
 
 
 def _add_rpc(p):
@@ -638,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the same as JSON (a list without NAME|FILE)")
     p.add_argument("--model-batch", type=int, default=None, metavar="N",
                    help="the batch size of an ONNX model whose input batch is symbolic")
+    _add_trust_pickle(p)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
@@ -689,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "a model library against ONNX Runtime")
     p.add_argument("library")
     p.add_argument("--seed", type=int, default=0)
+    _add_trust_pickle(p)
     _add_rpc(p)
     p.set_defaults(func=cmd_verify)
 
@@ -754,16 +824,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from schedules.template import Unsupported
-    from schedules.workload import WorkloadError
+_STOP_SIGNAL: list[int] = []  # the SIGTERM/SIGHUP that stopped this run, if one did
 
-    from .records import ForeignRecords, RecordsError
-    from .remote.address import RPCError
-    from .remote.emulator import EmulatorError
-    from .target import LibraryError, TargetError
+
+def _stop_on_signal(signum, _frame) -> None:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: the same unwinding, the same report of what was kept."""
+    _STOP_SIGNAL.append(signum)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    _STOP_SIGNAL.clear()
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a reader that left shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # `convtune layers | head -1`: the reader left; stop quietly, as other unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
+    import signal
+
+    try:
+        parser = build_parser()  # imports TVM: seconds in which a Ctrl-C must not give a traceback
+        args = parser.parse_args(argv)
+        from schedules.template import Unsupported
+        from schedules.workload import WorkloadError
+
+        from .records import ForeignRecords, RecordsError
+        from .remote.address import RPCError
+        from .remote.emulator import EmulatorError
+        from .target import LibraryError, TargetError
+    except KeyboardInterrupt:
+        print("\nconvtune: interrupted while starting; nothing was done", file=sys.stderr)
+        return _interrupted_status()
 
     # A library that will not run as built (tuning/deploy/loader.py) says so in one line.
     import warnings
@@ -772,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         return args.func(args)
+    except BrokenPipeError:
+        raise  # main's: no message can reach a reader that left
     except (UsageError, WorkloadError, TargetError, Unsupported, LibraryError, ForeignRecords, RecordsError,
             RPCError, EmulatorError) as err:
         print(f"convtune {args.command}: error: {err}", file=sys.stderr)
@@ -779,13 +884,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         # A search's interrupt (tuning.search.scheduler.SearchInterrupted) says how many trials it measured.
         said = str(err) or "interrupted; every trial measured so far is in the records"
+        if _STOP_SIGNAL:
+            said = f"{signal.Signals(_STOP_SIGNAL[0]).name}: {said}"
         print(f"\nconvtune {args.command}: {said}", file=sys.stderr)
-        return 130
+        return _interrupted_status()
     except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
         message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
         print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
               file=sys.stderr)
         return 1
+
+
+def _interrupted_status() -> int:
+    return 128 + _STOP_SIGNAL[0] if _STOP_SIGNAL else 130
 
 
 def _check_args(args) -> None:
@@ -798,6 +909,9 @@ def _check_args(args) -> None:
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and ok(value)):
             raise UsageError(f"--{option.replace('_', '-')}: must be {rule}, got {value:g}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**31:
+        raise UsageError(f"--seed: must be in 0..{2**31 - 1}, got {seed}")
     batch = getattr(args, "model_batch", None)
     if batch is not None and batch <= 0:
         raise UsageError(f"--model-batch: must be a positive batch size, got {batch}")

@@ -30,6 +30,7 @@ from schedules.workload import Epilogue, Workload, WorkloadError
 
 from .model_import import ModelError, _onnx_module_path, _positional_name, read_onnx
 from .networks import Layer, distinct_layers
+from .tables import safe_text
 
 MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
 ZOO_INPUT = (1, 3, 224, 224)
@@ -61,12 +62,18 @@ class ModelGraph:
     layout: str
     conv_names: list[str]  # readable names of the convs, in order
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
+    trust_pickle: bool = False  # the user vouched for the pickles of its .pt2 (--trust-pickle)
+    # The inputs' names as the file has them (`input.1`): Relax's parameters carry sanitised names
+    # (`input_1`), but ONNX Runtime, and a user's feed, know the file's.
+    input_names: list[str] | None = None
     matmul_names: list[str] = field(default_factory=list)  # of the MatMul/Gemm nodes, in order
     _chains: list | None = None
 
     @property
     def inputs(self) -> list[dict]:
-        return [_tensor_info(p.name, p.ty) for p in self.mod["main"].params]
+        params = self.mod["main"].params
+        names = self.input_names if self.input_names and len(self.input_names) == len(params) else None
+        return [_tensor_info(names[i] if names else p.name, p.ty) for i, p in enumerate(params)]
 
     @property
     def outputs(self) -> list[dict]:
@@ -90,27 +97,39 @@ def _tensor_info(name: str, sinfo) -> dict:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def load_model(source: str, layout: str = "NHWC", batch: int | None = None) -> ModelGraph:
+def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
+               trust_pickle: bool = False) -> ModelGraph:
     """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
     suffix = os.path.splitext(source)[1].lower()
+    input_names = None
     if suffix == ".onnx":
-        mod, names = _from_onnx(source, read_onnx(source), batch)
+        model = read_onnx(source)
+        mod, names = _from_onnx(source, model, batch)
+        input_names = _onnx_input_names(model)
         kind = {"kind": "onnx", "path": os.path.abspath(source)}
     elif suffix == ".pt2":
         if batch is not None:
             raise ModelError(source, "--batch applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        mod, names = _from_pt2(source)
+        mod, names = _from_pt2(source, trust_pickle)
         kind = {"kind": "pt2", "path": os.path.abspath(source)}
     elif os.path.exists(source):
         raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
                                  f"{' or '.join(MODEL_SUFFIXES)}, or a zoo name ({', '.join(MODEL_ZOO)})")
     elif source in MODEL_ZOO:
-        mod, names = _from_onnx(source, zoo_onnx(source, batch or 1), None)
+        model = zoo_onnx(source, batch or 1)
+        mod, names = _from_onnx(source, model, None)
+        input_names = _onnx_input_names(model)
         kind = {"kind": "zoo", "name": source, "batch": batch or 1}
     else:
         raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
                                   f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, names[1])
+    return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, trust_pickle, input_names, names[1])
+
+
+def _onnx_input_names(model) -> list[str]:
+    """The graph inputs that are not initializers, in order: what the Relax frontend makes parameters."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in initializers]
 
 
 def zoo_onnx(name: str, batch: int = 1):
@@ -170,9 +189,11 @@ def _from_onnx(label: str, model, batch: int | None):
     names, matmuls = [], []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            names.append(_onnx_module_path(node))
+            path = _onnx_module_path(node)  # from the file: escaped before anything prints it
+            names.append(safe_text(path) if path is not None else None)
         elif node.op_type in ("MatMul", "Gemm"):
-            matmuls.append(_onnx_module_path(node))
+            path = _onnx_module_path(node)
+            matmuls.append(safe_text(path) if path is not None else None)
     try:
         mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
@@ -180,14 +201,12 @@ def _from_onnx(label: str, model, batch: int | None):
     return mod, (names, matmuls)
 
 
-def _from_pt2(path: str):
-    import torch
+def _from_pt2(path: str, trust_pickle: bool = False):
     from tvm.relax.frontend.torch import from_exported_program
 
-    try:
-        program = torch.export.load(path)
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(path, f"not a torch.export program: {err}") from None
+    from .model_import import load_exported_program
+
+    program = load_exported_program(path, trust_pickle)
     mod = from_exported_program(program, keep_params_as_input=False)
     return mod, ([], [])
 

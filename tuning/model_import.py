@@ -35,6 +35,7 @@ import sys
 from schedules.workload import Workload, WorkloadError
 
 from .networks import NETWORKS, Layer, distinct_layers, network_layers
+from .tables import safe_text
 
 ONNX_PIP = "pip install onnx"
 TORCH_PIP = "pip install torch==2.13.0"
@@ -48,11 +49,13 @@ class ModelError(WorkloadError):
 def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], conv: str) -> list[Layer]:
     """The convolutions a model reader found, as distinct layers; transposed ones are named and left out.
     A name that two different shapes share (a module run at two sizes) gets `_2`, `_3`, ... on the later ones."""
+    # Names come from the model file: escaped here, once, before anything prints them.
+    label, skipped = safe_text(label), [safe_text(name) for name in skipped]
     if skipped:
         print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
     if not found:
         raise ModelError(label, f"has no {conv}")
-    layers = distinct_layers([Layer(name, wl) for name, wl in found])
+    layers = distinct_layers([Layer(safe_text(name), wl) for name, wl in found])
     seen: dict[str, int] = {}
     unique = []
     for layer in layers:
@@ -107,9 +110,22 @@ def read_onnx(path: str):
     if not os.path.exists(path):
         raise ModelError(path, "no such file")
     try:
-        return onnx.load(path)
+        model = onnx.load(path)
     except Exception as err:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(path, f"not an ONNX model: {err}") from None
+    check_opset(onnx, path, model)
+    return model
+
+
+def check_opset(onnx, label: str, model) -> None:
+    """Refuse a model whose default-domain opset is newer than the installed onnx knows: its ops
+    would be read (and compared by ONNX Runtime) under semantics nobody here defines."""
+    known = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > known:
+            raise ModelError(label, f"uses ONNX opset {opset.version}, newer than the {known} the installed onnx "
+                                    f"{onnx.__version__} knows; export with opset_version <= {known} "
+                                    "(or upgrade onnx and onnxruntime)")
 
 
 def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
@@ -456,19 +472,82 @@ def _import_torch():
     return torch
 
 
+TRUST_PICKLE_HINT = "pass --trust-pickle only if you trust whoever made this file"
+
+
+def _unsafe_pickles(path: str, torch) -> list[str]:
+    """The members of a .pt2 archive that `torch.export.load` would unpickle with plain pickle.
+
+    A `.pt2` is a zip; torch.export.load unpickles some members (sample inputs, pickled weights and
+    constants, custom objects) and retries a failed `weights_only` load without it, so a crafted
+    archive runs code while it is read. Each torch.save archive inside is opened here with
+    `torch.load(weights_only=True)` (torch's restricted unpickler: tensors and containers, no code);
+    any other pickle (custom or opaque objects, a bare pickle stream) cannot be vouched for."""
+    import io
+    import json
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ModelError(path, f"not a torch.export archive (.pt2 from torch.export.save): {err}") from None
+    unsafe = []
+    with archive:
+        raw_tensors = set()  # members the configs declare as raw tensor bytes (never unpickled)
+        for name in archive.namelist():
+            if not name.endswith(("_weights_config.json", "_constants_config.json")):
+                continue
+            try:
+                config = json.loads(archive.read(name)).get("config", {})
+            except (ValueError, AttributeError):
+                continue
+            for meta in config.values() if isinstance(config, dict) else []:
+                path_name = meta.get("path_name", "") if isinstance(meta, dict) else ""
+                if path_name.startswith(("custom_obj", "opaque_obj")):
+                    unsafe.append(f"{os.path.dirname(name)}/{path_name}")
+                elif isinstance(meta, dict) and not meta.get("use_pickle"):
+                    raw_tensors.add(f"{os.path.dirname(name)}/{path_name}")
+        for name in archive.namelist():
+            if name in raw_tensors or name in unsafe:
+                continue
+            data = archive.read(name)
+            if data.startswith(b"PK\x03\x04"):  # a torch.save archive: its data.pkl is a pickle
+                try:
+                    torch.load(io.BytesIO(data), weights_only=True)
+                except Exception:  # noqa: BLE001 - whatever the restricted unpickler refuses
+                    unsafe.append(name)
+            elif data[:1] == b"\x80" or name.endswith((".pkl", ".pickle")):  # a bare pickle stream
+                unsafe.append(name)
+    return unsafe
+
+
+def load_exported_program(path: str, trust_pickle: bool = False):
+    """`torch.export.load(path)`, refused when the archive carries pickles torch's restricted
+    unpickler would not read (they could run code), unless the user trusts the file."""
+    torch = _import_torch()
+    if not os.path.isfile(path):
+        raise ModelError(path, "no such file")
+    if not trust_pickle:
+        unsafe = _unsafe_pickles(path, torch)
+        if unsafe:
+            shown = ", ".join(safe_text(n) for n in unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
+            raise ModelError(path, f"carries pickled objects that can run code when loaded ({shown}); refused, "
+                                   f"{TRUST_PICKLE_HINT}")
+    try:
+        return torch.export.load(path)
+    except Exception as err:  # noqa: BLE001
+        message = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise ModelError(path, f"not a torch.export program (.pt2 from torch.export.save): {message}") from None
+
+
 def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC",
-               network: str | None = None) -> list[Layer]:
+               network: str | None = None, trust_pickle: bool = False) -> list[Layer]:
     """The conv layers of an `nn.Module` (exported here with `example_inputs`), a
     `torch.export.ExportedProgram`, or a `.pt2` file path (`torch.export.save`)."""
     torch = _import_torch()
     label = program if isinstance(program, str) else (network or type(program).__name__)
     if isinstance(program, str):
-        if not os.path.exists(program):
-            raise ModelError(program, "no such file")
-        try:
-            program = torch.export.load(program)
-        except Exception as err:  # noqa: BLE001
-            raise ModelError(label, f"not a torch.export program (.pt2 from torch.export.save): {err}") from None
+        program = load_exported_program(program, trust_pickle)
         network = network or os.path.splitext(os.path.basename(label))[0]
     elif isinstance(program, torch.nn.Module):
         if example_inputs is None:
@@ -568,7 +647,8 @@ def _split(total: int) -> tuple[int, int]:
 
 
 # -- one entry point ---------------------------------------------------------------------------------
-def load_network(name_or_file: str, layout: str = "NHWC", batch: int | None = None) -> list[Layer]:
+def load_network(name_or_file: str, layout: str = "NHWC", batch: int | None = None,
+                 trust_pickle: bool = False) -> list[Layer]:
     """A zoo network (`resnet18`), an ONNX file (`model.onnx`) or a torch.export file (`model.pt2`)."""
     suffix = os.path.splitext(name_or_file)[1].lower()
     if suffix == ".onnx":
@@ -576,7 +656,7 @@ def load_network(name_or_file: str, layout: str = "NHWC", batch: int | None = No
     if suffix == ".pt2":
         if batch is not None:
             raise ModelError(name_or_file, "batch= applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        return from_torch(name_or_file, layout=layout)
+        return from_torch(name_or_file, layout=layout, trust_pickle=trust_pickle)
     if os.path.exists(name_or_file):
         raise ModelError(name_or_file, f"unknown model format {suffix or '(no suffix)'!r}; "
                                        f"give {' or '.join(MODEL_SUFFIXES)} (torch.export.save), or a zoo name")

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from schedules.machine import FMA_TABLE
+
 ISAS = ("avx512", "avx2", "sse", "neon")
 # isa -> (header, vector type, lanes, chains, set1, fma(acc[i], a, b), add, store, gcc flags).
 # Chains: at least FMA latency (4-5 cycles) x 2 pipes, within the register file (32 zmm / v; 16 ymm / xmm).
@@ -175,19 +177,20 @@ def fp32_peak_gflops(threads: int, isa: str | None = None) -> float:
 
 @functools.cache
 def _peak(threads: int, isa: str) -> float:
-    exe = _compile(isa)
-    value = _measure(exe, threads)
-    if threads > 1:
-        single = _peak(1, isa)
-        for _ in range(2):
-            if value >= 0.75 * threads * single:
-                break
-            value = max(value, _measure(exe, threads))
-        if value < 0.75 * threads * single:
-            _CONTENDED.add((threads, isa))
-            print(f"warning: FP32 {isa} peak at {threads} threads measured {value:.0f} GFLOP/s, under "
-                  f"{threads} x the single-thread {single:.0f}: another process is using the cores; "
-                  "every timing of this run is suspect", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix=f"convtune-peak-{isa}-") as directory:  # nothing left in /tmp
+        exe = _compile(isa, directory)
+        value = _measure(exe, threads)
+        if threads > 1:
+            single = _peak(1, isa)
+            for _ in range(2):
+                if value >= 0.75 * threads * single:
+                    break
+                value = max(value, _measure(exe, threads))
+            if value < 0.75 * threads * single:
+                _CONTENDED.add((threads, isa))
+                print(f"warning: FP32 {isa} peak at {threads} threads measured {value:.0f} GFLOP/s, under "
+                      f"{threads} x the single-thread {single:.0f}: another process is using the cores; "
+                      "every timing of this run is suspect", file=sys.stderr)
     return value
 
 
@@ -200,10 +203,27 @@ def peak_contended(target, threads: int | None = None) -> bool:
     return (threads or target.threads, target.machine.isa) in _CONTENDED
 
 
+# The clock no CPU sustains under an all-core FMA load (the fastest boost clocks are 5.5-6.2 GHz on
+# one core): with the lanes, FMA units and threads it bounds what any record can truly reach.
+MAX_CLOCK_GHZ = 6.0
+
+
+def ceiling_gflops(machine, threads: int | None = None) -> float:
+    """The FP32 rate no kernel for `machine` can exceed at `threads` (default the machine's): 2 x
+    lanes x FMA units x threads x MAX_CLOCK_GHZ. From the machine's description alone, so it holds
+    whatever the load while it is read; FMA units from the table where it knows the mcpu, else the
+    most any core of the ISA has (an assumed count may be low)."""
+    units = machine.fma_units
+    if not machine.source.get("fma_units", "").startswith("table:"):
+        units = max([units] + [row[1] for row in FMA_TABLE.values() if row[0] == machine.isa])
+    return 2 * machine.lanes * units * (threads or machine.threads) * MAX_CLOCK_GHZ
+
+
 @functools.cache
-def measured_fma_units(isa: str) -> int | None:
-    """Vector FMA units per core at `isa`'s width, where a measurement can tell; None where the
-    table (schedules.machine.FMA_TABLE) decides.
+def measured_fma_units(isa: str, mcpu: str | None = None) -> int | None:
+    """Vector FMA units per core at `isa`'s width: the table's count (schedules.machine.FMA_TABLE)
+    wherever it knows `mcpu` at this ISA -- never a timing, so no template changes with the load
+    of the moment -- else a measurement where one can tell; None where neither can.
 
     avx512: the single-thread 512-bit loop against the 256-bit one. Every AVX-512 core has two
     256-bit FMA pipes; a 512-bit loop with >= TWO_UNITS_RATIO x the lanes/s has two 512-bit units
@@ -211,6 +231,9 @@ def measured_fma_units(isa: str) -> int | None:
     over its 256-bit pipes; Intel client cores and some Xeon Silver). Other ISAs: None (a per-cycle
     figure needs the clock, which a VM does not report reliably)."""
     _check(isa)
+    row = FMA_TABLE.get(mcpu or "")
+    if row and row[0] == isa:
+        return row[1]
     if isa != "avx512":
         return None
     ratio = fp32_peak_gflops(1, "avx512") / fp32_peak_gflops(1, "avx2")
@@ -233,9 +256,7 @@ def peak_report(threads_list, isa: str | None = None) -> dict:
             "gflops": {str(t): fp32_peak_gflops(int(t), isa) for t in threads_list}}
 
 
-@functools.cache
-def _compile(isa: str) -> str:
-    directory = tempfile.mkdtemp(prefix=f"convtune-peak-{isa}-")
+def _compile(isa: str, directory: str) -> str:
     src, exe = os.path.join(directory, "peak.c"), os.path.join(directory, "peak")
     with open(src, "w") as f:
         f.write(benchmark_source(isa))

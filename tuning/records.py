@@ -37,7 +37,7 @@ from schedules.template import Unsupported
 from schedules.workload import Workload
 
 from .files import write_json_atomic
-from .peak import peak_contended, target_peak
+from .peak import ceiling_gflops, peak_contended, target_peak
 from .target import Target
 from .task import ALGORITHM_NAMES, Task
 
@@ -133,6 +133,9 @@ def record_problem(obj, workloads: int) -> str | None:
         return "its trace is not [instructions, decisions]"
     if secs is not None and not (isinstance(secs, list) and all(_is_number(s) for s in secs)):
         return "its run seconds are not a list of numbers"
+    if secs is not None and not all(math.isfinite(s) and s > 0 for s in secs):
+        # No kernel runs in no time: such a record would rank first (or divide by zero).
+        return f"its run seconds {secs} are not all positive and finite"
     if not (isinstance(target, dict) and isinstance(target.get("kind"), str)):
         return "its target is not a TVM target dict"
     if not (isinstance(args, list) and all(_arg_info_ok(a) for a in args)):
@@ -285,6 +288,27 @@ def _in_memory(plan, reason: str) -> dict[str, bytes]:
     return {os.path.basename(path): b"".join(line + b"\n" for line in kept) for path, kept, _ in plan}
 
 
+def open_database(work_dir: str) -> ms.database.JSONDatabase:
+    """A MetaSchedule JSON database kept outside the layer records (a model's other ops, `tune
+    --model`'s logs/<target>/model-ops), its two files checked and repaired as a layer's are: a torn
+    last line or a lost workload file is moved aside with a warning, never a crash naming no file."""
+    if os.path.isdir(work_dir) and repair_database(work_dir):
+        raise RecordsError(f"{work_dir}: its records cannot be repaired on disk (see the warnings); make it "
+                           "writable, or move it aside")
+    try:
+        return ms.database.JSONDatabase(work_dir=work_dir)
+    except Exception:  # noqa: BLE001 - TVM raises its own error types; a line that does not replay
+        if repair_database(work_dir, deep=True):
+            raise RecordsError(f"{work_dir}: its records cannot be repaired on disk (see the warnings); make it "
+                               "writable, or move it aside") from None
+    try:
+        return ms.database.JSONDatabase(work_dir=work_dir)
+    except Exception as err:  # noqa: BLE001
+        first = next((l for l in str(err).splitlines() if l.strip()), type(err).__name__)
+        raise RecordsError(f"{work_dir}: TVM cannot read these records ({first.strip()[:200]}); move "
+                           f"{DB_FILES[1]} aside") from None
+
+
 def read_task_json(directory: str) -> dict | None:
     """A layer's task.json; None when it is absent, or unreadable (with a warning: the layer is then
     treated as having none)."""
@@ -316,28 +340,29 @@ def _warn_once(message: str) -> None:
 _PEAK_UNKNOWN: set[str] = set()
 
 
-def peak_bound(target: Target, task: Task) -> float | None:
+def peak_bound(target: Target, task: Task) -> float:
     """The highest rate, in GFLOP/s of the direct algorithm's FLOPs, a record of `task` can truly
-    reach here: the machine's measured FP32 peak (tuning.peak, measured once per process), times how
-    many fewer multiplications the algorithm does (Winograd); None where the peak is unknown (the
-    target is another machine)."""
-    if target.tag in _PEAK_UNKNOWN:
-        return None
-    try:
-        peak = target_peak(target)
-    except (OSError, ValueError, subprocess.SubprocessError) as err:
-        _PEAK_UNKNOWN.add(target.tag)
-        print(f"warning: the FP32 peak cannot be measured here ({err}): records are not checked against it",
-              file=sys.stderr)
-        return None
-    if peak is None:
-        return None
-    if peak_contended(target):
+    reach here, times how many fewer multiplications the algorithm does (Winograd): the machine's
+    measured FP32 peak (tuning.peak, measured once per process) with its margin, where it was read
+    on idle cores; and always at most the target's theoretical ceiling (`ceiling_gflops`), which no
+    load can lower, so a forged or impossible record is refused on a busy or a remote machine too."""
+    bound = ceiling_gflops(target.machine, target.threads)
+    peak = None
+    if target.tag not in _PEAK_UNKNOWN:
+        try:
+            peak = target_peak(target)
+        except (OSError, ValueError, subprocess.SubprocessError) as err:
+            _PEAK_UNKNOWN.add(target.tag)
+            print(f"warning: the FP32 peak cannot be measured here ({err}): records are checked against the "
+                  "machine's theoretical ceiling only", file=sys.stderr)
+    if peak is not None and peak_contended(target):
         # A peak read on busy cores is low: judged by it, sound records would be rejected for good.
-        _warn_once("warning: the FP32 peak was measured on busy cores: records are not checked against it "
-                   "in this run")
-        return None
-    return PEAK_MARGIN * peak * task.template.multiplication_saving
+        _warn_once("warning: the FP32 peak was measured on busy cores: records are checked against the "
+                   "machine's theoretical ceiling only in this run")
+        peak = None
+    if peak is not None:
+        bound = min(bound, PEAK_MARGIN * peak)
+    return bound * task.template.multiplication_saving
 
 
 class LayerRecords:
@@ -478,7 +503,7 @@ class LayerRecords:
                 continue
             record = Record(median, r.trace, task.algorithm)
             if bound is None:
-                bound = (peak_bound(self.target, task) if self.judge else None) or math.inf
+                bound = peak_bound(self.target, task) if self.judge else math.inf
             if record.gflops(task.workload) > bound:
                 self.reject(record, f"{PEAK_REASON} ({record.gflops(task.workload):.1f} GFLOP/s, the most this "
                                     f"machine can do for {task.algorithm} is {bound:.1f})")

@@ -22,6 +22,13 @@ def _numeric(cell: str) -> bool:
     return bool(_NUMBER.fullmatch(cell.strip()))
 
 
+def safe_text(text) -> str:
+    """`text` with each unprintable character (ANSI escapes, newlines, terminal-title sequences,
+    bidi overrides) written as its Python escape (`\\x1b`): names read from a model file are
+    printed only through this, so a file cannot draw on the user's terminal or forge a line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence], align: str | None = None, indent: str = "",
           gap: int = 2) -> str:
     """`header` and `rows` as aligned lines (joined with newlines), each line prefixed by `indent`."""

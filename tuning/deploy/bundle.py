@@ -15,6 +15,7 @@ process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,6 +45,11 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
                    network: str | None = None) -> dict:
     """Build one library per distinct layer into `out_dir` and write its manifest; returns the manifest."""
     os.makedirs(out_dir, exist_ok=True)
+    # The old manifest goes before any library is rebuilt, the new one comes after the last: a run
+    # killed in between leaves no manifest (verify refuses the bundle), never one naming libraries
+    # this run did not build.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out_dir, MANIFEST))
     built: dict = {}  # workload -> (library file, sidecar)
     entries = []
     for layer in layers:

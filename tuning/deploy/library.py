@@ -22,7 +22,7 @@ from schedules.reference import epilogue_inputs, random_inputs
 from schedules.template import config_from_trace
 from schedules.workload import Workload
 
-from ..files import write_json_atomic
+from ..files import publish_library
 from ..records import LayerRecords, Record, RecordsError, median_seconds, trace_id
 from ..target import Target
 from ..task import Task, tasks_for
@@ -216,14 +216,17 @@ def export(choice: Choice, target: Target, path: str, layer_name: str | None = N
               f"{target.tag}: building the template's UNTUNED default config "
               f"{choice.task.default_config()}. Run `convtune tune` first for a fast kernel.", file=sys.stderr)
     executable = build(choice, target)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    side = sidecar(choice, target, os.path.basename(path), layer_name)
+    publish_library(path, lambda tmp: write_library(executable, target, tmp), sidecar_path(path), side)
+    return side
+
+
+def write_library(executable, target: Target, path: str) -> None:
+    """`executable` as a shared library at `path`, cross-linked for a target that is not this host."""
     if target.cross_compiler:
         executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
     else:
         executable.export_library(path)
-    side = sidecar(choice, target, os.path.basename(path), layer_name)
-    write_json_atomic(sidecar_path(path), side)
-    return side
 
 
 def sidecar(choice: Choice, target: Target, library: str, layer_name: str | None) -> dict:

@@ -28,12 +28,12 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir
 
-from ..files import write_json_atomic
+from ..files import publish_library
 from ..graph import ConvChain, ModelGraph, legalize_passes, ops_directory, replace_chains
 from ..target import LibraryError, Target
 from .kernel import load_sidecar_json, sidecar_path
+from .library import Choice, choose, in_memory_kernel, schedule_functions, write_library
 from .loader import load_module
-from .library import Choice, choose, in_memory_kernel, schedule_functions
 
 MODEL_SIDECAR_VERSION = 1
 # Relative tolerance of a whole model against ONNX Runtime, per unit of the worst layer's error
@@ -212,14 +212,14 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
 def _rest_pipeline(target: Target, ops_records: str | None) -> tvm.transform.Pass:
     """Relax's CPU pipeline, with the fused non-conv ops scheduled before lowering."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from tvm.s_tir.meta_schedule.database import JSONDatabase
+    from ..records import open_database
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
         with target.tvm:
             mod = tvm.transform.Sequential(legalize_passes())(mod)
             if ops_records:
-                database = JSONDatabase(work_dir=ops_records)
+                database = open_database(ops_records)
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase(ops_records)(mod)
             mod = default_schedules(mod, target)
@@ -378,16 +378,9 @@ def model_sidecar(graph: ModelGraph, layers: list[LayerPlan], target: Target, op
 
 
 def export_model(graph: ModelGraph, target: Target, logs: str, path: str, algorithm: str = "auto") -> dict:
-    from tvm.support import cc
-
     executable, side = build_model(graph, target, logs, algorithm)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     side["library"] = os.path.basename(path)
-    if target.cross_compiler:
-        executable.export_library(path, fcompile=cc.cross_compiler(target.cross_compiler))
-    else:
-        executable.export_library(path)
-    write_json_atomic(sidecar_path(path), side)
+    publish_library(path, lambda tmp: write_library(executable, target, tmp), sidecar_path(path), side)
     return side
 
 
@@ -467,14 +460,20 @@ def read_model_sidecar(path: str) -> dict:
     return side
 
 
-def reference_outputs(side: dict, inputs: dict[str, np.ndarray]) -> tuple[str, list[np.ndarray]]:
+def reference_outputs(side: dict, inputs: dict[str, np.ndarray],
+                      trust_pickle: bool = False) -> tuple[str, list[np.ndarray]]:
     """The model run by another engine on the same inputs: ONNX Runtime for ONNX and zoo models
-    (the zoo model rebuilt with the same seed), PyTorch for a torch.export program."""
+    (the zoo model rebuilt with the same seed), PyTorch for a torch.export program. The sidecar
+    is data: the program it names is read as any user's .pt2 is (its pickles checked)."""
     source = side["source"]
     if source.get("kind") == "pt2":
         import torch
 
-        program = torch.export.load(source["path"])
+        from ..model_import import load_exported_program
+
+        if not isinstance(source.get("path"), str):
+            raise LibraryError(f"{side.get('model', 'the sidecar')}: source.path: missing or not a string")
+        program = load_exported_program(source["path"], trust_pickle)
         with torch.no_grad():
             result = program.module()(*[torch.from_numpy(inputs[i["name"]]) for i in side["inputs"]])
         items = result if isinstance(result, (list, tuple)) else [result]

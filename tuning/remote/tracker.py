@@ -84,16 +84,43 @@ class Tracker:
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
+                if "cannot bind" in tail(self.log_path):
+                    raise RPCError(self._taken())
                 raise RPCError(f"the tracker on {self.address} exited at start (code {self.proc.returncode}):\n"
                                f"{tail(self.log_path)}")
             try:
                 tracker_summary(self.host, self.port, timeout=2.0)
-                return
             except RPCError:
                 if time.time() > deadline:
                     raise RPCError(f"the tracker on {self.address} did not answer within {timeout:.0f} s:\n"
                                    f"{tail(self.log_path)}") from None
                 time.sleep(0.2)
+                continue
+            # Something answered on the port; it is ours only if our child lives and says it bound
+            # that very port (TVM's tracker moves to the next port when the asked one is taken, and
+            # another tracker already there answers for it).
+            if self.proc.poll() is None and self._says_listening():
+                return
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop_quietly()
+                raise RPCError(self._taken())
+            time.sleep(0.2)
+
+    def _taken(self) -> str:
+        # "cannot bind": on_free_port retries a port it picked itself on these words
+        return (f"cannot bind port {self.port} on {self.host}: it is taken (another tracker, or another program, "
+                "listens there); stop it, or pass another --port")
+
+    def _says_listening(self) -> bool:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f"convtune-tracker listening {self.host}:{self.port}\n" in f.read()
+        except OSError:
+            return False
+
+    def stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            stop_child(self.proc)
 
     def wait(self) -> int:
         """Block until the tracker exits (a foreground `convtune tracker`); its exit code."""

@@ -22,6 +22,7 @@ import sys
 from tvm.s_tir import meta_schedule as ms
 
 from ..graph import ModelGraph, ops_directory, ops_module
+from ..records import open_database
 from ..target import Target
 from . import measure
 from .network import NetworkResult, network_tasks, summarize
@@ -42,7 +43,7 @@ def recorded_ops_trials(logs: str, target: Target, tasks) -> int:
     work_dir = ops_directory(logs, target)
     if not os.path.exists(os.path.join(work_dir, "database_tuning_record.json")):
         return 0
-    database = ms.database.JSONDatabase(work_dir=work_dir)
+    database = open_database(work_dir)
     total = 0
     for task in tasks:
         mod = task.dispatched[0]
@@ -74,7 +75,7 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
         tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=todo,
         max_trials_per_task=min(todo, OPS_TRIALS_PER_TASK), num_trials_per_iter=min(options.trials_per_iter, 16),
         builder=measure.builder(target, config), runner=measure.local_runner(target, config),
-        database=ms.database.JSONDatabase(work_dir=work_dir),
+        database=open_database(work_dir),
         cost_model=ms.cost_model.XGBModel(num_tuning_cores=target.threads) if options.cost_model == "xgb"
         else ms.cost_model.RandomModel(),
         task_scheduler="round-robin",
