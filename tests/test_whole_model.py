@@ -80,7 +80,7 @@ def test_untuned_model_compiles_runs_and_matches_onnxruntime(model_path, tmp_pat
     np.save(str(tmp_path / "x.npy"), x)
     out = str(tmp_path / "y.npz")
     assert cli.main(["run", library, "--input", str(tmp_path / "x.npy"), "--output", out]) == 0
-    got = np.load(out)["output"]
+    got = np.load(out)["logits"]
     expected = onnxruntime_outputs(model_path, {"input": x})[0]
     assert got.shape == (1, 10)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

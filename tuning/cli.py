@@ -400,8 +400,8 @@ def verify_model(path: str, seed: int = 0, trust_pickle: bool = False) -> int:
     engine, theirs = reference_outputs(side, inputs, trust_pickle)
     checks = compare_outputs(side, ours, theirs)
     for c in checks:
-        print(f"{path}: {c.output}: max abs error {c.max_error:.3g} against {engine} (tolerance {c.tolerance:.3g}: "
-              f"{side['tolerance']['why']}) {'ok' if c.ok else 'MISMATCH'}")
+        print(f"{path}: {c.output}: against {engine}: {c.describe()} ({side['tolerance']['why']}) "
+              f"{'ok' if c.ok else 'MISMATCH'}")
     ok = sum(c.ok for c in checks)
     print(f"{ok}/{len(checks)} outputs ok ({len(side['layers'])} layers, {side['model']})")
     if ok == len(checks):

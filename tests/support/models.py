@@ -59,3 +59,47 @@ def onnxruntime_outputs(path: str, inputs: dict) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, inputs)
+
+
+def mlp_block(path: str, seed: int = 0) -> str:
+    """ConvNeXt's block without its depthwise conv, NHWC as ConvNeXt permutes it: input [1,5,7,8]
+    -> MatMul [8,32] + bias -> GELU (Div, Erf, Add, Mul, Mul: as torch exports it) -> MatMul [32,8]
+    + bias -> + input (the residual) -> Sigmoid, and a second output: Tanh of the first hidden
+    layer's mean. Two matmuls by constant weights (1x1 convs for convtune), transcendental ops."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, scale=0.5):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.uniform(-scale, scale, shape).astype(np.float32).ravel())
+
+    def scalar(name, value):
+        return helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+
+    inits = [init("w1", 8, 32), init("b1", 32), init("w2", 32, 8), init("b2", 8),
+             scalar("sqrt2", 2 ** 0.5), scalar("one", 1.0), scalar("half", 0.5)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="block/fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["h1"]),
+        helper.make_node("Div", ["h1", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["h1", "e1"], ["g0"]),
+        helper.make_node("Mul", ["g0", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["m2"], name="block/fc2"),
+        helper.make_node("Add", ["m2", "b2"], ["h2"]),
+        helper.make_node("Add", ["h2", "x"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["y"]),
+        helper.make_node("ReduceMean", ["h1"], ["mean"], axes=[3], keepdims=0),
+        helper.make_node("Tanh", ["mean"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 7, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 7, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 5, 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
