@@ -231,3 +231,41 @@ def test_a_sidecar_thread_count_this_machine_cannot_run_is_refused(tmp_path, cap
     assert cli.main(["verify", str(tmp_path / "k.so")]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def small_model_library(tmp_path_factory):
+    """The small test model compiled once (untuned) for the `run` tests."""
+    from .support.models import small_resnet
+
+    root = tmp_path_factory.mktemp("run_model")
+    model = small_resnet(str(root / "small_resnet.onnx"))
+    library = str(root / "model.so")
+    assert cli.main(["compile", "--model", model, "-o", library, "--logs", str(root / "logs")]) == 0
+    return library
+
+
+def _write_bad_input(kind: str, path: str) -> None:
+    import numpy as np
+
+    if kind == "strings":
+        np.save(path, np.array(["a", "b"]))
+    elif kind == "empty":
+        open(path, "wb").close()
+    elif kind == "npz":  # an archive under a .npy name
+        with open(path, "wb") as f:
+            np.savez(f, input=np.zeros((1, 3, 12, 12), np.float32))
+    elif kind == "complex":
+        np.save(path, np.ones((1, 3, 12, 12), np.complex64))
+
+
+@pytest.mark.parametrize("kind, says", [("strings", "not numbers"), ("empty", "is empty"),
+                                        ("npz", "is an .npz archive"), ("complex", "complex values")])
+def test_run_refuses_an_input_file_that_is_not_a_real_array(small_model_library, tmp_path, capsys, kind, says):
+    """Each once crashed with a traceback (empty, .npz) or ran on something else (complex cast to real)."""
+    path = str(tmp_path / "x.npy")
+    _write_bad_input(kind, path)
+    capsys.readouterr()
+    assert cli.main(["run", small_model_library, "--input", path]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]  # untuned
+    assert len(lines) == 1 and lines[0].startswith("convtune run: error:") and says in lines[0]

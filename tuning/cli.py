@@ -344,6 +344,33 @@ def _is_model(path: str) -> bool:
         return False
 
 
+def _read_input_array(text: str, path: str):
+    """One `--input` file as a real numeric array, else UsageError: np.load alone accepts (or dies
+    on) things a model cannot take, and a complex array would be cast to its real part silently."""
+    import zipfile
+
+    import numpy as np
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UsageError(f"--input {text}: {path} is empty; save the input with numpy.save(path, array)")
+    if os.path.isfile(path) and zipfile.is_zipfile(path):  # an .npz archive, whatever its name
+        raise UsageError(f"--input {text}: {path} is an .npz archive, not one array; save each input "
+                         "with numpy.save(path, array) and give it as --input NAME=PATH")
+    try:
+        array = np.load(path)  # allow_pickle=False: object arrays are refused here, not unpickled
+    except (OSError, ValueError, EOFError) as err:
+        raise UsageError(f"--input {text}: cannot read {path} as a .npy array: {err}") from None
+    if not isinstance(array, np.ndarray):
+        raise UsageError(f"--input {text}: {path} is not a single .npy array; save it with numpy.save(path, array)")
+    if array.dtype.kind == "c":
+        raise UsageError(f"--input {text}: {path} holds complex values ({array.dtype}); the model takes real "
+                         "numbers: give the real part (numpy.save(path, array.real)) if that is what you mean")
+    if array.dtype.kind not in "biuf":  # strings, bytes, datetimes, structured records
+        raise UsageError(f"--input {text}: {path} holds {array.dtype} values, not numbers; "
+                         "save a numeric array (e.g. float32) with numpy.save")
+    return array
+
+
 def cmd_run(args) -> int:
     import time
 
@@ -369,10 +396,7 @@ def cmd_run(args) -> int:
             name = names[0]
         if name not in names:
             raise UsageError(f"--input {text}: the model has no input {name!r} (it has {', '.join(names)})")
-        try:
-            inputs[name] = np.load(path)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--input {text}: cannot read {path}: {err}") from None
+        inputs[name] = _read_input_array(text, path)
     if not args.input:
         inputs = random_model_inputs(side, args.seed)
         print(f"no --input: running on uniform random inputs (seed {args.seed})", file=sys.stderr)
