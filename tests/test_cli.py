@@ -269,3 +269,24 @@ def test_run_refuses_an_input_file_that_is_not_a_real_array(small_model_library,
     assert cli.main(["run", small_model_library, "--input", path]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]  # untuned
     assert len(lines) == 1 and lines[0].startswith("convtune run: error:") and says in lines[0]
+
+
+@pytest.mark.parametrize("target, says", [
+    ('{"kind": "llvm", "mcpu": "nonexistentcpu"}', "mcpu 'nonexistentcpu' is not a CPU LLVM knows"),
+    ('{"kind": "llvm", "mcpu": "znver33"}', "did you mean znver3"),
+    ('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a99"}', "for aarch64-linux-gnu"),
+])
+def test_an_unknown_mcpu_is_refused(tmp_path, capsys, target, says):
+    """TVM once built generic code for it, filed under logs/x86_64-nonexistentcpu-t2."""
+    assert cli.main(["compile", "h=8,ci=8,co=8,k=3,pad=1", "--target", target, "--logs", str(tmp_path / "logs"),
+                     "-o", str(tmp_path / "k.so")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "llvm_get_cpu_archlist" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "k.so").exists()
+
+
+def test_a_known_mcpu_is_accepted():
+    from tuning.target import resolve_target
+
+    assert resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}').tag.startswith(
+        "aarch64-cortex-a72")

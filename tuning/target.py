@@ -102,6 +102,7 @@ def resolve_target(text: str = "x86", threads: int | None = None) -> Target:
         cores = config.get("num-cores")
         if cores is not None and (not isinstance(cores, int) or isinstance(cores, bool) or cores <= 0):
             raise TargetError(f"--target: num-cores must be a positive integer, got {cores!r}")
+        _check_mcpu(config)
         try:
             tvm.target.Target(config)
         except Exception as err:  # noqa: BLE001 - TVM's target parser raises several types
@@ -122,6 +123,28 @@ def resolve_target(text: str = "x86", threads: int | None = None) -> Target:
     known = ", ".join(["x86"] + list(ARM_PROFILES))
     raise TargetError(f"--target: unknown target {text!r}; known: {known}, or a JSON dict like "
                       '\'{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}\'')
+
+
+def _check_mcpu(config: dict) -> None:
+    """An mcpu LLVM does not know for the triple is a TargetError. TVM accepts it, logs one line and
+    builds generic code, which would then be tuned and filed under logs/<arch>-<that name>-tN as if
+    it were that CPU."""
+    cpu = config.get("mcpu")
+    if cpu is None:
+        return
+    from tvm.target import codegen
+
+    triple = config.get("mtriple") or codegen.llvm_get_system_triple()
+    if not isinstance(cpu, str) or not codegen.llvm_is_valid_cpu(cpu, triple):
+        import difflib
+
+        known = codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))
+        close = difflib.get_close_matches(str(cpu), known, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        of = f"tvm.target.Target({{'kind': 'llvm', 'mtriple': '{triple}'}})" if config.get("mtriple") else ""  # host
+        raise TargetError(f"--target: mcpu {cpu!r} is not a CPU LLVM knows for {triple}; {hint}the known CPUs "
+                          f"are LLVM's list for that triple (python -c \"import tvm; "
+                          f"print(tvm.target.codegen.llvm_get_cpu_archlist({of}))\"), or leave mcpu out for generic code")
 
 
 def set_threads(threads: int) -> None:
