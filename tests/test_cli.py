@@ -290,3 +290,18 @@ def test_a_known_mcpu_is_accepted():
 
     assert resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}').tag.startswith(
         "aarch64-cortex-a72")
+
+
+@pytest.mark.parametrize("command", ["layers", "compile"])
+def test_a_model_batch_for_a_fixed_batch_is_refused(tmp_path, capsys, command):
+    """--model-batch 4 on a model whose batch is fixed at 1 was once ignored: a batch-1 library."""
+    from .support.models import small_resnet
+
+    path = small_resnet(str(tmp_path / "fixed.onnx"))  # batch fixed at 1
+    argv = [command, path] if command == "layers" else [command, "--model", path, "-o", str(tmp_path / "m.so"),
+                                                        "--logs", str(tmp_path / "logs")]
+    assert cli.main(argv + ["--model-batch", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the model's batch is fixed at 1; --model-batch applies to a symbolic batch" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "m.so").exists()
+    assert cli.main(["layers", path, "--model-batch", "1"]) == 0  # its own batch: harmless

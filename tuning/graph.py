@@ -188,7 +188,7 @@ def _from_onnx(label: str, model, batch: int | None):
     if batch is not None:
         import onnx
 
-        model = _fix_batch(onnx, model, batch)
+        model = _fix_batch(onnx, model, batch, label)
     initializers = {i.name for i in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:

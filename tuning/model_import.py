@@ -143,7 +143,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
         network = network or os.path.splitext(os.path.basename(label))[0]
     network = network or label
     if batch is not None:
-        model = _fix_batch(onnx, model, batch)
+        model = _fix_batch(onnx, model, batch, label)
     inferred = _infer(onnx, label, model)
     shapes = _onnx_shapes(inferred.graph)
     convs = [n for n in inferred.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
@@ -450,15 +450,25 @@ def _onnx_module_path(node) -> str | None:
     return name
 
 
-def _fix_batch(onnx, model, batch: int):
+def _fix_batch(onnx, model, batch: int, label: str = "model"):
     model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's model alone
     initializers = {i.name for i in model.graph.initializer}
+    symbolic, fixed = 0, set()
     for info in model.graph.input:
         if info.name in initializers or not info.type.tensor_type.HasField("shape"):
             continue
         dims = info.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = batch
+            symbolic += 1
+        elif dims:
+            fixed.add(dims[0].dim_value)
+    # Nothing to fix and a different batch asked for: the batch would be ignored silently and the
+    # library built for the model's own, so refuse. The model's own batch asked for is harmless.
+    if not symbolic and fixed and fixed != {batch}:
+        shown = ", ".join(str(b) for b in sorted(fixed))
+        raise ModelError(label, f"the model's batch is fixed at {shown}; --model-batch applies to a symbolic batch "
+                                "(leave it out, or export the model with a dynamic batch axis)")
     del model.graph.value_info[:]  # stale symbolic shapes would survive the new inference
     return model
 
