@@ -305,3 +305,32 @@ def test_a_model_batch_for_a_fixed_batch_is_refused(tmp_path, capsys, command):
     assert "the model's batch is fixed at 1; --model-batch applies to a symbolic batch" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "m.so").exists()
     assert cli.main(["layers", path, "--model-batch", "1"]) == 0  # its own batch: harmless
+
+
+def test_records_of_another_tvm_version_are_listed_as_set_aside(tmp_path, capsys, monkeypatch):
+    """`convtune records` once listed them as usable; compile never applies them."""
+    import json
+
+    import tvm
+
+    from tuning.records import summaries
+
+    from .support.checks import host_target
+    from .support.records import write_record
+
+    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: 1000.0)  # no FMA benchmark
+    logs, target = str(tmp_path), host_target()
+    ours = write_record(logs, target, parse_spec("h=8,ci=8,co=8,k=3,pad=1"))
+    theirs = write_record(logs, target, parse_spec("h=8,ci=8,co=16,k=3,pad=1"))
+    task_json = Path(theirs.directory) / "task.json"
+    task_json.write_text(json.dumps(dict(json.loads(task_json.read_text()), tvm="0.26.0")))
+    rows = {r["layer"]: (r["usable"], r["tvm"]) for r in summaries(logs)}
+    assert sorted(rows.values()) == [(False, "0.26.0"), (True, tvm.__version__)]
+    capsys.readouterr()
+    assert cli.main(["records", "--logs", logs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    marked = [line for line in out if "TVM 0.26.0 records: set aside" in line]
+    assert len(marked) == 1 and "co=16" in marked[0]
+    assert not any("set aside" in line for line in out if "co=8," in line)
+    assert "made with another TVM" in out[-1]
+    assert Path(ours.directory).is_dir()

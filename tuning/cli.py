@@ -569,7 +569,13 @@ def cmd_records(args) -> int:
         ms_ = f"{r['best_ms']:9.3f}" if r["best_ms"] else f"{'-':>9s}"
         gf = f"{r['gflops']:8.1f}" if r["gflops"] else f"{'-':>8s}"
         layer = r["layer"] + ("" if r["layout"] == "NHWC" else f" [{r['layout']}]")
-        print(f"{r['target']:22s} {layer:50s} {r['algorithm']:>13s} {r['trials']:6d} {ms_} {gf}")
+        note = "" if r["usable"] else f"  TVM {r['tvm']} records: set aside"
+        print(f"{r['target']:22s} {layer:50s} {r['algorithm']:>13s} {r['trials']:6d} {ms_} {gf}{note}")
+    if not all(r["usable"] for r in rows):
+        import tvm
+
+        print(f"records marked 'set aside' were made with another TVM; this is TVM {tvm.__version__}, which does "
+              "not apply them: move them out of --logs and tune again")
     return 0
 
 

@@ -606,6 +606,9 @@ def summaries(logs: str, target: Target | None = None) -> list[dict]:
                 _warn_once(f"warning: {os.path.join(directory, 'task.json')}: layer skipped: "
                            f"{type(err).__name__}: {err}")
                 continue
+            # Records of another TVM are never applied (choose, compile) nor extended (tune): say so here
+            # too, rather than list them as if a compile would use them.
+            foreign = store.foreign_version()
             algorithms = info.get("algorithms")
             for algorithm in algorithms if isinstance(algorithms, dict) else {}:
                 if algorithm not in ALGORITHM_NAMES:
@@ -618,7 +621,8 @@ def summaries(logs: str, target: Target | None = None) -> list[dict]:
                 rows.append({"target": tag, "layer": wl.spec, "layout": wl.layout, "algorithm": algorithm,
                              "trials": store.trial_count(task),
                              "best_ms": best.seconds * 1e3 if best else None,
-                             "gflops": best.gflops(wl) if best else None})
+                             "gflops": best.gflops(wl) if best else None,
+                             "tvm": foreign or tvm.__version__, "usable": foreign is None})
     return rows
 
 
