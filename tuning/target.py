@@ -135,6 +135,8 @@ def _check_mcpu(config: dict) -> None:
     from tvm.target import codegen
 
     triple = config.get("mtriple") or codegen.llvm_get_system_triple()
+    if not isinstance(triple, str) or not codegen.llvm_is_valid_cpu("generic", triple):
+        return  # a triple this LLVM has no backend for: listing its CPUs would crash the process
     if not isinstance(cpu, str) or not codegen.llvm_is_valid_cpu(cpu, triple):
         import difflib
 
