@@ -40,6 +40,7 @@ SHAPES = {
     "winograd-f6": "h=13,w=12,ci=8,co=8,k=3,pad=1",
     "indirect": "h=9,w=8,ci=8,co=16,k=3,pad=1x1x0x0",
     "depthwise": "h=11,w=9,ci=16,co=16,k=3,pad=1,stride=2,groups=16",
+    "grouped": "n=2,h=9,w=7,ci=16,co=24,k=3,pad=1x0x2x1,stride=2,groups=4",
 }
 
 
@@ -131,9 +132,11 @@ def test_epilogue_in_specs_keys_and_dicts():
         Workload.from_dict({**wl.to_dict(), "epilogue": {"gain": 2}})
 
 
-def test_a_fused_conv_takes_its_bare_convs_record(tmp_path, target):
+def test_a_fused_conv_takes_its_bare_convs_record(tmp_path, target, monkeypatch):
     """Same knobs, same tile space: without records of its own, a fused conv is built with the
-    bare conv's best config, and says so; its own records, once it has some, win."""
+    bare conv's best config, and says so; its own records, once it has some, win. (About records
+    alone: the untuned defaults that compete with them are test_defaults_compete.py's.)"""
+    monkeypatch.setattr("tuning.deploy.library.default_record", lambda store, task, target: None)
     wl = parse_spec("h=8,ci=8,co=16,k=3,pad=1,bias=1,act=relu")
     write_record(str(tmp_path), target, wl.bare, "direct", seconds=1e-4, seed=5)
     choice = choose(wl, "auto", target, str(tmp_path))

@@ -64,7 +64,7 @@ def test_tune_resumes_without_remeasuring(tuned_logs):
 
 def test_compile_and_verify_in_a_fresh_process(tuned_logs, tmp_path):
     lib = str(tmp_path / "kernel.so")
-    done = run_cli("compile", LAYER, "--logs", tuned_logs, "-o", lib)
+    done = run_cli("compile", LAYER, "--algorithm", "direct", "--logs", tuned_logs, "-o", lib)
     assert done.returncode == 0, done.stderr
     side = json.load(open(tmp_path / "kernel.json"))
     assert side["tuned"] and side["algorithm"] == "direct" and side["threads"] == resolve_target("x86").threads

@@ -474,7 +474,7 @@ def _fix_batch(onnx, model, batch: int, label: str = "model"):
 
 
 # -- PyTorch -----------------------------------------------------------------------------------------
-def _import_torch():
+def import_torch():
     try:
         import torch  # noqa: PLC0415 - an optional extra
     except ImportError:
@@ -534,7 +534,7 @@ def _unsafe_pickles(path: str, torch) -> list[str]:
 def load_exported_program(path: str, trust_pickle: bool = False):
     """`torch.export.load(path)`, refused when the archive carries pickles torch's restricted
     unpickler would not read (they could run code), unless the user trusts the file."""
-    torch = _import_torch()
+    torch = import_torch()
     if not os.path.isfile(path):
         raise ModelError(path, "no such file")
     if not trust_pickle:
@@ -554,7 +554,7 @@ def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC
                network: str | None = None, trust_pickle: bool = False) -> list[Layer]:
     """The conv layers of an `nn.Module` (exported here with `example_inputs`), a
     `torch.export.ExportedProgram`, or a `.pt2` file path (`torch.export.save`)."""
-    torch = _import_torch()
+    torch = import_torch()
     label = program if isinstance(program, str) else (network or type(program).__name__)
     if isinstance(program, str):
         program = load_exported_program(program, trust_pickle)

@@ -467,13 +467,12 @@ def reference_outputs(side: dict, inputs: dict[str, np.ndarray],
     is data: the program it names is read as any user's .pt2 is (its pickles checked)."""
     source = side["source"]
     if source.get("kind") == "pt2":
-        import torch
-
-        from ..model_import import load_exported_program
+        from ..model_import import import_torch, load_exported_program
 
         if not isinstance(source.get("path"), str):
             raise LibraryError(f"{side.get('model', 'the sidecar')}: source.path: missing or not a string")
         program = load_exported_program(source["path"], trust_pickle)
+        torch = import_torch()
         with torch.no_grad():
             result = program.module()(*[torch.from_numpy(inputs[i["name"]]) for i in side["inputs"]])
         items = result if isinstance(result, (list, tuple)) else [result]
