@@ -1,6 +1,6 @@
 """The structure the design card asks for, checked on the code: imports run one way.
 
-    cli, bench, experiments  ->  search/, deploy/, remote/  ->  core (tuning/*.py)  ->  schedules/
+    cli, experiments  ->  app  ->  bench, search/, deploy/, remote/  ->  core (tuning/*.py)  ->  schedules/
 
 Every import is read, those inside functions included, so that no cycle hides behind a
 function-local import; deploy/ never imports remote/ (the CLI wires a remote library to a Kernel).
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("schedules", "tuning")
-TOP = {"tuning.cli", "tuning.bench", "tuning.experiments"}  # the consumers: nothing imports them
+TOP = {"tuning.cli", "tuning.bench", "tuning.experiments", "tuning.app"}  # the application and its consumers
 ROOMS = ("tuning.search", "tuning.deploy", "tuning.remote")
 
 
@@ -107,8 +107,9 @@ ALLOWED = {  # room -> rooms it may import
     "tuning.remote": {"tuning.remote", "core", "schedules"},
     "tuning.search": {"tuning.search", "tuning.deploy", "tuning.remote", "core", "schedules"},
     "tuning.bench": {"tuning.deploy", "core", "schedules"},
-    "tuning.experiments": {"tuning.experiments", "tuning.bench", *ROOMS, "core", "schedules"},
-    "tuning.cli": {"tuning.experiments", "tuning.bench", *ROOMS, "core", "schedules"},
+    "tuning.app": {"tuning.bench", *ROOMS, "core", "schedules"},
+    "tuning.experiments": {"tuning.experiments", "tuning.app", "tuning.bench", *ROOMS, "core", "schedules"},
+    "tuning.cli": {"tuning.app", "tuning.experiments", "tuning.bench", *ROOMS, "core", "schedules"},
 }
 
 
@@ -119,12 +120,28 @@ def test_imports_run_one_way():
 
 
 def test_the_walker_sees_function_local_imports():
-    """The graph is only as good as its reader: cli imports its commands inside functions."""
-    assert "tuning.search.tune" in GRAPH["tuning.cli"]
-    assert "tuning.remote.session" in GRAPH["tuning.cli"]
+    """The graph is only as good as its reader: bench imports the model's deploy inside a function."""
+    assert "tuning.deploy.model" in GRAPH["tuning.bench"]
+    assert "tuning.search.tune" in GRAPH["tuning.cli"] and "tuning.remote.session" in GRAPH["tuning.app"]
     assert _room("tuning.deploy.kernel") == "tuning.deploy" and _room("tuning.target") == "core"
     # and a deploy -> remote edge, were one written, would be reported
     assert "tuning.remote" not in ALLOWED["tuning.deploy"]
+
+
+def test_the_command_line_imports_at_the_top():
+    """cli.py parses and prints; what a command does is one call to tuning.app, imported up front."""
+    tree = ast.parse(MODULES["tuning.cli"].read_text())
+    local = [f"line {node.lineno}" for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not local, "function-local imports in tuning/cli.py: " + ", ".join(local)
+
+
+def test_no_argparse_namespace_below_the_command_line():
+    """Below the CLI, settings travel as values (a DeviceAddress, SearchOptions), never as `args`."""
+    for name in ("tuning.app", "tuning.search.measure", "tuning.remote.session"):
+        tree = ast.parse(MODULES[name].read_text())
+        params = {a.arg for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) for a in fn.args.args}
+        assert "args" not in params, f"{name} takes an argparse namespace"
 
 
 def test_packages_import_from_this_repository():

@@ -23,7 +23,7 @@ from tuning.deploy.verify import verify
 from tuning.records import FAILED_SECONDS, LayerRecords
 from tuning.remote import emulator
 from tuning.remote import session as rs
-from tuning.remote.address import RPCError, free_port, parse_hostport
+from tuning.remote.address import DeviceAddress, RPCError, free_port, parse_hostport
 from tuning.remote.process import group_alive
 from tuning.remote.tracker import Tracker, devices, format_devices, tracker_summary
 from tuning.search.measure import MeasureConfig, close_runner, rpc_runner
@@ -88,11 +88,11 @@ def aarch64():
 
 
 @pytest.fixture(scope="module")
-def tuned(device, tracker, aarch64, tmp_path_factory):
+def layer_tuned_on_device(device, tracker, aarch64, tmp_path_factory):
     """A small layer tuned on the emulated device through the tracker: (logs, store, task)."""
     logs = str(tmp_path_factory.mktemp("arm-logs"))
     task = Task(parse_spec(LAYER), "direct")
-    runner = rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
+    runner = rpc_runner(aarch64, QUICK, DeviceAddress(tracker=tracker.address, key=KEY))
     try:
         store = tune([task], aarch64, logs, 6, SearchOptions(measure=QUICK, trials_per_iter=6, seed=1, **LIGHT_SEARCH), runner)
     finally:
@@ -101,8 +101,8 @@ def tuned(device, tracker, aarch64, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def arm_library(tuned, aarch64, tmp_path_factory):
-    logs, _, task = tuned
+def arm_library(layer_tuned_on_device, aarch64, tmp_path_factory):
+    logs, _, task = layer_tuned_on_device
     path = str(tmp_path_factory.mktemp("arm-lib") / "conv.so")
     side = export(choose(task.workload, "direct", aarch64, logs), aarch64, path)
     return path, side
@@ -143,7 +143,7 @@ def test_unreachable_tracker_fails_fast():
     with pytest.raises(RPCError, match=f"tracker 127.0.0.1:{port}: cannot connect"):
         rs.request("127.0.0.1", port, KEY, timeout=30)
     with pytest.raises(RPCError, match="cannot connect"):
-        rpc_runner(resolve_target("aarch64"), QUICK, tracker=f"127.0.0.1:{port}", key=KEY)
+        rpc_runner(resolve_target("aarch64"), QUICK, DeviceAddress(tracker=f"127.0.0.1:{port}", key=KEY))
     assert time.time() - started < 5  # TVM's own client retries for a minute
 
 
@@ -160,7 +160,7 @@ def test_tracker_without_the_key_fails_fast(tracker):
     with pytest.raises(RPCError, match="no device registered under key 'no-such-board'"):
         rs.request(tracker.host, tracker.port, "no-such-board", timeout=30)
     with pytest.raises(RPCError, match="no device registered"):
-        rpc_runner(resolve_target("aarch64"), QUICK, tracker=tracker.address, key="no-such-board")
+        rpc_runner(resolve_target("aarch64"), QUICK, DeviceAddress(tracker=tracker.address, key="no-such-board"))
     assert time.time() - started < 5
 
 
@@ -173,9 +173,9 @@ def test_not_a_library_is_refused(tmp_path):
 
 def test_cli_options_are_checked():
     with pytest.raises(RPCError, match="needs --rpc-key"):
-        rs.session(tracker="127.0.0.1:9190")
+        rs.session(DeviceAddress(tracker="127.0.0.1:9190"))
     with pytest.raises(RPCError, match="not both"):
-        rs.session(tracker="127.0.0.1:9190", key="k", rpc="127.0.0.1:9090")
+        rs.session(DeviceAddress(tracker="127.0.0.1:9190", key="k", rpc="127.0.0.1:9090"))
 
 
 # -- the emulated device -------------------------------------------------------------------------
@@ -200,8 +200,8 @@ def test_busy_device_times_out(device, tracker):
     del held
 
 
-def test_tune_on_the_emulated_device(tuned, aarch64):
-    logs, store, task = tuned
+def test_tune_on_the_emulated_device(layer_tuned_on_device, aarch64):
+    logs, store, task = layer_tuned_on_device
     assert store.trial_count(task) == 6
     best = store.best(task)
     assert best is not None and 0 < best.seconds < FAILED_SECONDS
@@ -258,7 +258,7 @@ def test_runner_refuses_a_device_of_another_architecture(device, tracker):
     """The runner's first session checks the device against the target: x86 code on an ARM board
     would fail every trial."""
     with pytest.raises(RPCError, match="is aarch64, but the target x86 builds for x86_64"):
-        rpc_runner(resolve_target("x86"), QUICK, tracker=tracker.address, key=KEY)
+        rpc_runner(resolve_target("x86"), QUICK, DeviceAddress(tracker=tracker.address, key=KEY))
 
 
 def _artifacts(target, n: int) -> list:
@@ -291,7 +291,7 @@ def test_devices_under_one_key_measure_in_parallel(device, tracker, emulator_pat
     second = emulator.start(tracker.address, KEY, cpu="cortex-a53", paths=emulator_paths)
     runner = None
     try:
-        runner = rpc_runner(aarch64, QUICK, tracker=tracker.address, key=KEY)
+        runner = rpc_runner(aarch64, QUICK, DeviceAddress(tracker=tracker.address, key=KEY))
         assert runner.workers == 2
         before = _trial_loads(device), _trial_loads(second)
         results = _run(runner, _artifacts(aarch64, 4))
@@ -310,7 +310,7 @@ def test_direct_server_without_tracker(emulator_paths, aarch64):
         sess = rs.connect(direct.host, direct.port, timeout=30)
         assert rs.device_info(sess)["machine"] == "aarch64"
         del sess
-        runner = rpc_runner(aarch64, QUICK, rpc=direct.address)
+        runner = rpc_runner(aarch64, QUICK, DeviceAddress(rpc=direct.address))
         results = _run(runner, _artifacts(aarch64, 2))
         assert all(r.error_msg is None and r.run_secs for r in results), [r.error_msg for r in results]
     finally:
@@ -337,7 +337,7 @@ def test_killed_device_ends_the_run_with_records_kept(emulator_paths, tracker, a
     recorded, the one in flight and the ones after the kill as failed."""
     doomed = emulator.start(tracker.address, "doomed", paths=emulator_paths)
     config = MeasureConfig(number=2, repeat=3, min_repeat_ms=100, run_timeout=20.0)
-    runner = rpc_runner(aarch64, config, tracker=tracker.address, key="doomed")
+    runner = rpc_runner(aarch64, config, DeviceAddress(tracker=tracker.address, key="doomed"))
     killed = threading.Event()
 
     def kill_during_second_trial():

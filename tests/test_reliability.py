@@ -115,7 +115,7 @@ def test_logs_that_is_a_file_is_refused_in_one_line(command, tmp_path, capsys):
 
 
 def test_force_threads_allows_more_threads_than_cores(monkeypatch):
-    monkeypatch.setattr("tuning.target.set_threads", lambda n: None)
+    monkeypatch.setattr("tuning.app.set_threads", lambda n: None)
     args = argparse.Namespace(command="compile", target="x86", threads=8 * host_cores(), force_threads=True)
     assert cli._target(args).threads == 8 * host_cores()
     with pytest.raises(cli.UsageError, match="--force-threads"):

@@ -15,72 +15,92 @@
   device      an emulated aarch64 RPC device: setup, start, stop, list
   experiment  the article's experiments (see `convtune experiment --help`)
 
-The CLI wires the rooms together: search (tuning/search/), deploy (tuning/deploy/) and remote
-(tuning/remote/) never import each other's CLI-facing pieces; a remote library is loaded by
-tuning.remote.session and handed to tuning.deploy's Kernel here.
+Each command parses its arguments into plain values (a `Scope`, a target, `SearchOptions`, a
+`DeviceAddress`), makes one call to the application layer (tuning/app.py) and prints what comes
+back. Nothing below this module sees the argparse namespace.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import time
+import traceback
+import warnings
 
-DEFAULT_LAYER = "resnet18.layer1"  # h=56,w=56,ci=64,co=64,k=3,pad=1
+import tvm
+
+from schedules.template import Unsupported
+from schedules.workload import WorkloadError
+
+from . import app
+from .app import DEFAULT_LAYER, Machine, Scope, UsageError
+from .bench import SPREAD_FLAG, bar_chart, format_estimate, format_model_bench, format_settings, format_table, geomean
+from .bench import environment as bench_environment
+from .bench import write_json
+from .deploy.model import untuned_warning
+from .deploy.verify import print_checks
+from .experiments import add_parser as add_experiment_parser
+from .networks import NETWORKS
+from .peak import cpu_model
+from .records import ForeignRecords, RecordsError
+from .remote import emulator
+from .remote.address import REQUEST_TIMEOUT, DeviceAddress, RPCError, parse_hostport
+from .remote.emulator import DEFAULT_CPU, DEFAULT_KEY, EMULATED_NOTE, EmulatorError
+from .remote.tracker import Tracker, devices, format_devices
+from .search.measure import MeasureConfig
+from .search.transfer import Transfer
+from .search.tune import COST_MODELS, STRATEGIES, SearchOptions
+from .tables import table
+from .target import LibraryError, TargetError
+from .task import ALGORITHM_NAMES
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 
-class UsageError(Exception):
-    pass
-
-
+# -- from arguments to values ----------------------------------------------------------------------------
 def _target(args):
-    from .target import host_cores, resolve_target, set_threads
-
-    if args.threads is not None and args.threads <= 0:
-        raise UsageError(f"--threads: must be positive, got {args.threads}")
-    target = resolve_target(args.target, args.threads)
-    # More threads than cores share cores: every timing suffers. `records` only picks a directory.
-    if (target.is_host and target.threads > host_cores() and args.command != "records"
-            and not getattr(args, "force_threads", False)):
-        given = "--threads" if args.threads else "the target's num-cores"
-        raise UsageError(f"{given}: {target.threads} threads on this machine's {host_cores()} cores would share "
-                         "cores and spoil every timing; pass --force-threads to use them anyway")
-    if args.command in ("tune", "compile", "bench"):
-        _check_compiler(target)
-    if target.is_host:
-        set_threads(target.threads)
-    return target
+    return app.resolve(Machine(args.target, args.threads, getattr(args, "force_threads", False)), args.command)
 
 
-def _check_compiler(target) -> None:
-    """Every trial and every library is linked by a C compiler: without it a tune would record each
-    trial as a failed build, and export dies in TVM with a TypeError. Refused before anything runs."""
-    import shutil
-
-    compiler = target.cross_compiler or "gcc"
-    if shutil.which(compiler) is None:
-        fix = ("convtune device setup (or apt-get install gcc-aarch64-linux-gnu)" if target.cross_compiler
-               else "apt-get install gcc")
-        raise UsageError(f"no {compiler} on PATH: kernels for {target.tag} are linked with it; {fix}")
+def _scope(args) -> Scope:
+    return Scope.of(layer=getattr(args, "layer", None), network=getattr(args, "network", None),
+                    model=getattr(args, "model", None), layout=args.layout, batch=getattr(args, "model_batch", None),
+                    trust_pickle=getattr(args, "trust_pickle", False))
 
 
-def _layer(args):
-    from .networks import resolve
+def _device(args) -> DeviceAddress:
+    return DeviceAddress(getattr(args, "rpc_tracker", None), getattr(args, "rpc_key", None), getattr(args, "rpc", None),
+                         getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
 
-    return resolve(args.layer, args.layout)
+
+def _search_options(args) -> SearchOptions:
+    measure = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
+                            run_timeout=args.run_timeout)
+    return SearchOptions(strategy=args.strategy, cost_model=args.cost_model, measure=measure,
+                         trials_per_iter=args.batch, seed=args.seed, transfer=_transfer(args))
+
+
+def _transfer(args):
+    if args.no_transfer:
+        return None
+    if args.transfer_from and not os.path.isdir(args.transfer_from):
+        raise UsageError(f"--transfer-from: no such directory {args.transfer_from!r}")
+    return Transfer(args.transfer_from or args.logs)
+
+
+def _command_line() -> str:
+    return " ".join(["convtune"] + sys.argv[1:])
 
 
 # -- commands -----------------------------------------------------------------------------------------
 def cmd_layers(args) -> int:
-    from .model_import import load_network
-    from .networks import NETWORKS
-    from .tables import table
-
-    reports = []
-    for network in [args.network] if args.network else NETWORKS:
-        layers = load_network(network, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
-        reports.append(_layers_report(network, layers))
+    reports = [app.layers_report(network, args.layout or "NHWC", args.model_batch, args.trust_pickle)
+               for network in ([args.network] if args.network else NETWORKS)]
     if args.json:
         print(json.dumps(reports[0] if args.network else reports, indent=1))
         return 0
@@ -91,21 +111,6 @@ def cmd_layers(args) -> int:
                  _short_algorithms(l["algorithms"])] for l in report["layers"]]
         print(table(["layer", "count", "shape", "out", "MFLOPs", "algorithms"], rows, align="<><<><", indent="  "))
     return 0
-
-
-def _layers_report(network: str, layers) -> dict:
-    """What `convtune layers` shows of one network, as JSON-ready data."""
-    from schedules import applicable
-
-    return {
-        "network": network,
-        "distinct": len(layers),
-        "in_all": sum(l.count for l in layers),
-        "gflops": sum(l.count * l.workload.flops for l in layers) / 1e9,
-        "layers": [{"name": l.name, "count": l.count, "spec": l.workload.spec, "workload": l.workload.to_dict(),
-                    "out": [l.workload.oh, l.workload.ow], "mflops": l.workload.flops / 1e6,
-                    "algorithms": [a.name for a in applicable(l.workload)]} for l in layers],
-    }
 
 
 def _short_algorithms(names: list[str]) -> str:
@@ -121,414 +126,139 @@ def _short_algorithms(names: list[str]) -> str:
 
 
 def cmd_tune(args) -> int:
-    from .search.tune import tune
-    from .task import tasks_for
-
-    if args.algorithm is None:
-        args.algorithm = "auto" if args.model else "direct"
     if args.trials <= 0:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
     if args.batch <= 0:
         raise UsageError(f"--batch: must be positive, got {args.batch}")
-    if args.model:
-        return _tune_model(args)
-    if args.network:
-        return _tune_network(args)
-    name, wl = _layer(args)
-    target = _target(args)
-    tasks = tasks_for(wl, args.algorithm, target.machine)
-    options = _search_options(args)
-    runner = _rpc_runner(args, target, options.measure)
-    shared = (f" ({args.trials * len(tasks)} shared: the task scheduler gives more to those still improving)"
-              if len(tasks) > 1 else "")
-    print(f"tuning {name} ({wl.spec}, {wl.layout}) on {target.tag}: {', '.join(t.algorithm for t in tasks)}, "
-          f"{args.trials} trials per algorithm{shared}, {target.threads} threads, logs in {args.logs}", file=sys.stderr)
-    store = tune(tasks, target, args.logs, args.trials, options, runner)
-    print_tune_table(store, tasks, target, runner)
+    scope = _scope(args)
+    if scope.kind == "layer":
+        scope.layer()  # a layer that does not parse is refused before the target is resolved
+    result = scope.tune(_target(args), args.logs, algorithm=args.algorithm, trials=args.trials,
+                        trials_total=args.trials_total, options=_search_options(args), device=_device(args))
+    if scope.kind == "layer":
+        print_tune_table(result)
+    else:
+        _print_emulated_note(result.runner)
     return 0
 
 
-def _tune_network(args) -> int:
-    from .model_import import load_network
-    from .search.network import tune_network
-
-    layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
-                          trust_pickle=args.trust_pickle)
-    target = _target(args)
-    total = args.trials_total or args.trials * len(layers)
-    options = _search_options(args)
-    runner = _rpc_runner(args, target, options.measure)
-    print(f"tuning {len(layers)} distinct conv layers of {args.network} ({sum(l.count for l in layers)} in all) on "
-          f"{target.tag} with {args.algorithm}: {total} trials in all, shared by the gradient task scheduler",
-          file=sys.stderr)
-    tune_network(layers, args.algorithm, target, args.logs, total, options=options, runner=runner)
-    _print_emulated_note(runner)
-    return 0
-
-
-def _tune_model(args) -> int:
-    from .search.model import tune_model
-
-    graph = _model(args)
-    target = _target(args)
-    total = args.trials_total or args.trials * len(graph.layers())
-    options = _search_options(args)
-    runner = _rpc_runner(args, target, options.measure)
-    tune_model(graph, args.algorithm, target, args.logs, total, options=options, runner=runner)
-    _print_emulated_note(runner)
-    return 0
-
-
-def _search_options(args):
-    from .search.measure import MeasureConfig
-    from .search.tune import SearchOptions
-
-    measure = MeasureConfig(min_repeat_ms=args.min_repeat_ms, flush_cache=args.flush_cache,
-                            run_timeout=args.run_timeout)
-    return SearchOptions(strategy=args.strategy, cost_model=args.cost_model, measure=measure,
-                         trials_per_iter=args.batch, seed=args.seed, transfer=_transfer(args))
-
-
-def _transfer(args):
-    from .search.transfer import Transfer
-
-    if args.no_transfer:
-        return None
-    source = args.transfer_from or args.logs
-    if args.transfer_from and not os.path.isdir(args.transfer_from):
-        raise UsageError(f"--transfer-from: no such directory {args.transfer_from!r}")
-    return Transfer(source)
-
-
-def print_tune_table(store, tasks, target, runner=None) -> None:
+def print_tune_table(result) -> None:
     """The closing table of a layer's tune: per algorithm, trials, best time, GFLOP/s, % of peak."""
-    from .peak import target_peak
-
-    wl = tasks[0].workload
-    peak = target_peak(target) if runner is None else None
+    target, peak = result.target, result.peak
     print(f"{'algorithm':>14s} {'trials':>7s} {'best ms':>9s} {'GFLOP/s':>9s} {'% peak':>7s}")
-    for task in tasks:
-        best = store.best(task)
-        trials = store.trial_count(task)
-        if best is None:
-            print(f"{task.algorithm:>14s} {trials:7d} {'-':>9s} {'-':>9s} {'-':>7s}")
+    for row in result.rows:
+        if row["seconds"] is None:
+            print(f"{row['algorithm']:>14s} {row['trials']:7d} {'-':>9s} {'-':>9s} {'-':>7s}")
             continue
-        pct = f"{100 * best.gflops(wl) / peak:6.0f}%" if peak else "      -"
-        why = ""
-        if peak and best.gflops(wl) > peak:  # never a figure above the peak without saying why
-            why = ("  (effective: fewer multiplications than direct)" if task.template.multiplication_saving > 1
-                   else "  (above the measured peak, within its noise margin: re-measure before trusting it)")
-        print(f"{task.algorithm:>14s} {trials:7d} {best.seconds * 1e3:9.3f} {best.gflops(wl):9.1f} {pct}{why}")
+        pct = f"{100 * row['gflops'] / peak:6.0f}%" if peak else "      -"
+        why = f"  ({row['why']})" if row["why"] else ""
+        print(f"{row['algorithm']:>14s} {row['trials']:7d} {row['seconds'] * 1e3:9.3f} {row['gflops']:9.1f} {pct}{why}")
     if peak:
         print(f"(FP32 {target.machine.isa} peak of this machine at {target.threads} threads, measured: "
               f"{peak:.0f} GFLOP/s)")
-    _print_emulated_note(runner)
+    _print_emulated_note(result.runner)
 
 
 def _print_emulated_note(runner) -> None:
     """Times from an emulated device say nothing about a board: said when, and only when, the
     device reported itself emulated (a real board's times stand as measured)."""
-    if runner is not None and getattr(runner, "device_info", {}).get("emulated"):
-        from .remote.emulator import EMULATED_NOTE
-
+    if app.is_emulated(runner):
         print(EMULATED_NOTE)
 
 
-def _model(args):
-    from .graph import load_model
-
-    return load_model(args.model, args.layout or "NHWC", batch=args.model_batch, trust_pickle=args.trust_pickle)
-
-
-def _output_path(path: str, what: str, suffix: str | None = None) -> str:
-    """`path` as a file convtune can write, else UsageError with the fix: the right suffix (`-o
-    k.json` would have the library overwritten by its own sidecar; `.tar` or no suffix write files
-    verify cannot load), not a directory, in a directory (not under a file) we may write."""
-    if suffix and not path.endswith(suffix):
-        raise UsageError(f"{what} {path}: must end in {suffix} (e.g. {what} {os.path.splitext(path)[0]}{suffix})")
-    if os.path.isdir(path):
-        raise UsageError(f"{what} {path}: is a directory; give a file path in it "
-                         f"(e.g. {what} {os.path.join(path, 'out' + (suffix or ''))})")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"{what} {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UsageError(f"{what} {path}: {path if os.path.exists(path) else probe} is not writable; "
-                         "give a path you can write")
-    return path
-
-
 def cmd_compile(args) -> int:
-    from .deploy.library import choose, export
-
-    if args.model:
-        if args.output != "kernel.so":
-            _output_path(args.output, "-o", ".so")
-        from .deploy.model import export_model, untuned_warning
-
-        graph = _model(args)
-        target = _target(args)
-        out = args.output if args.output != "kernel.so" else f"build/{os.path.splitext(os.path.basename(args.model))[0]}.so"
-        print(f"compiling {args.model}: {len(graph.chains())} convs and matmuls ({len(graph.layers())} distinct) with convtune's "
-              f"kernels, the rest with TVM, for {target.tag} ...", file=sys.stderr)
-        side = export_model(graph, target, args.logs, out, args.algorithm)
+    scope = _scope(args)
+    output = None if args.output == "kernel.so" and scope.kind != "layer" else args.output
+    target = _target(args)
+    side = scope.compile(target, args.logs, algorithm=args.algorithm, output=output)
+    out = side["output"]
+    if scope.kind == "model":
         warning = untuned_warning(side)
         if warning:
             print(warning, file=sys.stderr)
-        algorithms = {}
+        algorithms: dict[str, int] = {}
         for row in side["layers"]:
             algorithms[row["algorithm"]] = algorithms.get(row["algorithm"], 0) + 1
         print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['model']}, {len(side['layers'])} layers "
               f"({', '.join(f'{n} {a}' for a, n in sorted(algorithms.items(), key=lambda kv: -kv[1]))}), "
               f"{len(side['layers']) - len(side['untuned'])} tuned; other ops: {side['other_ops']}; "
               f"{side['compile_seconds']:.0f} s")
-        return 0
-    if args.network:
-        from .deploy.bundle import compile_bundle
-        from .model_import import load_network
-
-        layers = load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
-                          trust_pickle=args.trust_pickle)
-        out_dir = args.output if args.output != "kernel.so" else f"build/{os.path.basename(args.network)}"
-        manifest = compile_bundle(layers, args.algorithm, _target(args), args.logs, out_dir, network=args.network)
-        print(f"wrote bundle {out_dir}: {len(manifest['layers'])} layers, manifest.json"
-              + (f"; {len(manifest['untuned'])} UNTUNED (their names: \"untuned\" in manifest.json)"
-                 if manifest.get("untuned") else ""))
-        return 0
-
-    _output_path(args.output, "-o", ".so")
-    name, wl = _layer(args)
-    target = _target(args)
-    choice = choose(wl, args.algorithm, target, args.logs)
-    side = export(choice, target, args.output, layer_name=name)
-    state = (f"tuned: {side['record']['gflops']:.1f} GFLOP/s measured" if side["tuned"] else "UNTUNED default config")
-    print(f"wrote {args.output} and {os.path.splitext(args.output)[0]}.json: {name}, {side['algorithm']}, "
-          f"{target.tag}, {state}; functions: {', '.join(side['functions'])}")
+    elif scope.kind == "network":
+        print(f"wrote bundle {out}: {len(side['layers'])} layers, manifest.json"
+              + (f"; {len(side['untuned'])} UNTUNED (their names: \"untuned\" in manifest.json)"
+                 if side.get("untuned") else ""))
+    else:
+        state = (f"tuned: {side['record']['gflops']:.1f} GFLOP/s measured" if side["tuned"] else "UNTUNED default config")
+        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['layer']}, {side['algorithm']}, "
+              f"{target.tag}, {state}; functions: {', '.join(side['functions'])}")
     return 0
 
 
-def _model_library(path: str):
-    from .deploy.model import ModelLibrary, read_model_sidecar
-
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such file")
-    side = read_model_sidecar(path)
-    _sidecar_threads(path, side)  # refused in one line before the loader applies it
-    return ModelLibrary.load(path, side)  # with the sidecar's threads, unpinned (tuning/deploy/loader.py)
-
-
-def _sidecar_threads(path: str, side: dict) -> int:
-    """The sidecar's thread count, if this machine can run it: a positive integer, no more than its cores
-    (more threads than cores share them, and every call slows)."""
-    from .target import host_cores
-
-    threads = side.get("threads", 1)
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise UsageError(f"{path}: sidecar \"threads\": must be a positive integer, got {threads!r}; "
-                         "restore the sidecar or compile again")
-    if threads > host_cores():
-        raise UsageError(f"{path}: sidecar \"threads\": {threads}, more than this machine's {host_cores()} cores; "
-                         f"compile again with --threads {host_cores()} (or set \"threads\" to at most {host_cores()})")
-    return threads
-
-
-def _is_model(path: str) -> bool:
-    from .deploy.kernel import sidecar_path
-
-    try:
-        with open(sidecar_path(path)) as f:
-            return json.load(f).get("kind") == "model"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _read_input_array(text: str, path: str):
-    """One `--input` file as a real numeric array, else UsageError: np.load alone accepts (or dies
-    on) things a model cannot take, and a complex array would be cast to its real part silently."""
-    import zipfile
-
-    import numpy as np
-
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise UsageError(f"--input {text}: {path} is empty; save the input with numpy.save(path, array)")
-    if os.path.isfile(path) and zipfile.is_zipfile(path):  # an .npz archive, whatever its name
-        raise UsageError(f"--input {text}: {path} is an .npz archive, not one array; save each input "
-                         "with numpy.save(path, array) and give it as --input NAME=PATH")
-    try:
-        array = np.load(path)  # allow_pickle=False: object arrays are refused here, not unpickled
-    except (OSError, ValueError, EOFError) as err:
-        raise UsageError(f"--input {text}: cannot read {path} as a .npy array: {err}") from None
-    if not isinstance(array, np.ndarray):
-        raise UsageError(f"--input {text}: {path} is not a single .npy array; save it with numpy.save(path, array)")
-    if array.dtype.kind == "c":
-        raise UsageError(f"--input {text}: {path} holds complex values ({array.dtype}); the model takes real "
-                         "numbers: give the real part (numpy.save(path, array.real)) if that is what you mean")
-    if array.dtype.kind not in "biuf":  # strings, bytes, datetimes, structured records
-        raise UsageError(f"--input {text}: {path} holds {array.dtype} values, not numbers; "
-                         "save a numeric array (e.g. float32) with numpy.save")
-    return array
-
-
 def cmd_run(args) -> int:
-    import time
+    def opened(library) -> None:
+        warning = untuned_warning(library.side)
+        if warning:
+            print(warning, file=sys.stderr)
 
-    import numpy as np
-
-    from .deploy.model import random_model_inputs, untuned_warning
-
-    if args.output:
-        _output_path(args.output, "--output", ".npz")  # before the run, not after it
-    library = _model_library(args.library)
-    side = library.side
-    warning = untuned_warning(side)
-    if warning:
-        print(warning, file=sys.stderr)
-    names = library.input_names
-    inputs = {}
-    for text in args.input or []:
-        name, path = text.split("=", 1) if "=" in text and not os.path.exists(text) else (None, text)
-        if name is None:
-            if len(names) != 1:
-                raise UsageError(f"--input {text}: the model has {len(names)} inputs ({', '.join(names)}): "
-                                 "give each as --input NAME=PATH")
-            name = names[0]
-        if name not in names:
-            raise UsageError(f"--input {text}: the model has no input {name!r} (it has {', '.join(names)})")
-        inputs[name] = _read_input_array(text, path)
-    if not args.input:
-        inputs = random_model_inputs(side, args.seed)
+    ran = app.run_model(args.library, args.input, seed=args.seed, output=args.output, opened=opened)
+    if ran.random_inputs:
         print(f"no --input: running on uniform random inputs (seed {args.seed})", file=sys.stderr)
-    started = time.perf_counter()
-    outputs = library.run(inputs)
-    elapsed = time.perf_counter() - started
-    out = {spec["name"]: value for spec, value in zip(side["outputs"], outputs)}
-    if args.output:
-        from .files import write_arrays_atomic
-
-        write_arrays_atomic(args.output, out)
-    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
-    print(f"ran {args.library} in {elapsed * 1e3:.1f} ms (first call, {side['threads']} threads): {shapes}"
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in ran.outputs.items())
+    print(f"ran {args.library} in {ran.seconds * 1e3:.1f} ms (first call, {ran.side['threads']} threads): {shapes}"
           + (f"; wrote {args.output}" if args.output else ""))
     return 0
 
 
-def verify_model(path: str, seed: int = 0, trust_pickle: bool = False) -> int:
-    from .deploy.model import compare_outputs, first_diverging_layer, random_model_inputs, reference_outputs
-
-    library = _model_library(path)
-    side = library.side
-    inputs = random_model_inputs(side, seed)
-    ours = library.run(inputs)
-    engine, theirs = reference_outputs(side, inputs, trust_pickle)
-    checks = compare_outputs(side, ours, theirs)
-    for c in checks:
-        print(f"{path}: {c.output}: against {engine}: {c.describe()} ({side['tolerance']['why']}) "
+def cmd_verify(args) -> int:
+    result = app.verify(args.library, seed=args.seed, trust_pickle=args.trust_pickle, device=_device(args))
+    if result.kind != "model":
+        return print_checks(result.checks)
+    side = result.side
+    for c in result.model_checks:
+        print(f"{args.library}: {c.output}: against {result.engine}: {c.describe()} ({side['tolerance']['why']}) "
               f"{'ok' if c.ok else 'MISMATCH'}")
-    ok = sum(c.ok for c in checks)
-    print(f"{ok}/{len(checks)} outputs ok ({len(side['layers'])} layers, {side['model']})")
-    if ok == len(checks):
+    ok = sum(c.ok for c in result.model_checks)
+    print(f"{ok}/{len(result.model_checks)} outputs ok ({len(side['layers'])} layers, {side['model']})")
+    if result.ok:
         return 0
-    print(first_diverging_layer(side, seed))
+    print(result.diverging)
     return 1
 
 
-def cmd_verify(args) -> int:
-    from .deploy.kernel import Kernel, read_sidecar
-    from .deploy.verify import print_checks, verify
-
-    if not os.path.exists(args.library):
-        raise UsageError(f"{args.library}: no such file")
-    if os.path.isfile(args.library) and _is_model(args.library):
-        return verify_model(args.library, args.seed, args.trust_pickle)
-    if os.path.isdir(args.library):
-        from .deploy.bundle import verify_bundle
-
-        return print_checks(verify_bundle(args.library, seed=args.seed))
-    side = read_sidecar(args.library)
-    session = _rpc_session(args, side)
-    if session is None:
-        from .target import host_arch, sidecar_arch
-
-        arch = sidecar_arch(side)
-        if arch and arch != host_arch():
-            raise UsageError(f"{args.library} is built for {arch}; run it on such a device with --rpc-tracker/--rpc")
-        _sidecar_threads(args.library, side)
-        kernel = Kernel.load(args.library, side)  # with the sidecar's threads, unpinned
-    else:
-        from .remote.session import load_library
-
-        kernel = Kernel(load_library(session, args.library, side), side, session.cpu(0))
-    return print_checks([(args.library, verify(kernel, seed=args.seed))])
-
-
 def cmd_bench(args) -> int:
-    from .bench import (
-        SPREAD_FLAG,
-        bar_chart,
-        bench_layer,
-        environment,
-        format_settings,
-        format_table,
-        geomean,
-        write_json,
-    )
-    from .networks import NETWORKS, network_layers, resolve
-
     target = _target(args)
-    if args.model:
-        from .bench import bench_model, format_model_bench
-
-        result = bench_model(_model(args), target, args.logs, args.algorithm, rounds=args.rounds,
-                             min_repeat_ms=max(args.min_repeat_ms, 200.0), tvm_trials=args.tvm_trials)
+    scope = _scope(args) if (args.model or args.network) else None
+    how = dict(algorithm=args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
+               rivals=not args.no_rivals)
+    if scope is not None and scope.kind == "model":
+        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, **how)
         print(format_model_bench(result))
-        env = environment(target)
+        env = bench_environment(target)
         print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
               f"{args.rounds} rounds, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms of calls")
         if args.json:
-            write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, **result})
+            write_json(args.json, {"command": _command_line(), "environment": env, **result})
             print(f"wrote {args.json}")
         return 0
-    if args.network:
-        from .bench import estimate_network, format_estimate
-        from .model_import import load_network
-
-        estimate = estimate_network(load_network(args.network, args.layout or "NHWC", batch=args.model_batch,
-                                                 trust_pickle=args.trust_pickle),
-                                    target, args.logs,
-                                    args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
-                                    rivals=not args.no_rivals)
+    if scope is not None:
+        estimate = scope.bench(target, args.logs, **how)
         print(format_estimate(estimate))
         if args.json:
-            write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": environment(target),
-                                   **estimate})
+            write_json(args.json, {"command": _command_line(), "environment": bench_environment(target), **estimate})
             print(f"wrote {args.json}")
         return 0
-    items = []
-    for text in args.layers:
-        if text in NETWORKS:
-            items += [(l.name, l.workload) for l in network_layers(text, args.layout or "NHWC")]
-        else:
-            items.append(resolve(text, args.layout))
-    env = environment(target)
-    if not args.in_process and args.processes < 3:
-        raise UsageError(f"--processes: at least 3 (the spread across processes is the point), got {args.processes}")
-    rows = []
-    for name, wl in items:
-        print(f"benchmarking {name} ...", file=sys.stderr)
-        if args.in_process:
-            rows.append(bench_layer(name, wl, target, args.logs, args.algorithm, rounds=args.rounds,
-                                    min_repeat_ms=args.min_repeat_ms, rivals=not args.no_rivals))
-        else:
-            from .bench import bench_layer_processes
+    items = app.layer_items(args.layers, args.layout)
+    env = bench_environment(target)
+    rows = app.bench_layers(items, target, args.logs, processes=args.processes,
+                            process_seconds=args.process_seconds, in_process=args.in_process, **how)
+    _print_layer_bench(args, target, env, rows)
+    return 0
 
-            rows.append(bench_layer_processes(name, wl, target, args.logs, args.algorithm, processes=args.processes,
-                                              seconds=args.process_seconds, rivals=not args.no_rivals))
-    table = format_table(rows, env["fp32_peak_gflops"])
+
+def _print_layer_bench(args, target, env: dict, rows: list[dict]) -> None:
     ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
     rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
-    print(table)
+    print(format_table(rows, env["fp32_peak_gflops"]))
     peak = env["fp32_peak_gflops"]
     how = (f"median of {args.rounds} rounds in this process, each >= {args.min_repeat_ms:.0f} ms of back-to-back calls"
            if args.in_process else
@@ -545,19 +275,15 @@ def cmd_bench(args) -> int:
         print(f"geomean speed-up over the better of oneDNN and ONNX Runtime per layer: {geomean(rival_ratios):.2f}x; "
               f"worst layer {min(rival_ratios):.2f}x")
     if args.json:
-        write_json(args.json, {"command": " ".join(["convtune"] + sys.argv[1:]), "environment": env, "layers": rows,
+        write_json(args.json, {"command": _command_line(), "environment": env, "layers": rows,
                                "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None,
                                "geomean_speedup_vs_best_rival": geomean(rival_ratios) if rival_ratios else None})
         chart = bar_chart(rows, os.path.splitext(args.json)[0] + ".png", " ".join(args.layers))
         print(f"wrote {args.json}" + (f" and {chart}" if chart else ""))
-    return 0
 
 
 def cmd_records(args) -> int:
-    from .records import summaries
-
-    target = _target(args) if args.target else None
-    rows = summaries(args.logs, target)
+    rows = app.records(args.logs, _target(args) if args.target else None)
     if not rows:
         print(f"no records under {args.logs}")
         return 0
@@ -572,44 +298,15 @@ def cmd_records(args) -> int:
         note = "" if r["usable"] else f"  TVM {r['tvm']} records: set aside"
         print(f"{r['target']:22s} {layer:50s} {r['algorithm']:>13s} {r['trials']:6d} {ms_} {gf}{note}")
     if not all(r["usable"] for r in rows):
-        import tvm
-
         print(f"records marked 'set aside' were made with another TVM; this is TVM {tvm.__version__}, which does "
               "not apply them: move them out of --logs and tune again")
     return 0
 
 
-# -- RPC wiring (tuning/remote/ and the runner in tuning/search/measure.py) -------------------------------
-def _rpc_runner(args, target, config):
-    if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
-        if not target.is_host:
-            raise UsageError(f"--target {target.name}: not this machine; measure on a device with "
-                             "--rpc-tracker HOST:PORT --rpc-key KEY (or --rpc HOST:PORT)")
-        return None
-    if args.rpc_tracker and not args.rpc_key:
-        raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
-    from .search.measure import make_runner
-
-    return make_runner(args, config, target)
-
-
-def _rpc_session(args, side):
-    if not (getattr(args, "rpc_tracker", None) or getattr(args, "rpc", None)):
-        return None
-    if args.rpc_tracker and not args.rpc_key:
-        raise UsageError("--rpc-tracker needs --rpc-key (the devices' key at the tracker)")
-    from .remote.session import open_session
-
-    return open_session(args, side)
-
-
 def cmd_peak(args) -> int:
     """The true FP32 peak of the ISA the target's kernels use, per thread count."""
-    from .peak import cpu_model, target_peak
-
     target = _target(args)
-    counts = [args.threads] if args.threads else sorted({1, target.threads})
-    gflops = {str(t): target_peak(target, t) for t in counts}
+    gflops = app.peaks(target, args.threads)
     report = {"isa": target.machine.isa, "cpu": cpu_model(), "target": target.tag,
               "fma_units": target.machine.fma_units, "lanes": target.machine.lanes, "gflops": gflops}
     if args.json:
@@ -627,8 +324,6 @@ def cmd_peak(args) -> int:
 
 
 def cmd_tracker(args) -> int:
-    from .remote.tracker import Tracker
-
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: must be a port number in 1..65535, got {args.port}")
     tracker = Tracker.start(host=args.host, port=args.port, detach=args.detach)
@@ -643,17 +338,12 @@ def cmd_tracker(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from .remote.address import parse_hostport
-    from .remote.tracker import devices, format_devices
-
     host, port = parse_hostport(args.rpc_tracker)
     print(format_devices(devices(host, port)))
     return 0
 
 
 def cmd_device(args) -> int:
-    from .remote import emulator
-
     if args.action == "setup":
         paths = emulator.setup(force=args.force)
         print(f"emulated aarch64 device ready under {paths.base}")
@@ -672,7 +362,7 @@ def cmd_device(args) -> int:
                             detach=args.detach)
     where = f"registered with {args.tracker} as {key!r}" if args.tracker else f"key {key!r}"
     print(f"emulated aarch64 device ({args.cpu}) serving on {device.address}, {where}", flush=True)
-    print(emulator.EMULATED_NOTE)
+    print(EMULATED_NOTE)
     if args.detach:
         print("stop it with `convtune device stop`")
         return 0
@@ -718,10 +408,6 @@ def _add_rpc(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .search.measure import MeasureConfig
-    from .search.tune import COST_MODELS, STRATEGIES, SearchOptions
-    from .task import ALGORITHM_NAMES
-
     measure, search = MeasureConfig(), SearchOptions()  # the CLI's defaults are theirs
 
     algos = ", ".join(ALGORITHM_NAMES)
@@ -828,8 +514,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", default="127.0.0.1:9190")
     p.set_defaults(func=cmd_devices)
 
-    from .remote.emulator import DEFAULT_CPU, DEFAULT_KEY
-
     p = sub.add_parser("device", help="an emulated aarch64 RPC device (qemu-user): setup, start, stop, list")
     p.add_argument("action", choices=["setup", "start", "stop", "list"])
     p.add_argument("--tracker", metavar="HOST:PORT", help="register with this tracker")
@@ -848,8 +532,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_records)
 
-    from .experiments import add_parser as add_experiment_parser
-
     add_experiment_parser(sub)
     return parser
 
@@ -864,8 +546,6 @@ def _stop_on_signal(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
     _STOP_SIGNAL.clear()
     try:
@@ -882,25 +562,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    import signal
-
     try:
-        parser = build_parser()  # imports TVM: seconds in which a Ctrl-C must not give a traceback
-        args = parser.parse_args(argv)
-        from schedules.template import Unsupported
-        from schedules.workload import WorkloadError
-
-        from .records import ForeignRecords, RecordsError
-        from .remote.address import RPCError
-        from .remote.emulator import EmulatorError
-        from .target import LibraryError, TargetError
+        args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("\nconvtune: interrupted while starting; nothing was done", file=sys.stderr)
         return _interrupted_status()
 
     # A library that will not run as built (tuning/deploy/loader.py) says so in one line.
-    import warnings
-
     warnings.formatwarning = lambda message, category, *rest: f"convtune {args.command}: warning: {message}\n"
     try:
         _check_args(args)
@@ -931,8 +599,6 @@ def _interrupted_status() -> int:
 
 def _check_args(args) -> None:
     """Option values no command can run with, refused in one line before anything starts."""
-    import math
-
     for option, rule, ok in (("run_timeout", "a number of seconds > 0", lambda v: v > 0),
                              ("rpc_timeout", "a number of seconds > 0", lambda v: v > 0),
                              ("min_repeat_ms", "a number of milliseconds >= 0", lambda v: v >= 0)):
@@ -960,9 +626,6 @@ def _check_args(args) -> None:
 
 def _save_crash(argv) -> str:
     """The current exception's traceback, in $CONVTUNE_CACHE (default ~/.cache/convtune)/crash-*.log."""
-    import time
-    import traceback
-
     root = os.environ.get("CONVTUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convtune")
     path = os.path.join(root, f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:

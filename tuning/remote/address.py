@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
+
+REQUEST_TIMEOUT = 60.0  # waiting for a free device of a key
 
 
 class RPCError(RuntimeError):
@@ -22,6 +25,35 @@ def parse_hostport(text: str, what: str = "--rpc-tracker") -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise RPCError(f"{what}: port must be a number in 1..65535, got {port!r} in {text!r}")
     return host, int(port)
+
+
+@dataclass(frozen=True)
+class DeviceAddress:
+    """Where a remote device is and how long to wait for it: a tracker (`tracker` HOST:PORT and the
+    devices' `key`) or one RPC server (`rpc` HOST:PORT, its `key` if it wants one). TVM keeps these
+    in one `RPCConfig`; this is convtune's, from the CLI's `--rpc-tracker --rpc-key --rpc
+    --rpc-timeout` down to the runner (tuning.search.measure) and the session (tuning.remote.session)."""
+
+    tracker: str | None = None
+    key: str | None = None
+    rpc: str | None = None
+    request_timeout: float = REQUEST_TIMEOUT  # seconds to wait for a free device (or a connection)
+
+    def __bool__(self) -> bool:
+        """Whether a device is named at all (no address: this machine)."""
+        return bool(self.tracker or self.rpc)
+
+    def resolve(self, purpose: str) -> tuple[str, str, int]:
+        """("tracker" | "direct", host, port), refusing a combination that names no device or two."""
+        if self.tracker and self.rpc:
+            raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
+        if self.tracker:
+            if not self.key:
+                raise RPCError(f"--rpc-tracker needs --rpc-key: the kind of device to {purpose}")
+            return ("tracker", *parse_hostport(self.tracker, "--rpc-tracker"))
+        if self.rpc:
+            return ("direct", *parse_hostport(self.rpc, "--rpc"))
+        raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -26,7 +26,7 @@ from ..target import (
     elf_machine,
     sidecar_arch,
 )
-from .address import RPCError, parse_hostport
+from .address import REQUEST_TIMEOUT, DeviceAddress, RPCError
 from .tracker import (
     CONNECT_TIMEOUT,
     KeyStatus,
@@ -36,7 +36,6 @@ from .tracker import (
 )
 
 DEVICE_INFO = "convtune.device_info"  # registered by tuning/remote/emulator.py's device launcher
-REQUEST_TIMEOUT = 60.0  # waiting for a free device of a key
 
 
 class RemoteLoadError(RPCError, LibraryError):
@@ -110,34 +109,19 @@ def _last_line(err: BaseException) -> str:
     return re.sub(r"^Check failed: \(.*?\) is false: ", "", line).rstrip("'\",)")
 
 
-def device_address(tracker: str | None, key: str | None, rpc: str | None, purpose: str) -> tuple[str, str, int]:
-    """("tracker" | "direct", host, port) from the CLI's device options, `--rpc-tracker H:P
-    --rpc-key K` or `--rpc H:P`, refusing a combination that names no device or two."""
-    if tracker and rpc:
-        raise RPCError("give either --rpc-tracker (with --rpc-key) or --rpc HOST:PORT, not both")
-    if tracker:
-        if not key:
-            raise RPCError(f"--rpc-tracker needs --rpc-key: the kind of device to {purpose}")
-        return ("tracker", *parse_hostport(tracker, "--rpc-tracker"))
-    if rpc:
-        return ("direct", *parse_hostport(rpc, "--rpc"))
-    raise RPCError("no device: give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
-
-
-def session(*, tracker: str | None = None, key: str | None = None, rpc: str | None = None,
-            timeout: float = REQUEST_TIMEOUT, session_timeout: float = 0):
-    """A session from CLI options: `--rpc-tracker H:P --rpc-key K` or `--rpc H:P [--rpc-key K]`."""
-    kind, host, port = device_address(tracker, key, rpc, "ask the tracker for")
+def session(device: DeviceAddress, session_timeout: float = 0):
+    """A session on the device at `device`: through its tracker, or straight to its server."""
+    kind, host, port = device.resolve("ask the tracker for")
     if kind == "tracker":
-        return request(host, port, key, timeout=timeout, session_timeout=session_timeout)
-    return connect(host, port, key or "", timeout=min(timeout, CONNECT_TIMEOUT), session_timeout=session_timeout)
+        return request(host, port, device.key, timeout=device.request_timeout, session_timeout=session_timeout)
+    return connect(host, port, device.key or "", timeout=min(device.request_timeout, CONNECT_TIMEOUT),
+                   session_timeout=session_timeout)
 
 
-def open_session(args, side: dict | None = None):
-    """The CLI's session (`args.rpc_tracker`, `args.rpc_key`, `args.rpc`); with a sidecar, a device
-    that reports another architecture than the library's target is refused before any upload."""
-    sess = session(tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
-                   rpc=getattr(args, "rpc", None), timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
+def open_session(device: DeviceAddress, side: dict | None = None):
+    """A session on `device`; with a sidecar, a device that reports another architecture than the
+    library's target is refused before any upload."""
+    sess = session(device)
     wanted, machine = sidecar_arch(side), device_info(sess).get("machine")
     if wanted and machine and wanted != machine:
         raise LibraryArchError(f"{side.get('library', 'the library')} is built for {wanted} "

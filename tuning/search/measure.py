@@ -19,18 +19,10 @@ from tvm.support import cc
 from tvm.support.popen_pool import PopenPoolExecutor
 
 from ..deploy.state import StateFiller, run_state
-from ..remote.address import RPCError
-from ..remote.session import (
-    REQUEST_TIMEOUT,
-    _direct_session,
-    _probe,
-    _tracker_session,
-    connect,
-    device_address,
-    request,
-)
+from ..remote.address import DeviceAddress, RPCError
+from ..remote.session import _direct_session, _probe, _tracker_session, connect, request
 from ..remote.tracker import KeyStatus, describe_keys, devices
-from ..target import Target, resolve_target
+from ..target import Target
 
 
 @dataclass(frozen=True)
@@ -105,13 +97,12 @@ def add_run_state(runner: ms.runner.LocalRunner, task, target: Target) -> None:
 
 
 # -- MetaSchedule's runner on remote devices ------------------------------------------------------
-def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, tracker: str | None = None,
-               key: str | None = None, rpc: str | None = None, session_timeout: float | None = None,
-               request_timeout: float = REQUEST_TIMEOUT, probe: bool = True):
-    """MetaSchedule's RPCRunner on remote devices: `tracker="H:P", key=K` or `rpc="H:P"`.
+def rpc_runner(target: Target, config: MeasureConfig, device: DeviceAddress, *,
+               session_timeout: float | None = None, probe: bool = True):
+    """MetaSchedule's RPCRunner on the remote devices at `device` (a tracker and key, or one server).
 
     One worker per device registered under the key, so several boards measure in parallel.
-    Each trial is bounded: `request_timeout` to get a device, `session_timeout` (default
+    Each trial is bounded: `device.request_timeout` to get a device, `session_timeout` (default
     `config.run_timeout`) for upload, load and timing; a trial over both is killed and recorded
     as failed, so a dead device ends a run with failed trials, not a hang.
     With `probe`, one session is opened first to fail early (unreachable, wrong architecture)
@@ -119,7 +110,8 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
     prints the emulation note then, and only then).
     """
     session_timeout = float(session_timeout or config.run_timeout)
-    kind, host, port = device_address(tracker, key, rpc, "measure on")
+    request_timeout, key = device.request_timeout, device.key
+    kind, host, port = device.resolve("measure on")
     if kind == "tracker":
         status = devices(host, port)
         registered = status.get(key, KeyStatus(0, 0, 0)).total
@@ -155,15 +147,6 @@ def rpc_runner(target: Target, config: MeasureConfig = MeasureConfig(), *, track
     runner.device_info = info
     runner.workers = workers
     return runner
-
-
-def make_runner(args, config: MeasureConfig = MeasureConfig(), target: Target | None = None):
-    """The CLI's runner from `--rpc-tracker/--rpc-key` or `--rpc` (and `--target`)."""
-    if target is None:
-        target = resolve_target(getattr(args, "target", "x86"))
-    return rpc_runner(target, config, tracker=getattr(args, "rpc_tracker", None), key=getattr(args, "rpc_key", None),
-                      rpc=getattr(args, "rpc", None),
-                      request_timeout=getattr(args, "rpc_timeout", None) or REQUEST_TIMEOUT)
 
 
 def close_runner(runner) -> None:
