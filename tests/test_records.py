@@ -1,4 +1,4 @@
-"""tuning/records.py: what a record must be to be believed (issue 23)."""
+"""tuning/records/: what a record must be to be believed (issue 23); reads that measure nothing (issue 21)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from schedules.workload import parse_spec
 from tuning import cli
-from tuning.records import DB_FILES, LayerRecords, summaries
+from tuning.records import DB_FILES, LayerRecords, PeakJudge, summaries
 from tuning.task import Task
 
 from .support.checks import host_target
@@ -26,8 +26,8 @@ def target():
 @pytest.fixture(autouse=True)
 def idle_peak(monkeypatch):
     """No FMA benchmark: a measured peak of 1000 GFLOP/s, read on idle cores, unless a test says otherwise."""
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: 1000.0)
-    monkeypatch.setattr("tuning.records.peak_contended", lambda target, threads=None: False)
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: 1000.0)
+    monkeypatch.setattr("tuning.records.judge.peak_contended", lambda target, threads=None: False)
 
 
 @pytest.mark.parametrize("run_secs", [[-0.001] * 3, [0.0, 0.0, 0.0], [1e-3, math.inf, 1e-3], [math.nan] * 3])
@@ -50,15 +50,30 @@ def test_a_record_with_a_time_no_kernel_takes_is_set_aside_never_best(tmp_path, 
 
 @pytest.mark.parametrize("busy", [False, True])
 def test_a_forged_record_is_refused_however_busy_the_cores_were(tmp_path, target, monkeypatch, busy):
-    monkeypatch.setattr("tuning.records.peak_contended", lambda target, threads=None: busy)
+    monkeypatch.setattr("tuning.records.judge.peak_contended", lambda target, threads=None: busy)
     wl = parse_spec(LAYER)
     store = write_record(str(tmp_path), target, wl, seconds=1e-12)
-    assert store.best(Task(wl, "direct")) is None
+    judged = LayerRecords(store.directory, target, wl, judge=PeakJudge(target))  # as a search or a compile reads
+    assert judged.best(Task(wl, "direct")) is None
     assert os.path.exists(os.path.join(store.directory, "rejected.json"))
 
 
+def test_a_read_measures_nothing_and_writes_nothing(tmp_path, target, monkeypatch):
+    """`top`/`best` without a judge: the theoretical ceiling only; no FMA benchmark, no rejected.json."""
+    def no_benchmark(target, threads=None):
+        raise AssertionError("a read ran the FMA benchmark")
+
+    monkeypatch.setattr("tuning.records.judge.target_peak", no_benchmark)
+    wl = parse_spec(LAYER)
+    forged = write_record(str(tmp_path), target, wl, seconds=1e-12)
+    sound = write_record(str(tmp_path / "b"), target, wl, seconds=1e-3)
+    assert forged.best(Task(wl, "direct")) is None and sound.best(Task(wl, "direct")) is not None
+    assert summaries(str(tmp_path))[0]["gflops"] is None
+    assert not os.path.exists(os.path.join(forged.directory, "rejected.json"))
+
+
 def test_the_ceiling_holds_where_no_peak_can_be_measured(tmp_path, target, monkeypatch):
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: None)
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: None)
     wl = parse_spec(LAYER)
     store = write_record(str(tmp_path), target, wl, seconds=1e-12)
     assert store.best(Task(wl, "direct")) is None

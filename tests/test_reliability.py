@@ -20,7 +20,7 @@ from tuning.deploy.bundle import BundleError, read_manifest
 from tuning.deploy.kernel import LibraryError, check_sidecar, read_sidecar
 from tuning.deploy.library import Choice, choose, export, in_memory_kernel, sidecar
 from tuning.deploy.verify import Check, check_library, print_checks
-from tuning.records import DB_FILES, PEAK_MARGIN, PEAK_REASON, LayerRecords, summaries
+from tuning.records import DB_FILES, PEAK_MARGIN, PEAK_REASON, LayerRecords, PeakJudge, summaries
 from tuning.target import TargetError, elf_machine, host_cores, resolve_target
 from tuning.task import Task
 
@@ -34,8 +34,8 @@ RECORDS = DB_FILES[1]
 @pytest.fixture(autouse=True)
 def no_peak(monkeypatch):
     """No FMA benchmark in these tests: the peak is unknown unless a test sets one."""
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: None)
-    monkeypatch.setattr("tuning.records.peak_contended", lambda target, threads=None: False)
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: None)
+    monkeypatch.setattr("tuning.records.judge.peak_contended", lambda target, threads=None: False)
 
 
 def one_line_error(capsys, text):
@@ -268,8 +268,8 @@ def test_records_and_compile_work_on_read_only_logs(read_only_logs, tmp_path, ca
 
 def test_a_rejection_that_cannot_be_written_still_holds_for_the_run(read_only_logs, monkeypatch, capsys):
     logs, store, _ = read_only_logs
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: 1e-3)
-    again = LayerRecords(store.directory, store.target, store.workload)
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: 1e-3)
+    again = LayerRecords(store.directory, store.target, store.workload, judge=PeakJudge(store.target))
     assert again.best(Task(store.workload, "direct")) is None
     assert "cannot write rejected.json" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(store.directory, "rejected.json"))
@@ -291,8 +291,8 @@ def test_a_record_faster_than_the_peak_is_rejected(store, target, monkeypatch, c
     gflops = wl.flops / 1e-3 / 1e9
     logs = os.path.dirname(os.path.dirname(store.directory))
     # PEAK_MARGIN: the peak's own measurement error
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: gflops / PEAK_MARGIN * 0.9)
-    assert not choose(wl, "direct", target, logs).tuned
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: gflops / PEAK_MARGIN * 0.9)
+    assert not choose(wl, "direct", target, logs, PeakJudge(target)).tuned  # as compile judges
     assert PEAK_REASON in capsys.readouterr().err
     rejected = json.load(open(os.path.join(store.directory, "rejected.json")))
     assert [v.split(" (")[0] for v in rejected.values()] == [f"direct: {PEAK_REASON}"]
@@ -301,16 +301,17 @@ def test_a_record_faster_than_the_peak_is_rejected(store, target, monkeypatch, c
 
 def test_a_record_under_the_peak_stands(store, target, monkeypatch):
     gflops = store.workload.flops / 1e-3 / 1e9
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: gflops * 1.1)
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: gflops * 1.1)
     logs = os.path.dirname(os.path.dirname(store.directory))
-    assert choose(store.workload, "direct", target, logs).tuned
+    assert choose(store.workload, "direct", target, logs, PeakJudge(target)).tuned
 
 
 def test_a_peak_measured_on_busy_cores_rejects_nothing(store, target, monkeypatch, capsys):
-    monkeypatch.setattr("tuning.records._WARNED", set())  # said once a process: an earlier test may have
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: 1e-6)
-    monkeypatch.setattr("tuning.records.peak_contended", lambda target, threads=None: True)
-    assert store.best(Task(store.workload, "direct")) is not None
+    monkeypatch.setattr("tuning.records.errors._WARNED", set())  # said once a process: an earlier test may have
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: 1e-6)
+    monkeypatch.setattr("tuning.records.judge.peak_contended", lambda target, threads=None: True)
+    judged = LayerRecords(store.directory, target, store.workload, judge=PeakJudge(target))
+    assert judged.best(Task(store.workload, "direct")) is not None
     assert "busy cores" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(store.directory, "rejected.json"))
 
@@ -321,8 +322,9 @@ def test_winograd_may_exceed_the_peak_by_its_saving_in_multiplications(ratio, st
     wl = parse_spec(LAYER)
     store = write_record(str(tmp_path), target, wl, "winograd-f4", seconds=1e-3)
     gflops = wl.flops / 1e-3 / 1e9  # F(4x4, 3x3): 36 multiplications per 16 outputs, 4x fewer than 9 each
-    monkeypatch.setattr("tuning.records.target_peak", lambda target, threads=None: gflops / ratio / PEAK_MARGIN)
-    assert (store.best(Task(wl, "winograd-f4")) is not None) == stands
+    monkeypatch.setattr("tuning.records.judge.target_peak", lambda target, threads=None: gflops / ratio / PEAK_MARGIN)
+    judged = LayerRecords(store.directory, target, wl, judge=PeakJudge(target))
+    assert (judged.best(Task(wl, "winograd-f4")) is not None) == stands
 
 
 # -- E: verify checks the library before it loads it -----------------------------------------------------

@@ -48,7 +48,7 @@ from .model_import import load_network
 from .networks import NETWORKS, network_layers
 from .networks import resolve as resolve_layer
 from .peak import target_peak
-from .records import summaries
+from .records import PeakJudge, summaries
 from .remote.address import DeviceAddress
 from .remote.session import load_library, open_session
 from .search.measure import rpc_runner
@@ -196,8 +196,8 @@ class Scope:
 
     def compile(self, target: Target, logs: str, *, algorithm: str = "auto", output: str | None = None,
                 say=_stderr) -> dict:
-        """Build the best records: a library + sidecar (a layer), a bundle directory (a network), one
-        library for the whole model. `output` None: kernel.so, build/<network>, build/<model>.so.
+        """Build the best records, judged against the machine's measured peak (a compile may measure):
+        a library + sidecar (a layer), a bundle directory (a network), one library for the whole model. `output` None: kernel.so, build/<network>, build/<model>.so.
         Returns the sidecar (the manifest of a bundle), with `output` set to where it was written."""
         if self.kind == "model":
             if output is not None:
@@ -206,14 +206,15 @@ class Scope:
             out = output or f"build/{os.path.splitext(os.path.basename(self.source))[0]}.so"
             say(f"compiling {self.source}: {len(graph.chains())} convs and matmuls ({len(graph.layers())} distinct) "
                 f"with convtune's kernels, the rest with TVM, for {target.tag} ...")
-            return {**export_model(graph, target, logs, out, algorithm), "output": out}
+            return {**export_model(graph, target, logs, out, algorithm, judge=PeakJudge(target)), "output": out}
         if self.kind == "network":
             out_dir = output or f"build/{os.path.basename(self.source)}"
-            manifest = compile_bundle(self.layers(), algorithm, target, logs, out_dir, network=self.source)
+            manifest = compile_bundle(self.layers(), algorithm, target, logs, out_dir, network=self.source,
+                                      judge=PeakJudge(target))
             return {**manifest, "output": out_dir}
         out = output_path(output or "kernel.so", "-o", ".so")
         name, wl = self.layer()
-        choice = choose(wl, algorithm, target, logs)
+        choice = choose(wl, algorithm, target, logs, PeakJudge(target))
         return {**export(choice, target, out, layer_name=name), "output": out, "layer": name}
 
     def bench(self, target: Target, logs: str, *, algorithm: str = "auto", rounds: int = 5,

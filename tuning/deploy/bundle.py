@@ -42,7 +42,7 @@ class BundleError(LibraryError):
 
 # -- compile -------------------------------------------------------------------------------------------
 def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: str, out_dir: str,
-                   network: str | None = None) -> dict:
+                   network: str | None = None, judge=None) -> dict:
     """Build one library per distinct layer into `out_dir` and write its manifest; returns the manifest."""
     os.makedirs(out_dir, exist_ok=True)
     # The old manifest goes before any library is rebuilt, the new one comes after the last: a run
@@ -55,7 +55,7 @@ def compile_bundle(layers: list[Layer], algorithm: str, target: Target, logs: st
     for layer in layers:
         wl = layer.workload
         if wl not in built:
-            choice = choose(wl, algorithm, target, logs)
+            choice = choose(wl, algorithm, target, logs, judge)
             library = f"{wl.key}.so"
             built[wl] = (library, export(choice, target, os.path.join(out_dir, library), layer_name=layer.name,
                                           warn=False))

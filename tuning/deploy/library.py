@@ -51,20 +51,21 @@ class Choice:
         return self.record is not None
 
 
-def choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
+def choose(wl: Workload, algorithm: str, target: Target, logs: str, judge=None) -> Choice:
     """The best record for the layer (over every algorithm under `auto`), or the default config.
-    A fused conv (an epilogue) without records of its own takes its bare conv's best config."""
-    choice = _choose(wl, algorithm, target, logs)
+    A fused conv (an epilogue) without records of its own takes its bare conv's best config.
+    `judge` (tuning.records.PeakJudge): records are judged against the measured peak (a compile)."""
+    choice = _choose(wl, algorithm, target, logs, judge)
     if choice.tuned or wl.epilogue.empty:
         return choice
-    bare = _choose(wl.bare, algorithm, target, logs)
+    bare = _choose(wl.bare, algorithm, target, logs, judge)
     if not bare.tuned or bare.task.generated:  # a generated trace names the bare conv's blocks
         return choice
     return Choice(Task(wl, bare.task.algorithm, target.machine), bare.record, bare.config, "bare conv")
 
 
-def _choose(wl: Workload, algorithm: str, target: Target, logs: str) -> Choice:
-    store = LayerRecords.existing(logs, target, wl)
+def _choose(wl: Workload, algorithm: str, target: Target, logs: str, judge=None) -> Choice:
+    store = LayerRecords.existing(logs, target, wl, judge)
     if store is not None and store.foreign_version():
         print(f"WARNING: {store.directory} holds records made with TVM {store.foreign_version()}, not "
               f"{tvm.__version__}; they are not used.", file=sys.stderr)

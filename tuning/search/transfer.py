@@ -73,7 +73,7 @@ class Neighbour:
     @cached_property
     def store(self) -> LayerRecords:
         """Opened on first use: a scan reads every task.json, but only the nearest layers' records."""
-        return LayerRecords(self.directory, self.target, self.workload, judge=False)
+        return LayerRecords(self.directory, self.target, self.workload, bounded=False)
 
 
 @dataclass

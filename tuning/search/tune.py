@@ -25,7 +25,7 @@ from tvm.s_tir import meta_schedule as ms
 from .. import records
 from ..deploy.verify import check_top_records
 from ..networks import Layer
-from ..records import LayerRecords
+from ..records import LayerRecords, PeakJudge
 from ..target import Target
 from ..task import Task
 from . import measure
@@ -121,7 +121,8 @@ def search(pairs: list[tuple[Layer, Task]], target: Target, logs: str, *, per_ta
         raise ValueError("a search needs a budget: per_task, total or both")
     workloads = list(dict.fromkeys(layer.workload for layer, _ in pairs))
     names = {layer.workload: layer.name for layer, _ in reversed(pairs)}  # a network's messages name the layer
-    stores = {wl: LayerRecords.open_for_tuning(logs, target, wl, names[wl] if len(workloads) > 1 else None)
+    judge = PeakJudge(target)  # a search measures: its records are judged against the machine's peak
+    stores = {wl: LayerRecords.open_for_tuning(logs, target, wl, names[wl] if len(workloads) > 1 else None, judge)
               for wl in workloads}
     run = SearchRun(stores)
     stop = StopFlag()  # Ctrl-C, seen between two steps (see tuning/search/scheduler.py)
