@@ -158,7 +158,7 @@ def test_onnx_names_module_paths_else_position_and_shape():
                    helper.make_node("Conv", ["x", "w"], ["b"], name="/features/features.2/Conv"),
                    helper.make_node("Add", ["a", "b"], ["out"])], [_weight("w", (4, 4, 1, 1))], [1, 4, 8, 8], "net")
     assert [(l.name, l.count) for l in from_onnx(same)] == [("net.features.1", 2)]
-    assert model_import._onnx_module_path(scoped) == "features.3"
+    assert model_import.onnx_module_path(scoped) == "features.3"
 
 
 def test_two_exports_of_one_model_name_their_layers_alike(tmp_path):

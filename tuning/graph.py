@@ -28,13 +28,20 @@ import numpy as np
 
 from schedules.workload import Epilogue, Workload, WorkloadError
 
-from .model_import import ModelError, _onnx_module_path, _positional_name, read_onnx
+from .model_import import (
+    MODEL_SUFFIXES,
+    ModelError,
+    fix_batch,
+    load_exported_program,
+    onnx_module_path,
+    positional_name,
+    read_onnx,
+)
 from .networks import Layer, distinct_layers
 from .tables import safe_text
 
 MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
 ZOO_INPUT = (1, 3, 224, 224)
-MODEL_SUFFIXES = (".onnx", ".pt2")
 
 
 @dataclass
@@ -183,12 +190,10 @@ _KEEP: list = []  # the torch.library registration lives as long as the process
 def _from_onnx(label: str, model, batch: int | None):
     from tvm.relax.frontend.onnx import from_onnx
 
-    from .model_import import _fix_batch
-
     if batch is not None:
         import onnx
 
-        model = _fix_batch(onnx, model, batch, label)
+        model = fix_batch(onnx, model, batch, label)
     initializers = {i.name for i in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:
@@ -203,10 +208,10 @@ def _from_onnx(label: str, model, batch: int | None):
     names, matmuls = [], []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            path = _onnx_module_path(node)  # from the file: escaped before anything prints it
+            path = onnx_module_path(node)  # from the file: escaped before anything prints it
             names.append(safe_text(path) if path is not None else None)
         elif node.op_type in ("MatMul", "Gemm"):
-            path = _onnx_module_path(node)
+            path = onnx_module_path(node)
             matmuls.append(safe_text(path) if path is not None else None)
     try:
         mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
@@ -217,8 +222,6 @@ def _from_onnx(label: str, model, batch: int | None):
 
 def _from_pt2(path: str, trust_pickle: bool = False):
     from tvm.relax.frontend.torch import from_exported_program
-
-    from .model_import import load_exported_program
 
     program = load_exported_program(path, trust_pickle)
     mod = from_exported_program(program, keep_params_as_input=False)
@@ -330,7 +333,7 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
             except (WorkloadError, ValueError) as err:
                 skipped.append(f"conv {index}: {err}")
                 continue
-            name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or _positional_name(index, wl)
+            name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or positional_name(index, wl)
             chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
         elif op_name(binding) == "relax.matmul":
             index, matmuls = matmuls, matmuls + 1

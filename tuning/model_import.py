@@ -65,7 +65,7 @@ def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], c
     return unique
 
 
-def _positional_name(index: int, wl: Workload) -> str:
+def positional_name(index: int, wl: Workload) -> str:
     """A layer name from the conv's position in the model and its shape, for models that carry no
     module path: `conv3.3x3s2.64-128` (the 4th conv: 3x3, stride 2, 64 -> 128 channels; `g4`: groups)."""
     stride = "" if wl.stride == (1, 1) else (f"s{wl.stride[0]}" if wl.stride[0] == wl.stride[1]
@@ -143,7 +143,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
         network = network or os.path.splitext(os.path.basename(label))[0]
     network = network or label
     if batch is not None:
-        model = _fix_batch(onnx, model, batch, label)
+        model = fix_batch(onnx, model, batch, label)
     inferred = _infer(onnx, label, model)
     shapes = _onnx_shapes(inferred.graph)
     convs = [n for n in inferred.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
@@ -195,7 +195,7 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
             raise ModelError(label, f"{where}: unknown auto_pad {auto_pad!r}")
         groups = int(attrs.get("group", 1))
         wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, groups, layout)
-        readable = _onnx_module_path(node) or _positional_name(len(found) + len(dynamic), wl)
+        readable = onnx_module_path(node) or positional_name(len(found) + len(dynamic), wl)
         found.append((f"{network}.{readable}", wl))
     if dynamic:
         raise ModelError(label, _dynamic_refusal(onnx, graph, shapes, dynamic))
@@ -422,7 +422,7 @@ def _shapes_by_running(onnx, label, model, shapes, names: list[str]) -> dict:
     return {name: (list(r.shape), onnx.helper.np_dtype_to_tensor_dtype(r.dtype)) for name, r in zip(wanted, results)}
 
 
-def _onnx_module_path(node) -> str | None:
+def onnx_module_path(node) -> str | None:
     """The PyTorch module path an ONNX node carries: the dynamo exporter's name scopes, or the
     legacy exporter's node name (`/features/features.1/block/block.0/Conv` -> `features.1.block.0`);
     None for names that say nothing (`Conv_3`, `/Conv`, `node_conv2d`)."""
@@ -450,7 +450,7 @@ def _onnx_module_path(node) -> str | None:
     return name
 
 
-def _fix_batch(onnx, model, batch: int, label: str = "model"):
+def fix_batch(onnx, model, batch: int, label: str = "model"):
     model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's model alone
     initializers = {i.name for i in model.graph.initializer}
     symbolic, fixed = 0, set()
@@ -609,7 +609,7 @@ def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC
             ph, pw = _pair(padding)
             pad = (ph, pw, ph, pw)
         wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(args["groups"]), layout)
-        found.append((f"{network}.{_module_path(node) or _positional_name(len(found), wl)}", wl))
+        found.append((f"{network}.{_module_path(node) or positional_name(len(found), wl)}", wl))
     return _layers(label, found, skipped, "2-D convolution")
 
 

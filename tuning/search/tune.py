@@ -194,14 +194,13 @@ def _search_locked(pairs, stores, target, logs, per_task, total, options, runner
         work_dir = os.path.join(logs, target.tag)
     else:
         database, work_dir = stores[pairs[0][0].workload].database, stores[pairs[0][0].workload].directory
+    planned = [Planned(pairs[i][1], name, float(pairs[i][0].count),
+                       os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG),
+                       stores[pairs[i][0].workload].check_on_disk) for i, name in zip(todo, names)]
     try:
-        _run_search(tasks, target, work_dir, database, progress, budget=budget,
+        _run_search(planned, target, work_dir, database, progress, budget=budget,
                     max_trials_per_task=min(budget, max(cap - done[i] for i in todo)), trials_per_iter=per_iter,
-                    weights=[float(pairs[i][0].count) for i in todo],
-                    failure_logs=[os.path.join(stores[pairs[i][0].workload].directory, records.FAILURE_LOG)
-                                  for i in todo],
-                    names=names, options=options, runner=runner, stop=stop,
-                    disk_checks=[stores[pairs[i][0].workload].check_on_disk for i in todo])
+                    options=options, runner=runner, stop=stop)
     finally:
         progress.end()
     return progress.done, budget
@@ -222,13 +221,25 @@ def budget_warning(budget: int, labels: list[str], total: int | None, recorded: 
             f"one batch in order, so {len(starved)} get no trial: {shown}; raise {flag}")
 
 
-def _run_search(todo: list[Task], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
-                max_trials_per_task: int, trials_per_iter: int, weights: list[float], failure_logs: list[str],
-                names: list[str], options: SearchOptions, runner, stop: StopFlag | None = None,
-                disk_checks: list | None = None) -> None:
-    """The scheduler loop over `todo` with convtune's builder, runner, cost model and hooks;
-    `database` receives every trial as it is measured. (`work_dir`: where `database` writes.)"""
+@dataclass(frozen=True)
+class Planned:
+    """One task a search measures: its progress label, its share weight (the layer's count in the
+    network), where its failed trials are explained, and the check that its records reached the disk."""
+
+    task: Task
+    name: str
+    weight: float
+    failure_log: str
+    disk_check: object  # () -> None, raising RecordsError
+
+
+def _run_search(planned: list[Planned], target: Target, work_dir: str, database, progress: Progress, *, budget: int,
+                max_trials_per_task: int, trials_per_iter: int, options: SearchOptions, runner,
+                stop: StopFlag | None = None) -> None:
+    """The scheduler loop over the `planned` tasks with convtune's builder, runner, cost model and
+    hooks; `database` receives every trial as it is measured. (`work_dir`: where `database` writes.)"""
     transfer, strategy, seed, config = options.transfer, options.strategy, options.seed, options.measure
+    todo = [p.task for p in planned]
     tensor_intrinsics(needed=any(t.generated for t in todo))
     # One scan per layer: a layer's algorithms share its neighbours.
     scanned = {t.workload: transfer.history(target, t.workload) for t in todo} if transfer else {}
@@ -266,16 +277,17 @@ def _run_search(todo: list[Task], target: Target, work_dir: str, database, progr
                 measure.add_run_state(runner, task, target)
             context = ms.TuneContext(
                 mod=task.mod, target=target.tvm, space_generator=task.space(),
-                search_strategy=SkipRecorded(strategy, seeds, options.population), task_name=names[i],
+                search_strategy=SkipRecorded(strategy, seeds, options.population), task_name=planned[i].name,
                 num_threads=target.threads, rand_state=seed if seed is not None else -1).clone()
             return context, f"{words} first" if words else ""
         return start
 
     try:
-        run_tasks([TaskRun(starter(i), weights[i]) for i in range(len(todo))], budget=budget,
+        run_tasks([TaskRun(starter(i), p.weight) for i, p in enumerate(planned)], budget=budget,
                   max_trials_per_task=max_trials_per_task, trials_per_iter=trials_per_iter,
                   builder=measure.builder(target, config), runner=runner, database=database, cost_model=cost,
-                  stop=stop or StopFlag(), hooks=progress_hooks(progress, failure_logs, disk_checks), seed=seed,
+                  stop=stop or StopFlag(), hooks=progress_hooks(progress, [p.failure_log for p in planned],
+                                                                [p.disk_check for p in planned]), seed=seed,
                   runner_workers=getattr(runner, "workers", 1))
     finally:
         if own_runner:
