@@ -40,6 +40,7 @@ def test_matmuls_by_constant_weights_are_1x1_conv_chains(mlp_path):
     assert not [name for name in ops if "matmul" in name], ops
 
 
+@pytest.mark.slow  # compiles the model
 def test_the_matmul_model_matches_onnxruntime_and_keeps_nan(mlp_path, target):
     executable, side = build_model(load_model(mlp_path), target, "/nonexistent-logs", quiet=True)
     assert {layer["algorithm"] for layer in side["layers"]} == {"im2col"}  # 1x1 stride 1: im2col
@@ -68,6 +69,7 @@ def test_verify_holds_a_tiny_output_to_its_own_scale():
     assert good.ok and good.topk == {"top1": 1.0, "top5": 1.0}
 
 
+@pytest.mark.slow  # compiles the model
 def test_verify_reports_topk_for_a_classifier(mlp_path, tmp_path, capsys):
     """The zoo-like path through the CLI: compile, then verify prints the scale and passes."""
     out = str(tmp_path / "mlp.so")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +13,13 @@ import pytest
 import tuning.cli as cli
 from schedules.template import Unsupported
 from schedules.workload import parse_spec
+from tuning.target import host_cores
 from tuning.task import algorithm_names, tasks_for
 
+from .support.checks import one_line_error
+
 ROOT = Path(__file__).resolve().parents[1]
+LAYER = "h=8,ci=8,co=8,k=3,pad=1"
 
 
 def test_a_typo_in_an_algorithm_list_is_refused(capsys):
@@ -259,6 +265,7 @@ def _write_bad_input(kind: str, path: str) -> None:
         np.save(path, np.ones((1, 3, 12, 12), np.complex64))
 
 
+@pytest.mark.slow  # compiles a model (the module's fixture)
 @pytest.mark.parametrize("kind, says", [("strings", "not numbers"), ("empty", "is empty"),
                                         ("npz", "is an .npz archive"), ("complex", "complex values")])
 def test_run_refuses_an_input_file_that_is_not_a_real_array(small_model_library, tmp_path, capsys, kind, says):
@@ -333,3 +340,51 @@ def test_records_of_another_tvm_version_are_listed_as_set_aside(tmp_path, capsys
     assert not any("set aside" in line for line in out if "co=8," in line)
     assert "made with another TVM" in out[-1]
     assert Path(ours.directory).is_dir()
+
+
+# -- options refused in one line (issue 16) -----------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["tune", LAYER, "--run-timeout", "0"], "--run-timeout: must be a number of seconds > 0, got 0"),
+    (["tune", LAYER, "--run-timeout", "nan"], "--run-timeout: must be"),
+    (["tune", LAYER, "--min-repeat-ms", "-1"], "--min-repeat-ms: must be a number of milliseconds >= 0"),
+    (["bench", LAYER, "--min-repeat-ms", "-0.5"], "--min-repeat-ms: must be a number of milliseconds >= 0"),
+    (["tune", LAYER, "--threads", str(8 * host_cores())], f"--threads: {8 * host_cores()} threads on this machine's"),
+    (["compile", LAYER, "--threads", str(8 * host_cores())], f"--threads: {8 * host_cores()} threads on this "
+                                                              f"machine's {host_cores()} cores would share cores"),
+])
+def test_bad_options_are_refused_in_one_line(args, message, capsys):
+    assert cli.main(args) == 2
+    one_line_error(capsys, f"convtune {args[0]}: error: {message}")
+
+
+@pytest.mark.parametrize("command", ["tune", "compile", "records"])
+def test_logs_that_is_a_file_is_refused_in_one_line(command, tmp_path, capsys):
+    logs = tmp_path / "logs"
+    logs.write_text("not a directory")
+    args = [command] + ([LAYER] if command != "records" else []) + ["--logs", str(logs)]
+    assert cli.main(args) == 2
+    one_line_error(capsys, f"--logs: {logs} is not a directory")
+    assert cli.main(args[:-1] + [str(logs / "sub")]) == 2
+    one_line_error(capsys, f"is under {logs}, which is not a directory")
+
+
+def test_force_threads_allows_more_threads_than_cores(monkeypatch):
+    monkeypatch.setattr("tuning.app.set_threads", lambda n: None)
+    args = argparse.Namespace(command="compile", target="x86", threads=8 * host_cores(), force_threads=True)
+    assert cli._target(args).threads == 8 * host_cores()
+    with pytest.raises(cli.UsageError, match="--force-threads"):
+        cli._target(argparse.Namespace(**{**vars(args), "force_threads": False}))
+
+
+# -- never a traceback (issue 16) ------------------------------------------------------------------------
+def test_an_unexpected_exception_is_one_line_and_a_crash_log(tmp_path, monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("something nobody foresaw\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_records", boom)
+    monkeypatch.setenv("CONVTUNE_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["records", "--logs", str(tmp_path)]) == 1
+    err = one_line_error(capsys, "convtune records: internal error: RuntimeError: something nobody foresaw")
+    crash = err.split("(traceback in ")[1].rstrip(")")
+    assert os.path.dirname(crash) == str(tmp_path / "cache") and os.path.basename(crash).startswith("crash-")
+    assert "Traceback (most recent call last)" in open(crash).read() and "boom" in open(crash).read()

@@ -97,6 +97,7 @@ def test_a_library_rebuilt_in_place_and_loaded_again_warns(library):
     assert any("changed on disk" in w and "version loaded first" in w for w in got["warnings"]), got["warnings"]
 
 
+@pytest.mark.slow  # compiles a model
 def test_a_model_library_loads_with_its_threads(tmp_path):
     pytest.importorskip("onnx")
     from .support.models import small_resnet

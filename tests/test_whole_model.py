@@ -18,6 +18,8 @@ from tuning.graph import load_model, ops_module  # noqa: E402
 
 from .support.models import onnxruntime_outputs, small_resnet  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here compiles a whole model: `pytest -m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):

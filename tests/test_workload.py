@@ -71,3 +71,35 @@ def test_spec_parser_fuzz_raises_only_workload_errors(text):
     except WorkloadError:
         return
     assert wl.oh > 0 and wl.ow > 0 and parse_spec(wl.spec) == wl
+
+
+# -- numbers in a spec, and sizes that overflow (issue 16) ----------------------------------------------
+@pytest.mark.parametrize("spec, field", [
+    ("h=\u0668,ci=8,co=8,k=3", "h"),  # ARABIC-INDIC DIGIT EIGHT: int() takes it
+    ("h=8_0,ci=8,co=8,k=3", "h"),
+    ("h=+8,ci=8,co=8,k=3", "h"),
+    ("h=8,ci=8,co=8,k=3,pad=1:1", "pad"),
+    ("h=8,ci=8,co=8,k=3,pad=1/1", "pad"),
+    ("h=8,ci=8,co=8,k=3,stride=1x", "stride"),
+])
+def test_spec_numbers_are_ascii_decimal_integers_separated_by_x(spec, field):
+    with pytest.raises(WorkloadError) as err:
+        parse_spec(spec)
+    assert err.value.field == field and "integer" in err.value.rule
+
+
+def test_x_remains_the_separator():
+    wl = parse_spec("h=9,w=7,ci=4,co=6,kh=3,kw=1,stride=2x1,pad=1x0x2x1")
+    assert wl.stride == (2, 1) and wl.pad == (1, 0, 2, 1)
+
+
+@pytest.mark.parametrize("spec, tensor", [
+    ("h=100000,w=100000,ci=4096,co=8,k=1", "input"),
+    ("h=46340,w=46340,ci=1,co=2,k=1", "output"),  # the input under 2**31 elements, the output over
+    ("h=46340,w=46340,ci=1,co=1,k=3,pad=2", "padded input"),
+    ("h=8,ci=65536,co=65536,k=1", "weight"),
+])
+def test_a_layer_overflowing_int32_indices_is_refused(spec, tensor):
+    with pytest.raises(WorkloadError, match=f"the {tensor} would hold .*\\(2\\*\\*31 - 1\\)") as err:
+        parse_spec(spec)
+    assert err.value.field == "shape"

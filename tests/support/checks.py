@@ -34,3 +34,10 @@ def check_algorithm(algorithm: str, layer: str | Workload, config="default", see
     for c in checks:
         assert c.ok, f"{algorithm} {wl.spec} config={config}: {c.function} max error {c.max_error:.3g} > {c.tolerance:.3g}"
     return checks
+
+
+def one_line_error(capsys, text):
+    """The command's stderr is one line that contains `text`; returns it."""
+    err = capsys.readouterr().err.strip()
+    assert text in err and len(err.splitlines()) == 1, err
+    return err

@@ -1,5 +1,7 @@
-"""Real models as a newcomer meets them: static shapes recovered from legacy ONNX exports, readable
-layer names that agree across exporters, `convtune layers FILE`, tables that fit, logs that read."""
+"""tuning/model_import.py: a model file's conv layers. Real models as a newcomer meets them: static
+shapes recovered from legacy ONNX exports, readable layer names that agree across exporters,
+`convtune layers FILE`, tables that fit, logs that read; ONNX and torch.export layers against
+their own numerics."""
 
 import io
 import json
@@ -9,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from schedules.reference import conv2d_reference
 from schedules.workload import parse_spec
 from tuning import model_import
 from tuning.cli import main
@@ -73,7 +76,7 @@ def aspp_model():
     return _model(nodes, inits, [1, 4, 10, 12], "aspp")
 
 
-# -- A: static shapes recovered ------------------------------------------------------------------------
+# -- static shapes recovered ---------------------------------------------------------------------------
 def test_chunk_slice_with_computed_bounds_gets_static_shapes(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # folding alone recovers it, no onnxruntime needed
     (layer,) = from_onnx(chunk_model())
@@ -113,7 +116,7 @@ def test_shapes_that_stay_dynamic_are_refused_per_layer_with_the_fix(monkeypatch
         from_onnx(chunk_model())
 
 
-# -- B: convtune layers FILE ---------------------------------------------------------------------------
+# -- convtune layers FILE ------------------------------------------------------------------------------
 def test_layers_command_reads_an_onnx_file(tmp_path, capsys):
     path = str(tmp_path / "aspp.onnx")
     onnx.save(aspp_model(), path)
@@ -136,7 +139,7 @@ def test_layers_command_without_a_file_lists_the_zoo_as_json(capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-# -- C: names ------------------------------------------------------------------------------------------
+# -- names ---------------------------------------------------------------------------------------------
 def test_onnx_names_module_paths_else_position_and_shape():
     scoped = helper.make_node("Conv", ["x", "w"], ["a"], name="node_conv2d")
     helper.set_metadata_props(scoped, {"pkg.torch.onnx.name_scopes": repr(["", "features", "features.3", "conv2d"])})
@@ -205,7 +208,7 @@ def test_a_module_run_at_two_sizes_keeps_two_names():
     assert [(l.name, l.count) for l in layers] == [("m.conv", 2), ("m.conv_2", 1)]
 
 
-# -- D: output that fits -------------------------------------------------------------------------------
+# -- output that fits ----------------------------------------------------------------------------------
 def test_table_columns_fit_their_contents():
     text = table(["layer", "ms", "share"], [["resnet18.layer1", "0.5", "40.0%"], ["a", "12.25", "-"]])
     assert text.splitlines() == ["layer               ms  share",
@@ -272,7 +275,7 @@ def test_budget_warning_names_the_flag_and_the_tasks_left_without_a_trial():
     assert "l0, l1, l2, l3, l4, l5 and 3 more" in many
 
 
-# -- E: an untuned bundle warns once -------------------------------------------------------------------
+# -- an untuned bundle warns once ----------------------------------------------------------------------
 def test_untuned_bundle_warns_once_with_the_count(monkeypatch, tmp_path, capsys):
     from tuning.deploy import bundle
     from tuning.target import resolve_target
@@ -423,3 +426,172 @@ def test_an_opset_newer_than_onnx_knows_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "opset 99" in err and "opset_version <=" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m.so").exists()
+
+
+# -- from test_network.py: ONNX ------------------------------------------------------------------------------------------------
+def tiny_onnx(batch="N"):
+    """stem (asymmetric pads) -> relu -> block x2 (same shape) -> grouped SAME_UPPER stride 2 -> SAME_LOWER."""
+    onnx = pytest.importorskip("onnx", reason="onnx is an optional extra: pip install onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w_stem"], ["a"], name="stem", pads=[1, 0, 2, 1]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w_block"], ["c"], name="block.0", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "w_block"], ["d"], name="block.1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "w_group"], ["e"], name="grouped", group=4, strides=[2, 2],
+                         auto_pad="SAME_UPPER"),
+        helper.make_node("Conv", ["e", "w_lower"], ["y"], name="lower", kernel_shape=[2, 2], auto_pad="SAME_LOWER"),
+    ]
+    inits = [weight("w_stem", (8, 4, 3, 3)), weight("w_block", (8, 8, 3, 3)), weight("w_group", (8, 2, 3, 3)),
+             weight("w_lower", (4, 8, 2, 2))]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 9, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return onnx, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_onnx_layers_merged_counted_and_padded_as_onnx_means(tmp_path):
+    onnx, model = tiny_onnx(batch=1)
+    path = str(tmp_path / "tiny.onnx")
+    onnx.save(model, path)
+    layers = load_network(path)  # NHWC by default
+    assert [(l.name, l.count, l.workload.spec) for l in layers] == [
+        ("tiny.stem", 1, "h=9,w=10,ci=4,co=8,k=3,pad=1x0x2x1"),  # ONNX (top, left, bottom, right)
+        ("tiny.block.0", 2, "h=10,w=9,ci=8,co=8,k=3,pad=1"),
+        ("tiny.grouped", 1, "h=10,w=9,ci=8,co=8,k=3,stride=2,pad=0x1x1x1,groups=4"),  # SAME_UPPER: extra at the end
+        ("tiny.lower", 1, "h=5,w=5,ci=8,co=4,k=2,pad=1x1x0x0"),  # SAME_LOWER: extra at the start
+    ]
+    assert all(l.workload.layout == "NHWC" for l in layers)
+
+    # Each extracted workload computes what ONNX's own reference evaluator computes for that node.
+    from onnx.reference import ReferenceEvaluator
+
+    nchw = {l.name: l.workload for l in from_onnx(model, layout="NCHW")}
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    for name in ("a", "c", "d", "e"):  # every intermediate, to check each node on its own input
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 4, 9, 10)).astype(np.float32)
+    v = dict(zip("acdey", ReferenceEvaluator(probe).run(list("acdey"), {"x": x})))
+    for layer, data, w, expected in (("tiny.stem", x, "w_stem", v["a"]),
+                                     ("tiny.block.0", np.maximum(v["a"], 0), "w_block", v["c"]),
+                                     ("tiny.block.0", v["c"], "w_block", v["d"]),  # block.1, merged
+                                     ("tiny.grouped", v["d"], "w_group", v["e"]),
+                                     ("tiny.lower", v["e"], "w_lower", v["y"])):
+        got = conv2d_reference(nchw[layer], data, weights[w])
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=layer)
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_onnx_refusals():
+    onnx, model = tiny_onnx()
+    with pytest.raises(ModelError, match="dynamic shape .*'N'.*--model-batch N"):
+        from_onnx(model)
+    assert from_onnx(model, batch=2)[0].workload.n == 2
+    from onnx import TensorProto, helper
+
+    conv1d = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="c1d")], "one_d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(ModelError, match="Conv 'c1d' is a 1-D convolution.*2-D convolutions only"):
+        from_onnx(helper.make_model(conv1d))
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_missing_optional_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an environment without onnx looks like
+    with pytest.raises(ModelError, match="pip install onnx"):
+        load_network("model.onnx")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ModelError, match=r"pip install torch==2\.13\.0"):
+        load_network("model.pt2")
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_load_network_names_and_files(tmp_path):
+    assert [l.name for l in load_network("resnet18")][:2] == ["resnet18.conv1", "resnet18.layer1"]
+    with pytest.raises(ModelError, match="neither a zoo network"):
+        load_network("resnet19")
+    (tmp_path / "model.tflite").write_bytes(b"")
+    with pytest.raises(ModelError, match="unknown model format '.tflite'"):
+        load_network(str(tmp_path / "model.tflite"))
+
+
+# -- from test_network.py: PyTorch ---------------------------------------------------------------------------------------------
+def tiny_torch():
+    torch = pytest.importorskip("torch", reason="torch is optional and heavy: pip install torch==2.13.0")
+
+    class Block(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.blocks = torch.nn.Sequential(Block(8), Block(8))
+            self.dw = torch.nn.Conv2d(8, 8, 4, padding="same", groups=8)  # even kernel: asymmetric "same"
+            self.pw = torch.nn.Conv2d(8, 16, 1, dilation=1)
+
+        def forward(self, x):
+            return self.pw(self.dw(self.blocks(self.stem(x))))
+
+    torch.manual_seed(0)
+    return torch, Tiny().eval()
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_torch_export_layers_match_torch_numerics(tmp_path):
+    torch, model = tiny_torch()
+    x = torch.randn(1, 3, 17, 16)
+    layers = from_torch(model, (x,), layout="NCHW")
+    assert [(l.name, l.count, l.workload.spec) for l in layers] == [
+        ("tiny.stem", 1, "h=17,w=16,ci=3,co=8,k=3,stride=2,pad=1,layout=NCHW"),
+        ("tiny.blocks.0.conv", 2, "h=9,w=8,ci=8,co=8,k=3,pad=1,layout=NCHW"),
+        ("tiny.dw", 1, "h=9,w=8,ci=8,co=8,k=4,pad=1x1x2x2,groups=8,layout=NCHW"),
+        ("tiny.pw", 1, "h=9,w=8,ci=8,co=16,k=1,layout=NCHW"),
+    ]
+    # PyTorch's "same" for an even kernel pads one more at the end: the workload says so too.
+    with torch.no_grad():
+        feature = model.blocks(model.stem(x))
+        expected = torch.nn.functional.conv2d(feature, model.dw.weight, padding="same", groups=8).numpy()
+    got = conv2d_reference(layers[2].workload, feature.numpy(), model.dw.weight.detach().numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    # A saved program (torch.export.save) loads by file name, in the layout asked for.
+    path = str(tmp_path / "tiny.pt2")
+    torch.export.save(torch.export.export(model, (x,)), path)
+    from_file = load_network(path, layout="NHWC")
+    assert [(l.count, l.workload) for l in from_file] == [(l.count, l.workload.with_layout("NHWC")) for l in layers]
+
+
+@pytest.mark.slow  # was in test_network.py, all slow
+def test_torch_refusals():
+    torch, model = tiny_torch()
+    batch = torch.export.Dim("batch", min=2, max=8)
+    program = torch.export.export(model, (torch.randn(2, 3, 17, 16),), dynamic_shapes=({0: batch},))
+    with pytest.raises(ModelError, match="stem .*dynamic shape"):
+        from_torch(program)
+
+    class OneD(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv1d(3, 4, 3)
+
+        def forward(self, x):
+            return self.c(x)
+
+    with pytest.raises(ModelError, match="c .*1-D convolution.*2-D convolutions only"):
+        from_torch(OneD(), (torch.randn(1, 3, 10),))
