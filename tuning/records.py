@@ -513,13 +513,14 @@ class LayerRecords:
             out.append(record)
         return sorted(out, key=lambda rec: rec.seconds)[:k]
 
-    def find(self, task: Task, wanted: str) -> Record | None:
-        """The record of `task` whose trace has id `wanted`, if measured, for this target, not rejected."""
+    def find(self, task: Task, design: str) -> Record | None:
+        """The record of `task` whose trace, before MetaSchedule's postprocessing, has id `design`
+        (`design_id`), if measured, for this target, not rejected."""
         rejected = self.rejected()
         for r in self._records(task):
             median = median_seconds(r.run_secs)
-            if (median is not None and self._same_target(r) and trace_id(r.trace) == wanted
-                    and wanted not in rejected):
+            if (median is not None and self._same_target(r) and design_id(r.trace) == design
+                    and trace_id(r.trace) not in rejected):
                 return Record(median, r.trace, task.algorithm)
         return None
 
@@ -576,6 +577,16 @@ class LayerRecords:
 
 def trace_id(trace) -> str:
     return hashlib.sha1(str(trace).encode()).hexdigest()[:16]
+
+
+def design_id(trace) -> str:
+    """The id of the config a trace chose: its sampling decisions in order, without what
+    MetaSchedule's postprocessors appended when it was measured (a search stores the measured
+    trace with unroll annotations after it, with or without `enter_postproc`; the same config built
+    by `compile` has none). Traces of one task share their instructions, so decisions name a config."""
+    decisions = trace.decisions
+    chosen = [f"{inst.kind.name}={decisions[inst]}" for inst in trace.insts if inst in decisions]
+    return hashlib.sha1(";".join(chosen).encode()).hexdigest()[:16]
 
 
 def layer_directory(logs: str, target: Target, workload: Workload) -> str:

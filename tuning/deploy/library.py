@@ -23,7 +23,7 @@ from schedules.template import config_from_trace
 from schedules.workload import Workload
 
 from ..files import publish_library
-from ..records import LayerRecords, Record, RecordsError, median_seconds, trace_id
+from ..records import LayerRecords, Record, RecordsError, median_seconds, design_id
 from ..target import Target
 from ..task import Task, tasks_for
 from .kernel import Kernel, sidecar_path
@@ -98,7 +98,7 @@ def default_record(store: LayerRecords, task: Task, target: Target) -> Record | 
     """The template's default config as a record: found in the layer's records by its trace, or
     built, timed (run function, prepared state) and committed to them; None when it cannot be built."""
     trace = task.default_trace()
-    found = store.find(task, trace_id(trace))
+    found = store.find(task, design_id(trace))
     if found is not None:  # a search measures the default first; or an earlier compile did
         return found
     try:
