@@ -317,10 +317,15 @@ def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule 
             if reductions:
                 # A reduction over a window (max pool): the window loops go outside the channel
                 # loop, so the channels are the contiguous vector and the window a few vector maxes.
-                # The init stays in the block (decomposed, neither part passes `vectorize`'s
-                # dataflow check): it is a test on the window loops, uniform across a vector.
-                sch.reorder(*loops[len(loops) - reductions:], inner)
-            _, vector = sch.split(inner, [None, lanes])
+                # One vector of channels at a time, the window inside it: the running max stays
+                # in a register across the window (window outside all the channels, it was read
+                # and written back per tap: 0.148 ms against 0.057 for GoogLeNet's 28x28x192
+                # pool). The init stays in the block (decomposed, neither part passes
+                # `vectorize`'s dataflow check): a test on the window loops, uniform per vector.
+                outer_c, vector = sch.split(inner, [None, lanes])
+                sch.reorder(outer_c, *loops[len(loops) - reductions:], vector)
+            else:
+                _, vector = sch.split(inner, [None, lanes])
             sch.vectorize(vector)
         except Exception:  # noqa: BLE001 - an unusual nest keeps TVM's plain loops
             continue
