@@ -334,3 +334,24 @@ def test_records_of_another_tvm_version_are_listed_as_set_aside(tmp_path, capsys
     assert not any("set aside" in line for line in out if "co=8," in line)
     assert "made with another TVM" in out[-1]
     assert Path(ours.directory).is_dir()
+
+
+def test_a_broken_torch_install_leaves_every_command_working(tmp_path):
+    """TVM imports torch first thing and forgives only ImportError: a torch whose shared library
+    is missing (OSError) killed every command, --help included. Now: one warning, the command runs,
+    and what needs torch says it is unavailable."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise OSError("libtorch_cpu.so: cannot open shared object file")\n')
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{os.getcwd()}")
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "usage: convtune" in done.stdout, done.stderr
+    assert done.stderr.count("\n") == 1 and "torch is installed but cannot be imported" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "layers", str(tmp_path / "m.pt2")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
