@@ -451,31 +451,13 @@ class LayerRecords:
     @contextlib.contextmanager
     def lock(self):
         """Exclusive use of this layer's records for a tuning run (a second run waits)."""
-        try:
-            f = open(os.path.join(self.directory, ".lock"), "a+")
-        except OSError as err:
-            raise RecordsError(f"{self.directory}: cannot write ({err.strerror}); tuning needs writable --logs") from None
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                print(f"waiting for another tuning run of this layer ({f.read().strip() or 'pid ?'}) "
-                      f"to finish with {self.directory}", file=sys.stderr)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}")
-            f.flush()
-            try:
-                # Another run may have appended records while we waited: read them too.
-                self.database = self._load(locked=True)
-                if self._scratch is not None:
-                    raise RecordsError(f"{self.directory}: its records cannot be repaired on disk (see the "
-                                       "warnings); tuning needs writable --logs")
-                yield self
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with directory_lock(self.directory, "this layer"):
+            # Another run may have appended records while we waited: read them too.
+            self.database = self._load(locked=True)
+            if self._scratch is not None:
+                raise RecordsError(f"{self.directory}: its records cannot be repaired on disk (see the "
+                                   "warnings); tuning needs writable --logs")
+            yield self
 
     # -- queries ---------------------------------------------------------------------------------
     def _records(self, task: Task) -> list:
@@ -573,6 +555,32 @@ class LayerRecords:
         for t in tasks:
             algorithms[t.algorithm] = {"knobs": t.knob_names, "template_version": t.template_version}
         write_json_atomic(path, info)
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str, what: str):
+    """Exclusive use of a records directory by one tuning run: a second run says whose run it
+    waits for and waits (fcntl lock on `.lock`, released if the holder dies)."""
+    try:
+        f = open(os.path.join(directory, ".lock"), "a+")
+    except OSError as err:
+        raise RecordsError(f"{directory}: cannot write ({err.strerror}); tuning needs writable --logs") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            print(f"waiting for another tuning run of {what} ({f.read().strip() or 'pid ?'}) "
+                  f"to finish with {directory}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def trace_id(trace) -> str:
