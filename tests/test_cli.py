@@ -355,3 +355,18 @@ def test_a_broken_torch_install_leaves_every_command_working(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tuning.cli", "layers", str(tmp_path / "m.pt2")], capture_output=True,
                           text=True, env=env, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_device_is_one_line_not_an_internal_error():
+    import os
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "tuning.cli", "layers", "resnet18"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "convtune layers: error: No space left on device (writing the output); free some space and run it again "
+        "(records already measured are kept)"]

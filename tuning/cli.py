@@ -23,6 +23,7 @@ tuning.remote.session and handed to tuning.deploy's Kernel here.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -918,11 +919,28 @@ def _main(argv: list[str] | None) -> int:
             said = f"{signal.Signals(_STOP_SIGNAL[0]).name}: {said}"
         print(f"\nconvtune {args.command}: {said}", file=sys.stderr)
         return _interrupted_status()
-    except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
-        message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
-        print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
-              file=sys.stderr)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal_error(args, argv, err)
+        # A full disk (or `> /dev/full`): the user's to fix, not a crash to report.
+        where = f" ({err.filename})" if err.filename else " (writing the output)"
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
+        except OSError:
+            pass
+        print(f"convtune {args.command}: error: {err.strerror}{where}; free some space and run it again "
+              "(records already measured are kept)", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
+        return _internal_error(args, argv, err)
+
+
+def _internal_error(args, argv, err: BaseException) -> int:
+    """Never a traceback: one line, the traceback in a file."""
+    message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
+    print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
+          file=sys.stderr)
+    return 1
 
 
 def _interrupted_status() -> int:
