@@ -153,3 +153,18 @@ def test_im2col_takes_thirteen_rows_where_the_pixels_have_no_small_factor(target
     assert odd["tile_m"][-1] == 13
     even = Task(parse_spec("h=14,w=14,ci=64,co=64,k=1"), "im2col", avx2).default_config()
     assert even["tile_m"][-1] <= 8
+
+
+def test_without_records_a_large_weight_is_timed_cold_against_im2col(target, tmp_path):
+    """No records: for a weight beyond the L2 the untuned rule's pick (chosen from warm timings) is
+    timed with its weights flushed against im2col's default; a weight that fits the L2 is left to
+    the rule without building anything."""
+    from tuning.deploy.model import choose, cold_choice
+
+    logs = str(tmp_path / "logs")
+    big = parse_spec("h=7,w=7,ci=512,co=512,k=3,pad=1")  # 9.4 MB of weight
+    rule = choose(big, "auto", target, logs)
+    assert not rule.tuned and rule.task.algorithm != "im2col"  # otherwise nothing to compare
+    picked = cold_choice(big, "auto", target, logs)
+    assert picked is not None and picked.task.algorithm in {rule.task.algorithm, "im2col"}
+    assert cold_choice(parse_spec("h=14,w=14,ci=32,co=32,k=3,pad=1"), "auto", target, logs) is None
