@@ -235,11 +235,18 @@ class Algorithm:
     # how many times fewer multiplications than the direct algorithm it does (Winograd: 9 / its
     # multiplications per output): the most its rate in direct-algorithm FLOP/s can exceed the peak
     multiplication_saving: float = 1.0
+    # how many times the FP32 FMA peak its own arithmetic can run at, in multiply-adds per cycle:
+    # direct-int8's vpmaddwd does 16 int16 multiply-adds where an FMA does 8 (2); records faster
+    # than the FP32 peak times this (and multiplication_saving) are refused as impossible
+    peak_ratio: float = 1.0
     # Raised by hand whenever the template or its default config changes what a config builds:
     # records made under another version are set aside (the tuned function carries the version
     # from 2 on, so they are another workload in the database; version 1 is the unmarked function
     # every record before versions had, shipped records included).
     template_version: int = 1
+    # the workload dtypes its compute takes (schedules.workload.DTYPES): float32 templates refuse
+    # int8 layers, so `--algorithm auto` offers a quantized layer only the int8-capable ones
+    dtypes: tuple[str, ...] = ("float32",)
 
     def __post_init__(self):
         # Every caller (search spaces, replay, default configs) schedules through this field: the
@@ -257,6 +264,8 @@ class Algorithm:
         """None if the layer fits, else why not."""
         if wl.layout not in self.layouts:
             return f"{self.name}: layout {wl.layout} not supported (supports {', '.join(self.layouts)})"
+        if wl.dtype not in self.dtypes:
+            return f"{self.name}: dtype {wl.dtype} not supported (supports {', '.join(self.dtypes)})"
         try:
             self.check(wl)
         except Unsupported as err:
