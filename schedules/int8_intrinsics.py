@@ -124,3 +124,24 @@ def register() -> None:
 
 
 register()
+
+
+def vnni_gemm(m: int, n: int, k: int, lanes: int = 16):
+    """A u8 x s8 -> s32 GEMM tensorized with the VNNI intrinsic of `lanes` (16: vpdpbusd zmm, 8: ymm):
+    C[m, nb, i] = sum_k A[m, k] * B[nb, k/4, i, k%4]. What a VNNI template's inner step is; built,
+    not run, on machines without VNNI (tests/test_int8.py checks the instruction LLVM emits)."""
+    from tvm import s_tir, te
+
+    a = te.placeholder((m, k // 4, 4), "uint8", name="A")
+    b = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="B")
+    ko = te.reduce_axis((0, k // 4), name="ko")
+    ki = te.reduce_axis((0, 4), name="ki")
+    c = te.compute((m, n // lanes, lanes), lambda x, nb, i: te.sum(
+        a[x, ko, ki].astype("int32") * b[nb, ko, i, ki].astype("int32"), axis=[ko, ki]), name="C")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    block = sch.get_sblock("C")
+    x, nb, i, r0, r1 = sch.get_loops(block)
+    sch.reorder(x, nb, r0, i, r1)
+    sch.decompose_reduction(block, r0)
+    sch.tensorize(i, VNNI_VPDPBUSD_16x4 if lanes == 16 else AVXVNNI_VPDPBUSD_8x4)
+    return sch.mod

@@ -279,3 +279,22 @@ def test_avx2_inner_loop_is_vpmaddwd():
     asm = build(Choice(Task(wl, "direct-int8", target.machine), None, None), target).mod.inspect_source("asm")
     assert len(re.findall(r"\bvpmaddwd\s+%ymm", asm)) >= 8
     assert "vpmaddubsw" not in asm
+
+
+@pytest.mark.parametrize("lanes,target,encoding", [
+    (16, {"kind": "llvm", "mcpu": "sapphirerapids"}, r"vpdpbusd\s+\S+, %zmm"),  # AVX512-VNNI
+    (8, {"kind": "llvm", "mcpu": "alderlake"}, r"\{vex\}\s*vpdpbusd\s+\S+, %ymm"),  # AVX-VNNI (VEX)
+    (8, {"kind": "llvm", "mcpu": "znver3", "mattr": ["+avx512f", "+avx512bw", "+avx512vl", "+avx512vnni"]},
+     r"vpdpbusd\s+\S+, %ymm"),
+])
+def test_vnni_intrinsics_build_to_vpdpbusd(lanes, target, encoding):
+    """Build only (this Zen 3 has no VNNI, the code cannot run here): the byte-typed VNNI intrinsics
+    pass LLVM's verification, which TVM 0.27's own int32-typed dot_16x4_vnni does not, and become
+    vpdpbusd."""
+    import tvm
+
+    from schedules.int8_intrinsics import vnni_gemm
+
+    asm = tvm.compile(vnni_gemm(4, 32, 64, lanes), target=tvm.target.Target(target)).mod.inspect_source("asm")
+    assert re.search(encoding, asm), asm[:2000]
+    assert "vpmaddubsw" not in asm

@@ -539,6 +539,9 @@ def cmd_bench(args) -> int:
            f"by more than {SPREAD_FLAG}x")
     print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
           f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
+    if any(wl.quantized for _, wl in items):
+        print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
+              "% against the FP32 peak; no int8 rivals are run yet.")
     if not args.in_process:
         print(f"threads: {format_settings(rows)}")
     if ratios:
