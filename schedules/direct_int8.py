@@ -54,7 +54,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from . import int8_intrinsics
-from .template import Algorithm, Knobs, Phase, Unsupported, divisors, has_block, phase
+from .template import Algorithm, Knobs, Phase, Unsupported, divisors, has_block, phase, quant_placeholders, quantized_epilogue
 from .workload import Workload
 
 NAME = "direct-int8"
@@ -116,59 +116,18 @@ def conv_compute(wl: Workload, widened: te.Tensor, packed: te.Tensor) -> te.Tens
         name="conv2d")
 
 
-def quant_placeholders(wl: Workload) -> dict[str, te.Tensor]:
-    return {name: te.placeholder(shape, dtype, name=name) for name, shape, dtype in wl.quant_args}
-
-
-def output_compute(wl: Workload, acc: te.Tensor, q: dict[str, te.Tensor]) -> te.Tensor:
-    """The quantized epilogue (schedules.workload.Quant), per output element, from the accumulator."""
-    quant, ep = wl.quant, wl.epilogue
-    f32 = "float32"
-
-    def value(n, y, x, c):
-        v = acc[n, y, x, c // OCB, c % OCB]
-        if ep.bias:
-            v = v + q["bias"][c]
-        if quant.out == "int32":
-            return tirx.max(v, tirx.const(0, "int32")) if ep.activation == "relu" else v
-        scale = q["scale"][c if quant.scale == "channel" else 0]
-        f = v.astype(f32) * scale  # one float32 multiply: the rounding the reference makes
-        if quant.out == "float32":
-            if ep.activation == "relu":
-                zero = tirx.const(0.0, f32)
-                return tirx.Select(f < zero, zero, f)
-            if ep.activation == "clip":
-                lo, hi = tirx.const(ep.clip[0], f32), tirx.const(ep.clip[1], f32)
-                return tirx.Select(f < lo, lo, tirx.Select(f > hi, hi, f))
-            return f
-        # Requantize: round half to even (llvm.nearbyint in the default rounding mode: vroundps),
-        # add the zero point, saturate to the type narrowed by the folded activation. The clamp is
-        # done in float32 (exact: integer values below 2**24, and anything larger saturates), so a
-        # product beyond int32 never reaches the float->int conversion.
-        zp = q["y_zero_point"][0].astype("int32")
-        info_lo, info_hi = (0, 255) if quant.out == "uint8" else (-128, 127)
-        lo, hi = tirx.const(info_lo, "int32"), tirx.const(info_hi, "int32")
-        if ep.activation == "relu":
-            lo = tirx.max(lo, zp)
-        elif ep.activation == "clip":
-            ys = q["y_scale"][0]
-            lo = tirx.max(lo, zp + tirx.nearbyint(tirx.const(ep.clip[0], f32) / ys).astype("int32"))
-            hi = tirx.min(hi, zp + tirx.nearbyint(tirx.const(ep.clip[1], f32) / ys).astype("int32"))
-        r = tirx.nearbyint(f) + zp.astype(f32)
-        r = tirx.min(tirx.max(r, lo.astype(f32)), hi.astype(f32))
-        return r.astype("int32").astype(quant.out)
-
-    return te.compute(wl.out_shape, value, name="output")
-
-
 def functions(wl: Workload) -> dict[str, Phase]:
     data = te.placeholder(wl.data_shape, wl.data_dtype, name="data")
     weight = te.placeholder(wl.weight_shape, wl.weight_dtype, name="weight")
     q = quant_placeholders(wl)
     zp = q["x_zero_point"]
-    one_shot = output_compute(wl, conv_compute(wl, widen_compute(wl, data, zp), pack_compute(wl, weight)), q)
+
+    def output(acc: te.Tensor) -> te.Tensor:
+        return quantized_epilogue(wl, lambda n, y, x, c: acc[n, y, x, c // OCB, c % OCB], q)
+
+    one_shot = output(conv_compute(wl, widen_compute(wl, data, zp), pack_compute(wl, weight)))
     packed = te.placeholder(packed_shape(wl), "int16", name="packed")
-    out = output_compute(wl, conv_compute(wl, widen_compute(wl, data, zp), packed), q)
+    out = output(conv_compute(wl, widen_compute(wl, data, zp), packed))
     return {
         "conv2d": phase("conv2d", data=data, weight=weight, **q, out=one_shot),
         "pack_weight": phase("pack_weight", weight=weight, packed=pack_compute(wl, weight)),

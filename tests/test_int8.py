@@ -116,10 +116,13 @@ def test_float32_templates_refuse_int8_layers():
     wl = parse_spec("h=14,ci=32,co=32,k=3,pad=1,dtype=int8")
     for name, alg in ALGORITHMS.items():
         reason = alg.supports(wl)
-        assert (reason is None) == (name in INT8_ALGORITHMS), (name, reason)
+        assert (reason is None) == (name == "direct-int8"), (name, reason)
+    dw = parse_spec("h=14,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8")
+    assert [a.name for a in ALGORITHMS.values() if a.supports(dw) is None] == ["depthwise-int8"]
+    assert untuned_algorithm(dw) == "depthwise-int8"  # MobileNet's depthwise layers run int8 too
     with pytest.raises(Unsupported, match="dtype int8 not supported"):
         Task(wl, "direct")
-    assert [t.algorithm for t in tasks_for(wl, "auto")] == INT8_ALGORITHMS
+    assert [t.algorithm for t in tasks_for(wl, "auto")] == ["direct-int8"]
     assert untuned_algorithm(wl) in INT8_ALGORITHMS
     with pytest.raises(Unsupported, match="dtype float32 not supported"):
         Task(parse_spec("h=14,ci=32,co=32,k=3,pad=1"), "direct-int8")
@@ -181,6 +184,9 @@ LAYERS = [
     "h=8,ci=16,co=16,k=3,pad=1,dtype=s8s8,out=int8,scale=channel,bias=1,act=relu6",
     "n=2,h=7,ci=16,co=24,k=1,dtype=int8,out=float32,scale=channel,bias=1",  # pointwise, dequantized
     "h=7,ci=10,co=8,k=1,stride=2,dtype=s8s8,out=float32,act=relu",
+    # depthwise (MobileNet's): stride 1 and 2, channel multiplier 2, batch 2, requantized
+    "n=2,h=9,w=8,ci=16,co=16,k=3,pad=1,groups=16,dtype=int8,out=uint8,scale=channel,bias=1,act=relu6",
+    "h=11,w=7,ci=8,co=16,k=3,stride=2,pad=0x1x1x0,groups=8,dtype=s8s8,out=int8,act=relu",
 ]
 
 
@@ -199,7 +205,16 @@ def test_int8_kernels_are_exact(algorithm, layer):
 def test_int8_random_configs_are_exact(algorithm, seed):
     for layer in ("h=10,ci=8,co=32,k=3,pad=1,dtype=int8,out=uint8,scale=channel,bias=1",
                   "n=2,h=9,w=11,ci=12,co=16,k=3,stride=2,pad=1x0x2x1,dtype=s8s8"):
-        check_algorithm(algorithm, layer, config="random", seed=seed)
+        check_algorithm(algorithm, _fit(algorithm, layer), config="random", seed=seed)
+
+
+def _fit(algorithm: str, layer: str) -> str:
+    """The layer as the algorithm takes it: depthwise templates get its depthwise twin (groups = ci = co)."""
+    if not algorithm.startswith("depthwise"):
+        return layer
+    wl = parse_spec(layer)
+    return parse_spec(layer).spec.replace(f"co={wl.co}", f"co={wl.ci}").replace(
+        f"dtype=", f"groups={wl.ci},dtype=")
 
 
 def _run(wl, algorithm, data, weight, extra):
@@ -221,7 +236,7 @@ def test_saturation_is_hit_and_exact(algorithm):
     """Extreme inputs: every data value 255 or 0, weights -128 or 127, a zero point of 0, so pair sums
     reach 255 * -128 * 2 (what vpmaddubsw would saturate) and the requantized outputs pile up at both
     ends of uint8; a kernel that saturates an intermediate, or rounds half away from zero, differs."""
-    wl = parse_spec("h=6,w=5,ci=16,co=16,k=3,pad=1,dtype=int8,out=uint8,scale=channel,bias=1")
+    wl = parse_spec(_fit(algorithm, "h=6,w=5,ci=16,co=16,k=3,pad=1,dtype=int8,out=uint8,scale=channel,bias=1"))
     rng = np.random.default_rng(5)
     data = rng.choice(np.array([0, 255], np.uint8), wl.data_shape)
     weight = rng.choice(np.array([-128, 127], np.int8), wl.weight_shape)
@@ -234,7 +249,7 @@ def test_saturation_is_hit_and_exact(algorithm):
     # ... and without requantizing, the int32 sums themselves, past any 16-bit range
     bare = wl.bare
     acc = conv2d_reference(bare, data, weight, x_zero_point=extra["x_zero_point"])
-    assert np.abs(acc).max() > 2**16
+    assert np.abs(acc).max() > (2**16 if wl.groups == 1 else 2**15)
     for got in _run(bare, algorithm, data, weight, {"x_zero_point": extra["x_zero_point"]}):
         np.testing.assert_array_equal(got, acc)
 
@@ -242,13 +257,14 @@ def test_saturation_is_hit_and_exact(algorithm):
 @pytest.mark.parametrize("algorithm", INT8_ALGORITHMS)
 def test_ties_round_half_to_even(algorithm):
     """A 1x1 conv of one channel with weight 1 and scale 0.5: acc/2 lands on .5 for every odd acc."""
-    wl = parse_spec("h=4,w=8,ci=1,co=1,k=1,dtype=s8s8,out=int8")
-    data = np.arange(-16, 16, dtype=np.int8).reshape(wl.data_shape)
+    wl = parse_spec(_fit(algorithm, "h=4,w=8,ci=1,co=1,k=1,dtype=s8s8,out=int8")
+                    if not algorithm.startswith("depthwise") else "h=4,w=8,ci=2,co=2,k=1,groups=2,dtype=s8s8,out=int8")
+    data = np.repeat(np.arange(-16, 16, dtype=np.int8), wl.ci).reshape(wl.data_shape)
     weight = np.ones(wl.weight_shape, np.int8)
     extra = {"x_zero_point": np.array([0], np.int8), "scale": np.array([0.5], np.float32),
              "y_zero_point": np.array([0], np.int8)}
     expected = conv2d_reference(wl, data, weight, **extra)
-    assert expected.reshape(-1)[16:20].tolist() == [0, 0, 1, 2]  # 0, 0.5, 1, 1.5 -> 0, 0, 1, 2
+    assert expected.reshape(-1)[16 * wl.co:20 * wl.co:wl.co].tolist() == [0, 0, 1, 2]  # 0, .5, 1, 1.5 -> 0, 0, 1, 2
     for got in _run(wl, algorithm, data, weight, extra):
         np.testing.assert_array_equal(got, expected)
 
