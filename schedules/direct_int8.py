@@ -31,13 +31,17 @@ Cost against float32 (AVX2, Zen 3): one vpmaddwd does 16 multiply-adds where one
 8, but needs a vpaddd beside it and an int16 copy of the input; Zen 3 issues two of each per cycle,
 so the int8 peak is at most 2x float32's. vpmaddubsw (32 u8*s8 products per instruction) would
 double that again but saturates its int16 pair sums on full-range data (255*127*2 > 32767): not
-bit-exact, so not used (see int8_intrinsics.py). Measured (2 cores, TVM_NUM_THREADS=2, default
-configs, median of 5 x 50 ms runs, `python scripts/bench_int8.py`), h=28,ci=128,co=128,k=3,pad=1:
-see docs/performance.md's int8 section.
+bit-exact, so not used (see int8_intrinsics.py). Measured on AMD EPYC Zen 3, 2 cores, untuned
+default configs, 2026-12-05 (cores shared with another benchmark: indicative), with
+`TVM_NUM_THREADS=2 python -m tuning.cli bench SPEC --algorithm direct-int8,direct --no-rivals
+--in-process --rounds 3`, h=28,ci=128,co=128,k=3,pad=1: direct-int8 255 GOPS (0.90 ms), float32
+direct 88.5 GFLOP/s (2.32 ms): 2.6x, above the 2x the instruction count allows against a *good*
+float32 kernel (untuned float32 direct reaches 43% of the 204 GFLOP/s FP32 peak; int8 125% of it).
 
-The loop the conv became (znver3, default config, `python scripts/bench_int8.py --asm`): per
-input pair, per register tile of R pixels x V channel vectors: V `vmovdqu` (or folded memory
-operands) of packed weights, R `vpbroadcastd` of the pixel pairs, R*V `vpmaddwd` and R*V `vpaddd`.
+The loop the conv became (znver3, default config, `mod.inspect_source("asm")`; tests/test_int8.py
+checks it): per input pair, per register tile of R pixels x V channel vectors (2 x 4 here): V
+`vmovdqu` of packed weights, R `vpbroadcastd` of the pixel pairs, R*V `vpmaddwd` and R*V `vpaddd`
+(LLVM unrolls it twice); no vpmaddubsw.
 
 Loops (NHWC): parallel(n, y tiles, x tiles, channel-block tiles) -> rows -> pixel tile -> channel
 tile -> reduction (ci pairs outer, kh, kw, ci pairs inner) -> register tile of R pixels (unrolled)
