@@ -314,3 +314,17 @@ def test_vnni_intrinsics_build_to_vpdpbusd(lanes, target, encoding):
     asm = tvm.compile(vnni_gemm(4, 32, 64, lanes), target=tvm.target.Target(target)).mod.inspect_source("asm")
     assert re.search(encoding, asm), asm[:2000]
     assert "vpmaddubsw" not in asm
+
+
+def test_run_state_of_an_int8_task_builds_for_the_generic_host():
+    """The tuner fills a run function's integer state from the prepare phase, built for a generic
+    x86-64: an AVX2-tensorized schedule there aborted LLVM ("Do not know how to split")."""
+    from tuning.deploy.state import run_state
+
+    from .support.checks import host_target
+
+    wl = parse_spec("h=6,ci=4,co=8,k=3,pad=1,dtype=int8,out=uint8,bias=1")
+    states = run_state([Task(wl, "direct-int8", host_target().machine)], host_target())
+    (state,) = states.values()
+    packed = [a for a in state.values() if a.dtype == np.int16 and a.ndim == 6]
+    assert packed and packed[0].any()
