@@ -125,17 +125,19 @@ def cmd_tune(args) -> int:
     from .search.tune import tune
     from .task import tasks_for
 
-    if args.algorithm is None:
-        args.algorithm = "auto" if args.model else "direct"
     if args.trials <= 0:
         raise UsageError(f"--trials: must be positive, got {args.trials}")
     if args.batch <= 0:
         raise UsageError(f"--batch: must be positive, got {args.batch}")
     if args.model:
+        args.algorithm = args.algorithm or "auto"
         return _tune_model(args)
     if args.network:
+        args.algorithm = args.algorithm or "direct"
         return _tune_network(args)
     name, wl = _layer(args)
+    if args.algorithm is None:  # direct's compute is float32: an int8 layer gets the int8 templates
+        args.algorithm = "auto" if wl.quantized else "direct"
     target = _target(args)
     tasks = tasks_for(wl, args.algorithm, target.machine)
     options = _search_options(args)
@@ -538,6 +540,9 @@ def cmd_bench(args) -> int:
            f"by more than {SPREAD_FLAG}x")
     print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
           f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
+    if any(wl.quantized for _, wl in items):
+        print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
+              "% against the FP32 peak; no int8 rivals are run yet.")
     if not args.in_process:
         print(f"threads: {format_settings(rows)}")
     if ratios:
@@ -743,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
     _add_common(p)
     p.add_argument("--algorithm", default=None, help=f"{algos}, a family (winograd) or auto (every one that fits); "
-                                                     "default direct, auto with --model")
+                                                     "default direct (an int8 layer: auto), auto with --model")
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
     p.add_argument("--network", metavar="NAME|FILE", help="tune every conv layer of a zoo network, an .onnx or a "
                                                           "torch.export .pt2 file, under one budget")
