@@ -49,7 +49,7 @@ VECTOR = (16, 8)  # vector widths of the N axis: AVX-512 (two AVX2 registers), o
 NCHW_ROWS = 4  # output channels per NCHW weight panel: the rows one panel adds to the tile
 
 # Raise when the template or its default config changes: older records are then set aside.
-TEMPLATE_VERSION = 2  # 2: weight-heavy layers default to one M block (cache_rows)
+TEMPLATE_VERSION = 3  # 2: weight-heavy layers default to one M block (cache_rows); 3: up to 14 rows for M without a small factor
 
 
 def weight_panel(wl: Workload) -> int:
@@ -242,15 +242,21 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
         o, vector = sch.split(c, [None, panel], preserve_unit_iters=True)
         # Register tile: m2 pixels x n2 panels, from the machine's register budget.
         rows, width = register_tile(knobs.machine, wl.n * wl.oh * wl.ow, weight_panels(wl) * panel, step=panel)
+        # Up to 8 register rows, unless the pixel count has no factor from 2 to 8 (13 x 13 = 169:
+        # SqueezeNet's late layers): then up to 14, so that 13 rows x 1 vector (14 registers) is a
+        # candidate rather than 1 x 1 (1x1 conv 512 -> 1000 at 13x13: 33 GFLOP/s, Zen 3).
+        max_rows = 8 if any((wl.oh * wl.ow) % d == 0 for d in range(2, 9)) else 14
         if rows == 1 and knobs.machine.isa in ("avx2", "avx512"):
             # M prime to the tile the budget allows (49 = 7 x 7 pixels, 16-wide panels on AVX2:
             # 7 x 2 accumulators + 2 weight vectors + 1 broadcast = 17 > 16 registers). An x86 FMA
             # reads its weight vector straight from memory (L1), so accumulators + the broadcast
             # are what must fit: 7 rows instead of 1 (ConvNeXt's 7x7 MLP: 2.5x, Zen 3).
             vectors = -(-panel // knobs.machine.lanes)  # one panel wide
-            fits = [d for d in range(2, 9) if (wl.oh * wl.ow) % d == 0 and d * vectors + 1 <= knobs.machine.registers]
+            fits = [d for d in range(2, max_rows + 1)
+                    if (wl.oh * wl.ow) % d == 0 and d * vectors + 1 <= knobs.machine.registers]
             rows, width = (max(fits), panel) if fits else (rows, width)
-        m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(rows, cache_rows(wl, rows, knobs.machine)))
+        m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=max_rows,
+                                 prefer=(rows, cache_rows(wl, rows, knobs.machine)))
         n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(max(1, width // panel), 1))
         k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
         sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, vector)

@@ -193,6 +193,53 @@ def epilogue(wl: Workload, out: te.Tensor) -> tuple[dict[str, te.Tensor], te.Ten
     return args, te.compute(wl.out_shape, value, name="epilogue")
 
 
+def quant_placeholders(wl: Workload) -> dict[str, te.Tensor]:
+    return {name: te.placeholder(shape, dtype, name=name) for name, shape, dtype in wl.quant_args}
+
+
+def quantized_epilogue(wl: Workload, acc, q: dict[str, te.Tensor], name: str = "output") -> te.Tensor:
+    """The quantized epilogue (schedules.workload.Quant) as a stage of the output's shape (NHWC):
+    `acc(n, y, x, c)` gives the int32 accumulator of an output element, `q` the quant arguments
+    (`quant_placeholders`). Shared by the int8 templates; each places it in its register tile."""
+    quant, ep = wl.quant, wl.epilogue
+    f32 = "float32"
+
+    def value(n, y, x, c):
+        v = acc(n, y, x, c)
+        if ep.bias:
+            v = v + q["bias"][c]
+        if quant.out == "int32":
+            return tirx.max(v, tirx.const(0, "int32")) if ep.activation == "relu" else v
+        scale = q["scale"][c if quant.scale == "channel" else 0]
+        f = v.astype(f32) * scale  # one float32 multiply: the rounding the reference makes
+        if quant.out == "float32":
+            if ep.activation == "relu":
+                zero = tirx.const(0.0, f32)
+                return tirx.Select(f < zero, zero, f)
+            if ep.activation == "clip":
+                lo, hi = tirx.const(ep.clip[0], f32), tirx.const(ep.clip[1], f32)
+                return tirx.Select(f < lo, lo, tirx.Select(f > hi, hi, f))
+            return f
+        # Requantize: round half to even (llvm.nearbyint in the default rounding mode: vroundps),
+        # add the zero point, saturate to the type narrowed by the folded activation. The clamp is
+        # done in float32 (exact: integer values below 2**24, and anything larger saturates), so a
+        # product beyond int32 never reaches the float->int conversion.
+        zp = q["y_zero_point"][0].astype("int32")
+        info_lo, info_hi = (0, 255) if quant.out == "uint8" else (-128, 127)
+        lo, hi = tirx.const(info_lo, "int32"), tirx.const(info_hi, "int32")
+        if ep.activation == "relu":
+            lo = tirx.max(lo, zp)
+        elif ep.activation == "clip":
+            ys = q["y_scale"][0]
+            lo = tirx.max(lo, zp + tirx.nearbyint(tirx.const(ep.clip[0], f32) / ys).astype("int32"))
+            hi = tirx.min(hi, zp + tirx.nearbyint(tirx.const(ep.clip[1], f32) / ys).astype("int32"))
+        r = tirx.nearbyint(f) + zp.astype(f32)
+        r = tirx.min(tirx.max(r, lo.astype(f32)), hi.astype(f32))
+        return r.astype("int32").astype(quant.out)
+
+    return te.compute(wl.out_shape, value, name=name)
+
+
 EPILOGUE_BLOCK = "epilogue"
 
 
@@ -235,11 +282,18 @@ class Algorithm:
     # how many times fewer multiplications than the direct algorithm it does (Winograd: 9 / its
     # multiplications per output): the most its rate in direct-algorithm FLOP/s can exceed the peak
     multiplication_saving: float = 1.0
+    # how many times the FP32 FMA peak its own arithmetic can run at, in multiply-adds per cycle:
+    # direct-int8's vpmaddwd does 16 int16 multiply-adds where an FMA does 8 (2); records faster
+    # than the FP32 peak times this (and multiplication_saving) are refused as impossible
+    peak_ratio: float = 1.0
     # Raised by hand whenever the template or its default config changes what a config builds:
     # records made under another version are set aside (the tuned function carries the version
     # from 2 on, so they are another workload in the database; version 1 is the unmarked function
     # every record before versions had, shipped records included).
     template_version: int = 1
+    # the workload dtypes its compute takes (schedules.workload.DTYPES): float32 templates refuse
+    # int8 layers, so `--algorithm auto` offers a quantized layer only the int8-capable ones
+    dtypes: tuple[str, ...] = ("float32",)
 
     def __post_init__(self):
         # Every caller (search spaces, replay, default configs) schedules through this field: the
@@ -257,6 +311,8 @@ class Algorithm:
         """None if the layer fits, else why not."""
         if wl.layout not in self.layouts:
             return f"{self.name}: layout {wl.layout} not supported (supports {', '.join(self.layouts)})"
+        if wl.dtype not in self.dtypes:
+            return f"{self.name}: dtype {wl.dtype} not supported (supports {', '.join(self.dtypes)})"
         try:
             self.check(wl)
         except Unsupported as err:

@@ -19,6 +19,21 @@ MAX_ELEMENTS = 2**31 - 1
 
 ACTIVATIONS = ("none", "relu", "clip")
 
+# Element types of a layer, named as a quantization engineer reads them (ONNX Runtime's U8S8 / S8S8):
+#   float32  float32 data x float32 weights -> float32 (the default; everything before issue 24)
+#   int8     uint8 data x int8 weights, int32 accumulation (ONNX QLinearConv/ConvInteger with
+#            QUInt8 activations and QInt8 weights: x86's classic u8s8, what vpdpbusd multiplies)
+#   s8s8     int8 data x int8 weights, int32 accumulation (ONNX Runtime's quantizer default, QDQ S8S8)
+# `u8s8` is read as `int8`. Weights are symmetric (zero point 0), as ONNX Runtime quantizes them.
+DTYPES = ("float32", "int8", "s8s8")
+DTYPE_ALIASES = {"u8s8": "int8"}
+# What a quantized conv writes: the int32 accumulator (ConvInteger, + an int32 bias), requantized
+# uint8 / int8 (QLinearConv: scale, output zero point, round half to even, saturate), or
+# dequantized float32 (the accumulator times x_scale * w_scale).
+QUANT_OUTPUTS = ("int32", "uint8", "int8", "float32")
+# the requantize / dequantize multiplier: one for the tensor, or one per output channel
+QUANT_SCALES = ("tensor", "channel")
+
 
 class WorkloadError(ValueError):
     """An impossible or inconsistent layer; the message names the field and the rule."""
@@ -79,6 +94,55 @@ class Epilogue:
 
 
 @dataclass(frozen=True)
+class Quant:
+    """How a quantized (int8 / s8s8) conv finishes its int32 accumulator, per output element:
+
+      int32    acc + bias                                               (ConvInteger; act=relu: max(0, .))
+      uint8    clamp(rint(float32(acc + bias) * scale[c]) + y_zero_point, lo, hi)    (QLinearConv)
+      int8     likewise, saturated to [-128, 127]
+      float32  float32(acc + bias) * scale[c]   then the float activation       (dequantized)
+
+    `scale` is the multiplier: x_scale * w_scale[c] / y_scale for uint8/int8, x_scale * w_scale[c]
+    for float32; `tensor` gives one value, `channel` one per output channel. rint rounds half to
+    even and the product is one float32 multiply: ONNX QuantizeLinear's definition. The saturation
+    bounds [lo, hi] are the type's, narrowed by a folded activation: relu -> lo = y_zero_point (the
+    real 0); relu6 / clip:A:B -> [y_zero_point + rint(A / y_scale), y_zero_point + rint(B / y_scale)],
+    which equals quantizing the clipped real value (rint is monotone). bias is int32 (QLinearConv's B)."""
+
+    out: str = "int32"
+    scale: str = "tensor"
+
+    def __post_init__(self):
+        if self.out not in QUANT_OUTPUTS:
+            raise WorkloadError("out", f"must be one of {', '.join(QUANT_OUTPUTS)}, got {self.out!r}")
+        if self.scale not in QUANT_SCALES:
+            raise WorkloadError("scale", f"must be tensor (one multiplier) or channel (one per output channel), "
+                                f"got {self.scale!r}")
+        if self.out == "int32" and self.scale != "tensor":
+            raise WorkloadError("scale", "an int32 output is not rescaled: give out=uint8, int8 or float32 with scale=")
+
+    @property
+    def default(self) -> bool:
+        return self == Quant()
+
+    @property
+    def requantized(self) -> bool:
+        return self.out in ("uint8", "int8")
+
+    @property
+    def scaled(self) -> bool:
+        return self.out != "int32"
+
+    @property
+    def key(self) -> str:
+        return ("" if self.out == "int32" else f"_to{self.out}") + ("_perchannel" if self.scale == "channel" else "")
+
+    @property
+    def spec(self) -> list[str]:
+        return ([] if self.out == "int32" else [f"out={self.out}"]) + (["scale=channel"] if self.scale == "channel" else [])
+
+
+@dataclass(frozen=True)
 class Workload:
     n: int
     h: int
@@ -94,6 +158,7 @@ class Workload:
     layout: str = "NHWC"
     dtype: str = "float32"
     epilogue: Epilogue = Epilogue()
+    quant: Quant = Quant()  # int8 / s8s8 only: what the int32 accumulator becomes
 
     def __post_init__(self):
         # Normalise scalars so `Workload(..., stride=2, pad=1)` means what a user expects.
@@ -107,6 +172,10 @@ class Workload:
         object.__setattr__(self, "layout", str(self.layout).upper())
         if isinstance(self.epilogue, dict):
             object.__setattr__(self, "epilogue", Epilogue(**self.epilogue))
+        if isinstance(self.quant, dict):
+            object.__setattr__(self, "quant", Quant(**self.quant))
+        if isinstance(self.dtype, str):
+            object.__setattr__(self, "dtype", DTYPE_ALIASES.get(self.dtype.lower(), self.dtype.lower()))
         self.validate()
 
     def validate(self) -> None:
@@ -124,8 +193,15 @@ class Workload:
             raise WorkloadError("layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if not isinstance(self.epilogue, Epilogue):
             raise WorkloadError("epilogue", f"must be an Epilogue, got {self.epilogue!r}")
-        if self.dtype != "float32":
-            raise WorkloadError("dtype", f"only float32 is supported, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise WorkloadError("dtype", f"must be float32, int8 (uint8 data x int8 weights) or s8s8 (int8 data x "
+                                f"int8 weights), got {self.dtype!r}")
+        if not isinstance(self.quant, Quant):
+            raise WorkloadError("quant", f"must be a Quant, got {self.quant!r}")
+        if self.quantized:
+            self._validate_quantized()
+        elif not self.quant.default:
+            raise WorkloadError("out", f"out= and scale= are for int8 / s8s8 layers; this one is {self.dtype}")
         if self.ci % self.groups:
             raise WorkloadError("groups", f"input channels ci={self.ci} must be divisible by groups={self.groups}")
         if self.co % self.groups:
@@ -143,6 +219,70 @@ class Workload:
             if elements > MAX_ELEMENTS:
                 raise WorkloadError("shape", f"the {tensor} would hold {elements} elements, more than {MAX_ELEMENTS} "
                                     "(2**31 - 1): TVM's int32 index arithmetic would overflow")
+
+    def _validate_quantized(self) -> None:
+        ep, q = self.epilogue, self.quant
+        if ep.residual:
+            raise WorkloadError("residual", "an int8 conv takes no residual (a quantized add is its own op, "
+                                "QLinearAdd); fold it after the conv")
+        if q.out == "int32" and ep.activation == "clip":
+            raise WorkloadError("act", "clip on an int32 output has no scale to place its bounds: requantize "
+                                "(out=uint8 or int8) or dequantize (out=float32)")
+
+    # -- element types ---------------------------------------------------------------------------
+    @property
+    def quantized(self) -> bool:
+        return self.dtype != "float32"
+
+    @property
+    def data_dtype(self) -> str:
+        return {"float32": "float32", "int8": "uint8", "s8s8": "int8"}[self.dtype]
+
+    @property
+    def weight_dtype(self) -> str:
+        return "float32" if self.dtype == "float32" else "int8"
+
+    @property
+    def out_dtype(self) -> str:
+        return self.quant.out if self.quantized else self.dtype
+
+    @property
+    def quant_args(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """The quantized epilogue's arguments, in the order kernels take them: (name, shape, dtype).
+        Named as ONNX QLinearConv names its inputs; `scale` is the combined multiplier (Quant)."""
+        if not self.quantized:
+            return []
+        q, ep = self.quant, self.epilogue
+        args = [("x_zero_point", (1,), self.data_dtype)]
+        if ep.bias:
+            args.append(("bias", (self.co,), "int32"))
+        if q.scaled:
+            args.append(("scale", (self.co,) if q.scale == "channel" else (1,), "float32"))
+        if q.requantized:
+            args.append(("y_zero_point", (1,), q.out))
+            if ep.activation == "clip":
+                args.append(("y_scale", (1,), "float32"))
+        return args
+
+    def check_quant_inputs(self, arrays: dict) -> None:
+        """Refuse, in one line, a zero point, scale or bias of the wrong shape, a zero point outside its
+        type, or a scale that is not a positive finite number (ONNX requires y_scale > 0)."""
+        import numpy as np
+
+        for name, shape, dtype in self.quant_args:
+            if name not in arrays:
+                raise WorkloadError(name, f"is required for {self.spec} (shape {shape}, {dtype})")
+            a = np.asarray(arrays[name])
+            if a.shape != shape and not (shape == (1,) and a.shape == ()):
+                what = {"scale": "per-channel: one per output channel" if shape != (1,) else "per-tensor: one value",
+                        "bias": "one int32 per output channel"}.get(name, "one value (per-tensor)")
+                raise WorkloadError(name, f"must have shape {shape} ({what}), got {a.shape}")
+            if dtype in ("uint8", "int8"):
+                info = np.iinfo(dtype)
+                if not np.issubdtype(a.dtype, np.integer) or a.min() < info.min or a.max() > info.max:
+                    raise WorkloadError(name, f"must be a {dtype} value in [{info.min}, {info.max}], got {a.ravel()[:4]}")
+            if name in ("scale", "y_scale") and not (np.all(np.isfinite(a)) and np.all(a > 0)):
+                raise WorkloadError(name, f"must be positive and finite, got {a.ravel()[:4]}")
 
     # -- derived shapes ------------------------------------------------------------------------
     @property
@@ -180,7 +320,8 @@ class Workload:
 
     @property
     def flops(self) -> int:
-        """Multiply-adds counted as two FLOPs, over the direct algorithm (the figure GFLOP/s divides)."""
+        """Multiply-adds counted as two FLOPs (two integer ops for int8: GOPS), over the direct algorithm
+        (the figure GFLOP/s divides)."""
         return 2 * self.n * self.oh * self.ow * self.co * (self.ci // self.groups) * self.kh * self.kw
 
     # -- names ---------------------------------------------------------------------------------
@@ -189,12 +330,21 @@ class Workload:
         """Canonical, file-name safe identity of the layer (records and libraries are keyed by it)."""
         s, p, d = self.stride, self.pad, self.dilation
         return (f"{self.layout}_n{self.n}_h{self.h}_w{self.w}_ci{self.ci}_co{self.co}_k{self.kh}x{self.kw}"
-                f"_s{s[0]}x{s[1]}_p{p[0]}.{p[1]}.{p[2]}.{p[3]}_d{d[0]}x{d[1]}_g{self.groups}{self.epilogue.key}")
+                f"_s{s[0]}x{s[1]}_p{p[0]}.{p[1]}.{p[2]}.{p[3]}_d{d[0]}x{d[1]}_g{self.groups}{self.dtype_key}"
+                f"{self.epilogue.key}")
+
+    @property
+    def dtype_key(self) -> str:
+        """'' for float32 (its keys are what they always were), else `_int8`, `_s8s8_touint8_perchannel`:
+        records of a quantized layer live in their own directory, apart from the float32 layer's."""
+        return "" if not self.quantized else f"_{self.dtype}{self.quant.key}"
 
     @property
     def bare(self) -> "Workload":
         """The same conv without its epilogue: same tile space, so its records seed this one's."""
-        return dataclasses.replace(self, epilogue=Epilogue()) if not self.epilogue.empty else self
+        if self.epilogue.empty and self.quant.default:
+            return self
+        return dataclasses.replace(self, epilogue=Epilogue(), quant=Quant())
 
     @property
     def spec(self) -> str:
@@ -212,11 +362,15 @@ class Workload:
             parts.append(f"groups={self.groups}")
         if self.layout != "NHWC":
             parts.append(f"layout={self.layout}")
+        if self.quantized:
+            parts += [f"dtype={self.dtype}"] + self.quant.spec
         return ",".join(parts + self.epilogue.spec)
 
     def to_dict(self) -> dict:
         """Plain JSON types; the epilogue only when there is one (bare records stay as they were)."""
         d = dataclasses.asdict(self)
+        if not self.quantized:  # float32 records and sidecars stay byte for byte as they were
+            del d["quant"]
         if self.epilogue.empty:
             del d["epilogue"]
         else:
@@ -236,6 +390,11 @@ class Workload:
             if unknown:
                 raise WorkloadError(f"epilogue.{sorted(unknown)[0]}", "is not an epilogue field")
             values["epilogue"] = Epilogue(**epilogue)
+        if isinstance(values.get("quant"), dict):
+            unknown = set(values["quant"]) - {f.name for f in dataclasses.fields(Quant)}
+            if unknown:
+                raise WorkloadError(f"quant.{sorted(unknown)[0]}", "is not a quant field")
+            values["quant"] = Quant(**values["quant"])
         return cls(**values)
 
     def with_layout(self, layout: str) -> "Workload":
@@ -246,7 +405,7 @@ class Workload:
 
 
 SPEC_KEYS = ("n", "h", "w", "ci", "co", "k", "kh", "kw", "stride", "pad", "dilation", "groups", "layout",
-             "bias", "residual", "act")
+             "bias", "residual", "act", "dtype", "out", "scale")
 _FLAG = {"0": False, "1": True}
 
 
@@ -294,6 +453,7 @@ def parse_spec(text: str, layout: str | None = None) -> Workload:
     dilation = _ints("dilation", values.get("dilation", "1"), (1, 2))
     pad = _ints("pad", values.get("pad", "0"), (1, 2, 4))
     return Workload(
+        dtype=values.get("dtype", "float32"), quant=_quant(values),
         epilogue=_epilogue(values),
         n=one("n", "1"), h=one("h"), w=one("w", values["h"]), ci=one("ci"), co=one("co"), kh=kh, kw=kw,
         stride=stride * (2 // len(stride)), dilation=dilation * (2 // len(dilation)),
@@ -323,3 +483,15 @@ def _epilogue(values: dict[str, str]) -> Epilogue:
     if act not in ("none", "relu"):
         raise WorkloadError("act", f"must be relu, relu6, clip:LO:HI or none, got {act!r}")
     return Epilogue(**flags, activation=act)
+
+
+def _quant(values: dict[str, str]) -> Quant:
+    """`out=int32|uint8|int8|float32` and `scale=tensor|channel` of a quantized layer (u8 / s8 / i32 /
+    f32 are read as the type names); the Workload refuses them on a float32 layer."""
+    short = {"u8": "uint8", "s8": "int8", "i8": "int8", "i32": "int32", "f32": "float32"}
+    dtype = values.get("dtype", "float32").lower()
+    given = [k for k in ("out", "scale") if k in values]
+    if given and DTYPE_ALIASES.get(dtype, dtype) == "float32":
+        raise WorkloadError(given[0], "out= and scale= are for int8 / s8s8 layers (dtype=int8 or s8s8)")
+    out = values.get("out", "int32").lower()
+    return Quant(out=short.get(out, out), scale=values.get("scale", "tensor").lower())

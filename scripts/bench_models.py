@@ -110,6 +110,41 @@ for _ in range(rounds):
 print("SPLIT", json.dumps({k: v / rounds * 1e3 for k, v in totals.items()}))
 """
 
+ORT_SPLIT = r"""
+import json, os, sys, tempfile
+import numpy as np, onnxruntime as ort
+path = sys.argv[1]
+options = ort.SessionOptions(); options.intra_op_num_threads = os.cpu_count()
+options.enable_profiling = True
+options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+x = {i.name: np.random.default_rng(0).uniform(-1, 1, i.shape).astype(np.float32) for i in session.get_inputs()}
+session.run(None, x)
+rounds = 5
+for _ in range(rounds):
+    session.run(None, x)
+events = json.load(open(session.end_profiling()))
+totals = {}
+for e in events:  # kernel events: one per node per run, the first run (warm-up) included
+    if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+        op = e.get("args", {}).get("op_name", "?")
+        totals[op] = totals.get(op, 0.0) + e["dur"] / 1e3 / (rounds + 1)
+print("SPLIT", json.dumps(totals))
+"""
+
+# ONNX op types of ORT's profile, in the classes convtune's split uses
+ORT_CLASSES = {"Conv": "conv", "FusedConv": "conv", "NhwcFusedConv": "conv", "QLinearConv": "conv",
+               "Gemm": "matmul", "MatMul": "matmul", "FusedGemm": "matmul", "FusedMatMul": "matmul",
+               "MaxPool": "pooling", "AveragePool": "pooling", "GlobalAveragePool": "pooling",
+               "ReduceMean": "pooling", "LayerNormalization": "layer norm", "Softmax": "softmax",
+               "Concat": "concat", "Resize": "resize", "Transpose": "layout", "Reshape": "layout",
+               "Flatten": "layout", "ReorderInput": "layout", "ReorderOutput": "layout"}
+
+
+def coarse(cls: str) -> str:
+    """convtune's op class without the algorithm: conv kernels and matmuls as 1x1 convs are "conv"."""
+    return "conv" if cls.startswith("conv") or cls.startswith("matmul") else cls
+
 
 def op_class(symbol: str, layer_algorithms: dict) -> str:
     if symbol.startswith("convtune_l"):
@@ -176,11 +211,22 @@ def bench_model(name: str, work: str, logs: str, processes: int, seconds: float)
     for symbol, ms in split_raw.items():
         cls = op_class(symbol, algorithms)
         split[cls] = split.get(cls, 0.0) + ms
+    ort_raw = json.loads(next(line[6:] for line in child(ORT_SPLIT, onnx_path).splitlines() if line.startswith("SPLIT ")))
+    by_class: dict = {}
+    for cls, ms in split.items():
+        entry = by_class.setdefault(coarse(cls), {"convtune_ms": 0.0, "onnxruntime_ms": 0.0})
+        entry["convtune_ms"] += ms
+    for op, ms in ort_raw.items():
+        cls = ORT_CLASSES.get(op, "elementwise/other")
+        entry = by_class.setdefault("conv" if cls in ("conv", "matmul") else cls, {"convtune_ms": 0.0, "onnxruntime_ms": 0.0})
+        entry["onnxruntime_ms"] += ms
     result = {name_: summary(v) for name_, v in timings.items()}
     ratio = result["onnxruntime"]["median_ms"] / result["convtune"]["median_ms"]
     return {"model": name, "onnx": onnx_path, "compile_s": round(compile_s, 1),
             "layers": len(side["layers"]), "tuned": sum(1 for l in side["layers"] if l.get("tuned")),
-            "timings": result, "ort_over_convtune": ratio, "split_ms": dict(sorted(split.items(), key=lambda kv: -kv[1]))}
+            "timings": result, "ort_over_convtune": ratio, "split_ms": dict(sorted(split.items(), key=lambda kv: -kv[1])),
+            "ort_split_ms": ort_raw,
+            "op_classes": dict(sorted(by_class.items(), key=lambda kv: -kv[1]["convtune_ms"]))}
 
 
 def main() -> int:
@@ -219,6 +265,20 @@ def main() -> int:
         top = ", ".join(f"{k} {v:.1f}" for k, v in list(row["split_ms"].items())[:3])
         print(f"| {name} | {cell(t['convtune'])} | {cell(t['onnxruntime'])} | {row['ort_over_convtune']:.2f}x | "
               f"{row['layers']} ({row['tuned']}) | {top} |", flush=True)
+    classes: dict = {}
+    for row in rows:
+        for cls, entry in row.get("op_classes", {}).items():
+            total = classes.setdefault(cls, {"convtune_ms": 0.0, "onnxruntime_ms": 0.0})
+            total["convtune_ms"] += entry["convtune_ms"]
+            total["onnxruntime_ms"] += entry["onnxruntime_ms"]
+    if classes:
+        print("\n| op class (summed over the models) | convtune ms | ONNX Runtime ms | ORT/convtune |")
+        print("|---|---|---|---|")
+        for cls, t in sorted(classes.items(), key=lambda kv: -kv[1]["convtune_ms"]):
+            ratio = f"{t['onnxruntime_ms'] / t['convtune_ms']:.2f}x" if t["convtune_ms"] > 0 else "-"
+            print(f"| {cls} | {t['convtune_ms']:.2f} | {t['onnxruntime_ms']:.2f} | {ratio} |")
+        print("(one profiled process each: convtune's Relax VM instrument, ORT's profiler; the profilers' own "
+              "overhead is in both, so read the ratios per class, not the sums against the table)")
     ratios = [r["ort_over_convtune"] for r in rows if "error" not in r]
     if ratios:
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))

@@ -133,6 +133,30 @@ SPECS = {
         random_layers=("h=10,ci=32,co=64,k=3,pad=1,groups=4", "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=1,groups=3"),
         seeds=(1, 2, 3), canonical="h=56,ci=128,co=128,k=3,pad=1,groups=32", layouts=("NHWC",)),
     **{f"winograd-f{m}": _winograd(m) for m in (2, 4, 6)},
+    # int8: exact (tolerance 0) against the integer reference; u8 and s8 data, int32 / requantized /
+    # dequantized outputs, CO below and across whole 8-channel vectors, odd CI (a half channel pair)
+    "direct-int8": Spec(
+        layers=(
+            "h=9,w=7,ci=5,co=6,k=3,dtype=int8",
+            "h=10,ci=8,co=16,k=3,pad=1,dtype=int8",
+            "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1,dtype=s8s8",
+            "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0,dtype=int8,out=uint8,scale=channel,bias=1,act=relu",
+            "h=12,ci=6,co=6,k=3,pad=2,dilation=2,dtype=s8s8,out=int8",
+            "n=2,h=7,ci=16,co=20,k=1,dtype=int8,out=float32,scale=channel,bias=1",
+        ),
+        random_layers=("h=10,ci=8,co=32,k=3,pad=1,dtype=int8",
+                       "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=0x1x1x2,dtype=s8s8,out=uint8,bias=1"),
+        seeds=(1, 2, 3), canonical="h=56,ci=64,co=64,k=3,pad=1,dtype=int8", layouts=("NHWC",)),
+    "depthwise-int8": Spec(
+        layers=(
+            "h=9,w=7,ci=6,co=12,k=3,groups=6,dtype=int8",  # channel multiplier 2, no padding
+            "h=14,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8",  # MobileNet-v1 dw, stride 1
+            "h=14,ci=32,co=32,k=3,stride=2,pad=1,groups=32,dtype=s8s8,out=int8,bias=1",
+            "h=11,w=10,ci=24,co=24,k=5,stride=2,pad=0x1x2x0,groups=24,dtype=int8,out=uint8,scale=channel,act=relu6",
+            "h=12,ci=5,co=5,k=3,pad=2,dilation=2,groups=5,dtype=s8s8,out=float32,scale=channel",
+        ),
+        random_layers=("h=14,ci=32,co=32,k=3,stride=2,pad=1,groups=32,dtype=int8,out=uint8,bias=1,act=relu",),
+        seeds=(1, 2, 3), canonical="h=112,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8", layouts=("NHWC",)),
 }
 
 

@@ -388,3 +388,39 @@ def test_an_unexpected_exception_is_one_line_and_a_crash_log(tmp_path, monkeypat
     crash = err.split("(traceback in ")[1].rstrip(")")
     assert os.path.dirname(crash) == str(tmp_path / "cache") and os.path.basename(crash).startswith("crash-")
     assert "Traceback (most recent call last)" in open(crash).read() and "boom" in open(crash).read()
+
+
+def test_a_broken_torch_install_leaves_every_command_working(tmp_path):
+    """TVM imports torch first thing and forgives only ImportError: a torch whose shared library
+    is missing (OSError) killed every command, --help included. Now: one warning, the command runs,
+    and what needs torch says it is unavailable."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise OSError("libtorch_cpu.so: cannot open shared object file")\n')
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{os.getcwd()}")
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "usage: convtune" in done.stdout, done.stderr
+    assert done.stderr.count("\n") == 1 and "torch is installed but cannot be imported" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "tuning.cli", "layers", str(tmp_path / "m.pt2")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_device_is_one_line_not_an_internal_error():
+    import os
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "tuning.cli", "layers", "resnet18"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "convtune layers: error: No space left on device (writing the output); free some space and run it again "
+        "(records already measured are kept)"]

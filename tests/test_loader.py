@@ -118,9 +118,13 @@ def test_beside_pytorch_every_process_keeps_its_speed(tmp_path):
     pytest.importorskip("torch")
     library = str(tmp_path / "layer1.so")  # big enough (about 1 ms) for the pools to matter
     assert cli.main(["compile", "resnet18.layer1", "-o", library, "--logs", str(tmp_path / "logs")]) == 0
-    alone = [child("tests.support.pool_probe", library, "loader", "1.0", "alone")["ms"] for _ in range(3)]
+    # Alone and beside alternate: a process the machine's other load slowed shows in the alone
+    # probes beside it, and then the machine, not the library, is judged too busy.
+    alone, beside = [], []
+    for _ in range(6):
+        alone.append(child("tests.support.pool_probe", library, "loader", "0.5", "alone")["ms"])
+        beside.append(child("tests.support.pool_probe", library, "loader", "1.5")["ms"])
     if max(alone) > 1.3 * min(alone):
         pytest.skip(f"the machine is too busy to judge: alone the library ran {min(alone):.3f}-{max(alone):.3f} ms")
-    beside = [child("tests.support.pool_probe", library, "loader", "1.5")["ms"] for _ in range(6)]
     assert max(beside) <= 1.3 * min(beside), (f"beside PyTorch: {', '.join(f'{m:.3f}' for m in beside)} ms "
                                               f"(alone: median {statistics.median(alone):.3f})")

@@ -164,7 +164,8 @@ class Scope:
              options: SearchOptions = SearchOptions(), device: DeviceAddress = DeviceAddress(),
              say=_stderr) -> "Tuned":
         """Search the scope's schedules and record every trial. `algorithm` None: direct for a layer
-        or network, auto for a model."""
+        or network (an int8 layer: auto, direct's compute being float32), auto for a model."""
+        given = algorithm
         if algorithm is None:
             algorithm = "auto" if self.kind == "model" else "direct"
         if trials <= 0:
@@ -184,6 +185,8 @@ class Scope:
             tune_network(layers, algorithm, target, logs, total, options=options, runner=runner)
             return Tuned(self, target, runner)
         name, wl = self.layer()
+        if wl.quantized and algorithm == "direct" and given is None:
+            algorithm = "auto"  # direct's compute is float32: an int8 layer gets the int8 templates
         tasks = tasks_for(wl, algorithm, target.machine)
         runner = runner_for(device, target, options)
         shared = (f" ({trials * len(tasks)} shared: the task scheduler gives more to those still improving)"

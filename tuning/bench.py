@@ -151,11 +151,11 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
     choice = choose(wl, algorithm, target, logs)
     kernel = in_memory_kernel(choice, target, layer_name=name)
     data, weight = random_inputs(wl)
-    tensors = kernel.tensors(data, weight)
+    tensors = kernel.tensors(data, weight, quant_inputs(wl))
     kernel.prepare(tensors)
     ours = kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
     calls = {"convtune": lambda: ours()[0]}
-    if rivals:
+    if rivals and not wl.quantized:  # the rivals' int8 convs (oneDNN, QLinearConv) are not wired yet
         calls.update(torch_calls(wl, data, weight, target.threads))
         calls.update(onnxruntime_call(wl, data, weight, target.threads))
         calls["numpy-im2col"] = numpy_im2col_call(wl, data, weight)
@@ -186,6 +186,14 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
         row["best_rival"] = best
         row["speedup_vs_best_rival"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
     return row
+
+
+def quant_inputs(wl: Workload) -> dict | None:
+    """A quantized layer's zero points and scales (its kernel cannot run without them); None for
+    float32, whose epilogue arguments a benchmark leaves at zero."""
+    from schedules.reference import epilogue_inputs
+
+    return epilogue_inputs(wl) if wl.quantized else None
 
 
 def environment(target: Target) -> dict:
@@ -515,7 +523,7 @@ def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
         from .deploy.loader import load, pool_settings  # noqa: PLC0415
 
         kernel = Kernel(load(library), read_sidecar(library), tvm.cpu(0))
-        tensors = kernel.tensors(data, weight)
+        tensors = kernel.tensors(data, weight, quant_inputs(wl))
         kernel.prepare(tensors)
         run, args = kernel.module[kernel.run_function], [tensors[a["name"]] for a in kernel.args(kernel.run_function)]
         settings = pool_settings()
@@ -574,7 +582,7 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
     library = os.path.join(folder, "layer.so")
     export(choice, target, library, layer_name=name, warn=False)
     keys = ["convtune"]
-    if rivals:
+    if rivals and not wl.quantized:  # no int8 rivals wired yet
         keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # as a user runs it: no TVM variables (the loader applies the library's own settings)

@@ -23,6 +23,7 @@ back. Nothing below this module sees the argparse namespace.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -251,11 +252,11 @@ def cmd_bench(args) -> int:
     env = bench_environment(target)
     rows = app.bench_layers(items, target, args.logs, processes=args.processes,
                             process_seconds=args.process_seconds, in_process=args.in_process, **how)
-    _print_layer_bench(args, target, env, rows)
+    _print_layer_bench(args, target, env, rows, items)
     return 0
 
 
-def _print_layer_bench(args, target, env: dict, rows: list[dict]) -> None:
+def _print_layer_bench(args, target, env: dict, rows: list[dict], items: list) -> None:
     ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
     rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
     print(format_table(rows, env["fp32_peak_gflops"]))
@@ -267,6 +268,9 @@ def _print_layer_bench(args, target, env: dict, rows: list[dict]) -> None:
            f"by more than {SPREAD_FLAG}x")
     print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
           f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
+    if any(wl.quantized for _, wl in items):
+        print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
+              "% against the FP32 peak; no int8 rivals are run yet.")
     if not args.in_process:
         print(f"threads: {format_settings(rows)}")
     if ratios:
@@ -428,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="search a layer's schedules and record every trial")
     _add_common(p)
     p.add_argument("--algorithm", default=None, help=f"{algos}, a family (winograd) or auto (every one that fits); "
-                                                     "default direct, auto with --model")
+                                                     "default direct (an int8 layer: auto), auto with --model")
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm, counting recorded ones (resume)")
     p.add_argument("--network", metavar="NAME|FILE", help="tune every conv layer of a zoo network, an .onnx or a "
                                                           "torch.export .pt2 file, under one budget")
@@ -586,11 +590,28 @@ def _main(argv: list[str] | None) -> int:
             said = f"{signal.Signals(_STOP_SIGNAL[0]).name}: {said}"
         print(f"\nconvtune {args.command}: {said}", file=sys.stderr)
         return _interrupted_status()
-    except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
-        message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
-        print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
-              file=sys.stderr)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal_error(args, argv, err)
+        # A full disk (or `> /dev/full`): the user's to fix, not a crash to report.
+        where = f" ({err.filename})" if err.filename else " (writing the output)"
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
+        except OSError:
+            pass
+        print(f"convtune {args.command}: error: {err.strerror}{where}; free some space and run it again "
+              "(records already measured are kept)", file=sys.stderr)
         return 1
+    except Exception as err:  # noqa: BLE001 - never a traceback: one line, the traceback in a file
+        return _internal_error(args, argv, err)
+
+
+def _internal_error(args, argv, err: BaseException) -> int:
+    """Never a traceback: one line, the traceback in a file."""
+    message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
+    print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
+          file=sys.stderr)
+    return 1
 
 
 def _interrupted_status() -> int:

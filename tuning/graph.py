@@ -221,9 +221,11 @@ def _from_onnx(label: str, model, batch: int | None):
 
 
 def _from_pt2(path: str, trust_pickle: bool = False):
+    # Read (and vet) the archive first: without torch that is the one-line "needs torch" error,
+    # where TVM's frontend would raise a bare ImportError on import.
+    program = load_exported_program(path, trust_pickle)
     from tvm.relax.frontend.torch import from_exported_program
 
-    program = load_exported_program(path, trust_pickle)
     mod = from_exported_program(program, keep_params_as_input=False)
     return mod, ([], [])
 

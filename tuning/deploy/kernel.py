@@ -17,7 +17,7 @@ from schedules.workload import Workload, WorkloadError
 from ..target import LibraryError
 from .loader import load_module, load_sidecar_json, sidecar_path  # noqa: F401 - sidecar_path: kernel's callers
 
-USER_TENSORS = ("data", "weight", "bias", "residual", "out")
+USER_TENSORS = ("data", "weight", "bias", "residual", "x_zero_point", "scale", "y_zero_point", "y_scale", "out")
 
 
 class Kernel:
@@ -49,9 +49,16 @@ class Kernel:
     def tensors(self, data: np.ndarray, weight: np.ndarray,
                 epilogue: dict[str, np.ndarray] | None = None) -> dict[str, tvm.runtime.Tensor]:
         """Every named argument, allocated on the device: the layer's tensors, the epilogue's
-        (`bias`, `residual`: zeros unless given); state starts as zeros."""
+        (`bias`, `residual`: zeros unless given; a quantized layer's zero points and scales, which
+        must be given, in the shapes its Quant wants); state starts as zeros."""
+        if self.workload.quantized:
+            self.workload.check_quant_inputs(epilogue or {})
+        dtypes = {a["name"]: a["dtype"] for fn in self.side["functions"] for a in self.args(fn)}
         out = {"data": tvm.runtime.tensor(data, self.device), "weight": tvm.runtime.tensor(weight, self.device)}
         for name, array in (epilogue or {}).items():
+            array = np.asarray(array)
+            if name in dtypes:  # a per-tensor value given as a scalar, an int64 bias: the kernel's types
+                array = np.ascontiguousarray(array.reshape(-1) if array.shape == () else array, dtypes[name])
             out[name] = tvm.runtime.tensor(array, self.device)
         for fn in self.side["functions"]:
             for arg in self.args(fn):

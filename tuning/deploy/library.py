@@ -16,14 +16,14 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
-from schedules import get_algorithm
+from schedules import ALGORITHMS, get_algorithm
 from schedules.machine import host_machine
 from schedules.reference import epilogue_inputs, random_inputs
-from schedules.template import config_from_trace
+from schedules.template import Unsupported, config_from_trace
 from schedules.workload import Workload
 
 from ..files import publish_library
-from ..records import LayerRecords, Record, RecordsError, median_seconds, trace_id
+from ..records import LayerRecords, Record, RecordsError, median_seconds, design_id
 from ..target import Target
 from ..task import Task, tasks_for
 from .kernel import Kernel, sidecar_path
@@ -99,7 +99,7 @@ def default_record(store: LayerRecords, task: Task, target: Target) -> Record | 
     """The template's default config as a record: found in the layer's records by its trace, or
     built, timed (run function, prepared state) and committed to them; None when it cannot be built."""
     trace = task.default_trace()
-    found = store.find(task, trace_id(trace))
+    found = store.find(task, design_id(trace))
     if found is not None:  # a search measures the default first; or an earlier compile did
         return found
     try:
@@ -148,6 +148,11 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
       grouped, not depthwise             grouped      (direct's vectors straddle groups: gathers)
     An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through."""
     wide = (machine.registers if machine is not None else host_machine().registers) >= 32
+    if wl.quantized:  # int8 / s8s8: the int8 templates (float32 templates refuse the layer)
+        fits = [a.name for a in ALGORITHMS.values() if a.supports(wl) is None]
+        if not fits:
+            raise Unsupported("auto", f"no int8 template fits {wl.spec}")
+        return fits[0]
     candidates = []
     if wl.is_depthwise:
         candidates.append("depthwise")
@@ -172,7 +177,8 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
 
 
 def _generated(wl: Workload, machine) -> list[Task]:
-    return [Task(wl, "ms-auto", machine)]
+    """MetaSchedule's generated space over direct's compute: float32 only (direct's compute is)."""
+    return [] if wl.quantized else [Task(wl, "ms-auto", machine)]
 
 
 def schedule_functions(choice: Choice) -> tvm.IRModule:

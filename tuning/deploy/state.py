@@ -12,9 +12,10 @@ import json
 import numpy as np
 from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
 
-from schedules.reference import random_inputs
+from schedules.reference import epilogue_inputs, random_inputs
 
 from ..target import Target
+from ..task import Task
 from .library import Choice, in_memory_kernel
 
 
@@ -50,8 +51,12 @@ def run_state(tasks, target: Target) -> dict[str, dict[int, np.ndarray]]:
         wanted = [i for i, a in enumerate(run.args) if not a.dtype.startswith("float")]
         if not wanted:
             continue
-        kernel = in_memory_kernel(Choice(task, None, None), host, "state")
-        tensors = kernel.tensors(*random_inputs(task.workload))
+        # scheduled for the generic host it is built for: a template that tensorizes for the task's
+        # machine (direct-int8's AVX2 vpmaddwd) would not compile for a generic x86-64
+        kernel = in_memory_kernel(Choice(Task(task.workload, task.algorithm, host.machine), None, None), host, "state")
+        # (a quantized layer's zero points and scales are arguments too: real ones, so the runner
+        # times the kernel on the values it will see)
+        tensors = kernel.tensors(*random_inputs(task.workload), epilogue_inputs(task.workload))
         kernel.prepare(tensors)
         info = [["TENSOR", a.dtype, list(a.shape)] for a in run.args]
         states[_signature(info)] = {i: tensors[run.args[i].name].numpy() for i in wanted}

@@ -13,10 +13,11 @@ The names below are the package's; import them from `tuning.records`.
 from .errors import FAILED_SECONDS, ForeignRecords, RecordsError, median_seconds
 from .judge import PEAK_MARGIN, PEAK_REASON, PeakJudge, peak_bound
 from .repair import DB_FILES, open_database, record_problem, repair_database, repair_json_lines, workload_problem
-from .store import FAILURE_LOG, LayerRecords, Record, layer_directory, read_task_json, trace_id
+from .store import (FAILURE_LOG, LayerRecords, Record, design_id, directory_lock, layer_directory, read_task_json,
+                    trace_id)
 from .summary import summaries
 
 __all__ = ["DB_FILES", "FAILED_SECONDS", "FAILURE_LOG", "PEAK_MARGIN", "PEAK_REASON", "ForeignRecords", "LayerRecords",
-           "PeakJudge", "Record", "RecordsError", "layer_directory", "median_seconds", "open_database", "peak_bound",
+           "PeakJudge", "Record", "RecordsError", "design_id", "directory_lock", "layer_directory", "median_seconds", "open_database", "peak_bound",
            "read_task_json", "record_problem", "repair_database", "repair_json_lines", "summaries", "trace_id",
            "workload_problem"]

@@ -45,7 +45,7 @@ def peak_bound(target: Target, task: Task) -> float:
         peak = None
     if peak is not None:
         bound = min(bound, PEAK_MARGIN * peak)
-    return bound * task.template.multiplication_saving
+    return bound * task.template.multiplication_saving * task.template.peak_ratio
 
 
 

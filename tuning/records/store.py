@@ -164,31 +164,13 @@ class LayerRecords:
     @contextlib.contextmanager
     def lock(self):
         """Exclusive use of this layer's records for a tuning run (a second run waits)."""
-        try:
-            f = open(os.path.join(self.directory, ".lock"), "a+")
-        except OSError as err:
-            raise RecordsError(f"{self.directory}: cannot write ({err.strerror}); tuning needs writable --logs") from None
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                print(f"waiting for another tuning run of this layer ({f.read().strip() or 'pid ?'}) "
-                      f"to finish with {self.directory}", file=sys.stderr)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}")
-            f.flush()
-            try:
-                # Another run may have appended records while we waited: read them too.
-                self.database = self._load(locked=True)
-                if self._scratch is not None:
-                    raise RecordsError(f"{self.directory}: its records cannot be repaired on disk (see the "
-                                       "warnings); tuning needs writable --logs")
-                yield self
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with directory_lock(self.directory, "this layer"):
+            # Another run may have appended records while we waited: read them too.
+            self.database = self._load(locked=True)
+            if self._scratch is not None:
+                raise RecordsError(f"{self.directory}: its records cannot be repaired on disk (see the "
+                                   "warnings); tuning needs writable --logs")
+            yield self
 
     # -- queries ---------------------------------------------------------------------------------
     def _records(self, task: Task) -> list:
@@ -230,15 +212,17 @@ class LayerRecords:
             return self.judge.bound(task)
         if not self.bounded:
             return math.inf
-        return ceiling_gflops(self.target.machine, self.target.threads) * task.template.multiplication_saving
+        template = task.template
+        return ceiling_gflops(self.target.machine, self.target.threads) * template.multiplication_saving * template.peak_ratio
 
-    def find(self, task: Task, wanted: str) -> Record | None:
-        """The record of `task` whose trace has id `wanted`, if measured, for this target, not rejected."""
+    def find(self, task: Task, design: str) -> Record | None:
+        """The record of `task` whose trace, before MetaSchedule's postprocessing, has id `design`
+        (`design_id`), if measured, for this target, not rejected."""
         rejected = self.rejected()
         for r in self._records(task):
             median = median_seconds(r.run_secs)
-            if (median is not None and self._same_target(r) and trace_id(r.trace) == wanted
-                    and wanted not in rejected):
+            if (median is not None and self._same_target(r) and design_id(r.trace) == design
+                    and trace_id(r.trace) not in rejected):
                 return Record(median, r.trace, task.algorithm)
         return None
 
@@ -293,8 +277,44 @@ class LayerRecords:
         write_json_atomic(path, info)
 
 
+@contextlib.contextmanager
+def directory_lock(directory: str, what: str):
+    """Exclusive use of a records directory by one tuning run: a second run says whose run it
+    waits for and waits (fcntl lock on `.lock`, released if the holder dies)."""
+    try:
+        f = open(os.path.join(directory, ".lock"), "a+")
+    except OSError as err:
+        raise RecordsError(f"{directory}: cannot write ({err.strerror}); tuning needs writable --logs") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            print(f"waiting for another tuning run of {what} ({f.read().strip() or 'pid ?'}) "
+                  f"to finish with {directory}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def trace_id(trace) -> str:
     return hashlib.sha1(str(trace).encode()).hexdigest()[:16]
+
+
+def design_id(trace) -> str:
+    """The id of the config a trace chose: its sampling decisions in order, without what
+    MetaSchedule's postprocessors appended when it was measured (a search stores the measured
+    trace with unroll annotations after it, with or without `enter_postproc`; the same config built
+    by `compile` has none). Traces of one task share their instructions, so decisions name a config."""
+    decisions = trace.decisions
+    chosen = [f"{inst.kind.name}={decisions[inst]}" for inst in trace.insts if inst in decisions]
+    return hashlib.sha1(";".join(chosen).encode()).hexdigest()[:16]
 
 
 def layer_directory(logs: str, target: Target, workload: Workload) -> str:

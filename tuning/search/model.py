@@ -22,7 +22,7 @@ import sys
 from tvm.s_tir import meta_schedule as ms
 
 from ..graph import ModelGraph, ops_directory, ops_module
-from ..records import open_database
+from ..records import directory_lock, open_database
 from ..target import Target
 from . import measure
 from .network import NetworkResult, network_tasks, summarize
@@ -65,10 +65,23 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
         return 0
     work_dir = ops_directory(logs, target)
     os.makedirs(work_dir, exist_ok=True)
-    config = options.measure
     # MetaSchedule prints its whole task table after every batch; its per-task logs under
     # model-ops/logs keep the detail, the console gets convtune's lines.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
+    # model-ops is shared by every model tuned on this target: two `tune --model` runs at once would
+    # interleave their appends to one database file, so the second waits for the first.
+    with directory_lock(work_dir, "a model's ops"):
+        recorded = recorded_ops_trials(logs, target, tasks)  # the run we waited for may have added some
+        todo = max(0, trials - recorded)
+        if todo:
+            _tune_ops_locked(tasks, target, work_dir, todo, options)
+    measured = recorded_ops_trials(logs, target, tasks) - recorded
+    print(f"model ops: {measured} trials measured, records in {work_dir}", file=stream)
+    return measured
+
+
+def _tune_ops_locked(tasks, target: Target, work_dir: str, todo: int, options: SearchOptions) -> None:
+    config = options.measure
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir, num_threads=target.threads, seed=options.seed)
     ms.tune_tasks(
@@ -80,9 +93,6 @@ def tune_ops(graph: ModelGraph, target: Target, logs: str, trials: int, options:
         else ms.cost_model.RandomModel(),
         task_scheduler="round-robin",
     )
-    measured = recorded_ops_trials(logs, target, tasks) - recorded
-    print(f"model ops: {measured} trials measured, records in {work_dir}", file=stream)
-    return measured
 
 
 MODEL_CANDIDATES = 2  # per fused layer under `auto`: its bare conv's best algorithms on this target

@@ -52,7 +52,8 @@ TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 def tensor_intrinsics(needed: bool) -> None:
     """MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses every CUDA, ROCm,
     Hexagon and ARM tensor intrinsic from TVMScript: about 30 s of a 2-core machine per tuning
-    process. convtune's templates are fp32 CPU schedules that never tensorize: for them an empty
+    process. convtune's float32 templates never tensorize, and its int8 templates tensorize with
+    their own intrinsics (schedules/int8_intrinsics.py, registered on import): for them an empty
     module stands in for the package and the import is a no-op. MetaSchedule's generated space
     (ms-auto) does look intrinsics up (its x86 rules try VNNI): then the real package is loaded,
     replacing a stand-in left by an earlier search in this process."""

@@ -65,8 +65,9 @@ COLD_REPEATS = 15
 
 def cold_choice(wl, algorithm: str, target: Target, logs: str, judge=None) -> Choice | None:
     """The layer's best record per algorithm (its own, else its bare conv's), each built and timed
-    with its weights flushed before every call; the fastest. None when fewer than two algorithms
-    have records (nothing to choose between)."""
+    with its weights flushed before every call; the fastest. Without records, the untuned rule's
+    pick against im2col's default for a weight larger than the L2. None when there is nothing to
+    choose between."""
     candidates = []
     for algo in dict.fromkeys(t.algorithm for t in tasks_for(wl, algorithm, target.machine)):
         if algo == "ms-auto":
@@ -76,7 +77,17 @@ def cold_choice(wl, algorithm: str, target: Target, logs: str, judge=None) -> Ch
         # config is a candidate even untuned (ResNet-18's layer4 3x3: 1.2 ms cold, direct's 2.2)
         if choice.tuned or algo == "im2col":
             candidates.append(choice)
-    if not any(c.tuned for c in candidates) or len(candidates) < 2:
+    if not any(c.tuned for c in candidates):
+        # No records: the untuned rule's pick (read off warm layers) against im2col's default,
+        # where the weight outgrows the L2 and so is read from far away on every call. Winograd's
+        # transformed weight is 1.8x (F2) to 4x (F4) the weight: ResNet-18's layer4 on F2 ran at
+        # 38 GFLOP/s inside the model, 96 alone (Zen 3, untuned).
+        weight = wl.co * (wl.ci // wl.groups) * wl.kh * wl.kw * 4
+        rule = choose(wl, algorithm, target, logs, judge)
+        if weight <= target.machine.l2 or rule.task.algorithm == "im2col" or rule.task.generated:
+            return None
+        candidates = [rule] + [c for c in candidates if c.task.algorithm == "im2col"]
+    if len(candidates) < 2:
         return None
     timed = []
     for choice in candidates:
