@@ -38,6 +38,7 @@ from .model_import import (
     read_onnx,
 )
 from .networks import Layer, distinct_layers
+from .quantized import Quantization, QuantizedConv, read_quantization
 from .tables import safe_text
 
 MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
@@ -60,6 +61,20 @@ class ConvChain:
     # A matmul by a constant [K, N] weight is a 1x1 conv over its rows: the kernel reads its input
     # viewed as NHWC [n, h, w, K] and its output is viewed back as the matmul's shape (`shape`).
     shape: tuple | None = None
+    # An int8 conv of a quantized model (tuning.quantized): its integers, zero points and scales.
+    # Its input and output are NCHW in the graph (TVM's layout conversion stops at quantize /
+    # dequantize), the int8 kernels NHWC: the permutations the kernel's operands go through.
+    quant: QuantizedConv | None = None
+    data_permute: tuple | None = None
+    out_permute: tuple | None = None
+
+    def kernel_inputs(self) -> dict[str, np.ndarray]:
+        """The epilogue's arrays as the kernel takes them: bias (float32, or int32 for an int8
+        conv), and an int8 conv's zero points and scales."""
+        inputs = {} if self.quant is None else self.quant.quant_inputs()
+        if self.bias is not None:
+            inputs["bias"] = self.bias
+        return inputs
 
 
 @dataclass
@@ -75,6 +90,7 @@ class ModelGraph:
     input_names: list[str] | None = None
     matmul_names: list[str] = field(default_factory=list)  # of the MatMul/Gemm nodes, in order
     output_names: list[str] | None = None  # the file's own (`y`, `logits`), for the sidecar and the user
+    quantization: Quantization | None = None  # a QDQ model's quantized convs (tuning.quantized)
     _chains: list | None = None
 
     @property
@@ -111,9 +127,12 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
                trust_pickle: bool = False) -> ModelGraph:
     """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
     suffix = os.path.splitext(source)[1].lower()
-    input_names = output_names = None
+    input_names = output_names = quantization = None
     if suffix == ".onnx":
         model = read_onnx(source)
+        # Before TVM reads it: an int4 / float8 Q or DQ is refused naming its node, not as whatever
+        # the frontend raises; and constant folding would lose the integer weights.
+        quantization = read_quantization(model, source)
         mod, names = _from_onnx(source, model, batch)
         input_names = _onnx_input_names(model)
         output_names = [safe_text(o.name) for o in model.graph.output]
@@ -136,7 +155,7 @@ def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
         raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
                                   f"({', '.join(MODEL_SUFFIXES)})")
     return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, trust_pickle, input_names, names[1],
-                      output_names)
+                      output_names, quantization)
 
 
 def _onnx_input_names(model) -> list[str]:
@@ -325,6 +344,9 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
 
     chains, skipped = [], []
+    bound = {b.var: b.value for b in bindings}
+    quantized = graph.quantization.convs if graph.quantization is not None else {}
+    not_int8 = list(graph.quantization.float_ops) if graph.quantization is not None else []
     convs = matmuls = 0
     for binding in bindings:
         if op_name(binding) == "relax.nn.conv2d":
@@ -336,6 +358,16 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
                 skipped.append(f"conv {index}: {err}")
                 continue
             name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or positional_name(index, wl)
+            if index in quantized:
+                try:
+                    chain = _int8_chain(quantized[index], wl, weight, binding, bound, only_user, op_name)
+                except (WorkloadError, ValueError) as err:
+                    not_int8.append(f"Conv {quantized[index].node!r} ({err})")
+                else:
+                    chain.index, chain.name = len(chains), name
+                    claimed.update(chain.replaced)
+                    chains.append(chain)
+                    continue
             chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
         elif op_name(binding) == "relax.matmul":
             index, matmuls = matmuls, matmuls + 1
@@ -411,7 +443,114 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         chains.append(chain)
     if skipped:
         print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
+    if not_int8:
+        print(f"warning: {graph.label}: {len(not_int8)} quantized op(s) run in float32 between their DequantizeLinear "
+              f"and QuantizeLinear (convtune has no int8 kernel for them; TVM computes them): {'; '.join(not_int8)}",
+              file=sys.stderr)
     return chains
+
+
+def _int8_chain(q: QuantizedConv, wl: Workload, weight: np.ndarray, binding, bound: dict, only_user,
+                op_name) -> ConvChain:
+    """A quantized conv (`q`, read off the ONNX file) as one int8 conv chain of the Relax graph:
+
+        [permute_dims] <- dequantize(x_q)          the chain's input is x_q itself (NCHW)
+        conv2d -> add(bias) [-> relu | clip] [-> permute_dims] [-> quantize]
+
+    The chain ends at the quantize (requantized: the kernel writes uint8 / int8, and the next
+    conv's dequantize reads it) or at the float value (dequantized). `wl`, `weight`: the float
+    conv as normalised; its weight must be q's dequantized (the conv at this position in the file
+    is this one). ValueError says why the graph does not have the shape q promises."""
+    from tvm import relax
+
+    conv = binding.value
+    nchw_graph = wl.layout == "NCHW"
+    # the input: x_q through its dequantize (and the layout conversion's permute, when NHWC)
+    data = conv.args[0]
+    if not nchw_graph:
+        value = bound.get(data)
+        if not _is_permute(value, (0, 2, 3, 1)):
+            raise ValueError("its input is not the dequantized tensor")
+        data = value.args[0]
+    value = bound.get(data)
+    if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.dequantize"):
+        raise ValueError("its input is not the dequantized tensor")
+    x_q = value.args[0]
+    if str(x_q.ty.dtype) != ("uint8" if q.dtype == "int8" else "int8"):
+        raise ValueError(f"its input is {x_q.ty.dtype}")
+    # the weight the frontend folded must be the file's dequantized integers
+    hwio = q.weight.transpose(2, 3, 1, 0)
+    dequantized = (hwio.astype(np.float32) * q.w_scale.reshape(1, 1, 1, -1)).astype(np.float32)
+    if not np.allclose(weight.transpose(2, 3, 1, 0) if nchw_graph else weight, dequantized, rtol=1e-5, atol=0):
+        raise ValueError("its folded weight is not the file's dequantized int8 weight")
+    geometry = {k: v for k, v in wl.to_dict().items() if k not in ("epilogue", "quant")}
+    int8 = Workload(**{**geometry, "layout": "NHWC", "dtype": q.dtype})  # the int8 kernels are NHWC
+    replaced, last = [binding.var], binding.var
+    layout = wl.layout  # of the value at `last`
+    nxt = only_user(last)
+    if q.bias is not None:
+        bias = _channel_constant(_other_operand(nxt.value, last), wl) if nxt is not None and \
+            op_name(nxt) == "relax.add" and _other_operand(nxt.value, last) is not None else None
+        expected = q.bias.astype(np.float32) * (np.float32(q.x_scale) * q.w_scale)
+        if bias is None or not np.allclose(bias, expected, rtol=1e-5, atol=1e-30):
+            raise ValueError("its bias add is not the file's dequantized int32 bias")
+        replaced.append(nxt.var)
+        last, nxt = nxt.var, only_user(nxt.var)
+    activation, clip = "none", (0.0, 6.0)
+    quantize = None
+    for _ in range(4):  # relu / clip, the permute back to NCHW, the quantize: in the graph's order
+        if nxt is None:
+            break
+        op = op_name(nxt)
+        if op == "relax.nn.relu" and activation == "none":
+            activation, steps = "relu", [nxt]
+        elif op == "relax.maximum" and activation == "none":
+            lo = _scalar_operand(nxt.value, last)
+            after = only_user(nxt.var)
+            hi = _scalar_operand(after.value, nxt.var) if after is not None and op_name(after) == "relax.minimum" else None
+            if lo is not None and hi is not None and lo <= hi:
+                activation, clip, steps = "clip", (lo, hi), [nxt, after]
+            elif lo == 0.0:
+                activation, steps = "relu", [nxt]
+            else:
+                break
+        elif op == "relax.permute_dims" and layout == "NHWC" and _is_permute(nxt.value, (0, 3, 1, 2)) \
+                and q.out != "float32":
+            layout, steps = "NCHW", [nxt]
+        elif op == "relax.quantize" and q.out != "float32" and layout == "NCHW":
+            quantize, steps = nxt, [nxt]
+        else:
+            break
+        replaced += [s.var for s in steps]
+        last = steps[-1].var
+        if quantize is not None:
+            break
+        nxt = only_user(last)
+    if q.out != "float32":
+        if quantize is None:
+            raise ValueError("the graph has no quantize after it where the file has its QuantizeLinear")
+        scale, zero = quantize.value.args[1], quantize.value.args[2]
+        if not (_is_constant(scale) and _is_constant(zero) and np.allclose(scale.value.numpy(), q.y_scale, rtol=1e-6)
+                and int(zero.value.numpy().reshape(-1)[0]) == q.y_zero_point
+                and str(quantize.var.ty.dtype) == q.out):
+            raise ValueError("its quantize is not the file's QuantizeLinear")
+        if activation != q.activation:
+            raise ValueError(f"its activation is {activation} in the graph, {q.activation} in the file")
+    epilogue = Epilogue(bias=q.bias is not None, activation=activation, clip=clip)
+    int8 = Workload(**{**int8.to_dict(), "epilogue": epilogue,
+                       "quant": {"out": q.out, "scale": "channel" if q.per_channel else "tensor"}})
+    int8.check_quant_inputs({**q.quant_inputs(), **({"bias": q.bias} if q.bias is not None else {})})
+    return ConvChain(0, q.node, int8, x_q, hwio, q.bias, None, replaced, last, quant=q,
+                     data_permute=(0, 2, 3, 1), out_permute=(0, 3, 1, 2) if layout == "NCHW" else None)
+
+
+def _is_permute(value, axes: tuple) -> bool:
+    from tvm import relax
+
+    if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.permute_dims"):
+        return False
+    given = value.attrs.axes
+    return given is not None and tuple(int(a) for a in given) == axes
 
 
 def _shape(sinfo) -> list[int] | None:
@@ -556,6 +695,58 @@ def replace_chains(graph: ModelGraph, emit) -> object:
     main = replace.visit_expr(graph.mod["main"])
     mod = replace.builder_.get()
     mod[mod.get_global_var("main")] = main
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return _cancel_permutes(mod) if any(c.quant is not None for c in chains) else mod
+
+
+def chain_input(builder, chain: ConvChain, value):
+    """The chain's input as its kernel reads it (an int8 conv's x_q permuted to NHWC)."""
+    data = value(chain.data)
+    if chain.data_permute is not None:
+        data = builder.emit(relax_op().permute_dims(data, chain.data_permute))
+    return data
+
+
+def chain_output(builder, chain: ConvChain, expr):
+    """The kernel's result as the graph holds the chain's last value (back to NCHW for an int8 conv
+    whose output the file quantizes: the next dequantize reads it there)."""
+    if chain.out_permute is not None:
+        expr = relax_op().permute_dims(builder.emit(expr), chain.out_permute)
+    return expr
+
+
+def relax_op():
+    from tvm import relax
+
+    return relax.op
+
+
+def _cancel_permutes(mod):
+    """permute_dims(permute_dims(x, a), b) that compose to the identity is x: between two int8
+    convs, one kernel's NHWC output permuted to NCHW for the graph and back to NHWC for the next
+    kernel is no copy at all."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Cancel(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if getattr(call.op, "name", "") != "relax.permute_dims" or not isinstance(call.args[0], relax.Var):
+                return call
+            inner = self.lookup_binding(call.args[0])
+            if not (isinstance(inner, relax.Call) and getattr(inner.op, "name", "") == "relax.permute_dims"):
+                return call
+            if call.attrs.axes is None or inner.attrs.axes is None:
+                return call
+            outer_axes = [int(a) for a in call.attrs.axes]
+            inner_axes = [int(a) for a in inner.attrs.axes]
+            if [inner_axes[a] for a in outer_axes] == list(range(len(outer_axes))):
+                return inner.args[0]
+            return call
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Cancel(mod).visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
 
 
@@ -628,9 +819,10 @@ def ops_module(graph: ModelGraph):
     from tvm import relax
 
     def stand_in(builder, chain, value):
-        args = [value(chain.data)] + ([value(chain.residual)] if chain.residual is not None else [])
-        return relax.call_dps_packed(OPAQUE_KERNEL, relax.Tuple(args),
-                                     relax.TensorType(chain.shape or chain.workload.out_shape, "float32"))
+        args = [chain_input(builder, chain, value)] + ([value(chain.residual)] if chain.residual is not None else [])
+        wl = chain.workload
+        return chain_output(builder, chain, relax.call_dps_packed(
+            OPAQUE_KERNEL, relax.Tuple(args), relax.TensorType(chain.shape or wl.out_shape, wl.out_dtype)))
 
     mod = replace_chains(graph, stand_in)
     return tvm.transform.Sequential(legalize_passes())(mod)

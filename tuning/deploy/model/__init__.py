@@ -10,6 +10,7 @@ The names below are the package's; import them from `tuning.deploy.model`.
 from .build import (
     MODEL_RTOL,
     MODEL_SIDECAR_VERSION,
+    QUANT_STEPS,
     build_model,
     default_schedules,
     export_model,
@@ -33,8 +34,8 @@ from .runtime import (
     untuned_warning,
 )
 
-__all__ = ["COLD_REPEATS", "DEGENERATE_SCALE", "MODEL_RTOL", "MODEL_SIDECAR_VERSION", "LayerPlan", "ModelCheck",
-           "ModelLibrary", "build_model", "cold_choice", "compare_outputs", "default_schedules", "export_model",
+__all__ = ["COLD_REPEATS", "DEGENERATE_SCALE", "MODEL_RTOL", "MODEL_SIDECAR_VERSION", "QUANT_STEPS", "LayerPlan",
+           "ModelCheck", "ModelLibrary", "build_model", "cold_choice", "compare_outputs", "default_schedules", "export_model",
            "first_diverging_layer", "is_model_sidecar", "layer_choices", "loop_nest_schedule", "model_sidecar", "plan",
            "random_model_inputs", "read_model_sidecar", "reference_outputs", "replace_convs", "tolerance",
            "untuned_warning"]

@@ -28,9 +28,10 @@ import tvm
 from tvm import relax, s_tir
 
 from ...files import publish_library
-from ...graph import ConvChain, ModelGraph, legalize_passes, ops_directory, replace_chains
+from ...graph import ConvChain, ModelGraph, chain_input, chain_output, legalize_passes, ops_directory, replace_chains
 from ...records import open_database
 from ...target import Target
+from ...task import Task
 from ..kernel import sidecar_path
 from ..library import Choice, in_memory_kernel, schedule_functions, write_library
 from .plan import LayerPlan, plan
@@ -40,6 +41,9 @@ MODEL_SIDECAR_VERSION = 1
 # growth: a float32 network of ~20-50 layers on random weights agrees with another float32
 # engine to ~1e-5 of its output's scale; Winograd layers multiply their error by their growth.
 MODEL_RTOL = 1e-4
+# A quantized model's outputs against ONNX Runtime: within this many steps of each output's
+# quantization scale (plus the float tolerance). See docs/quantized.md.
+QUANT_STEPS = 1.0
 OPAQUE = 8  # relax's OpPatternKind.kOpaque: FuseOps never merges a kernel with its neighbours
 
 def _host() -> Target:
@@ -58,12 +62,18 @@ def _prepared(layer: LayerPlan) -> tuple[list[str], list[dict[str, np.ndarray]]]
     per_call = [n for n in prepare if any(a.name == "data" and not a.written for a in phases[n].args)]
     once = [n for n in prepare if n not in per_call]
     # Built for this host whatever the target: a prepare function is a pure data transform, so
-    # its result does not depend on the CPU that computes it.
-    kernel = in_memory_kernel(Choice(task, None, None), _host(), "prepare")
+    # its result does not depend on the CPU that computes it. Scheduled for the generic host too:
+    # a template that tensorizes for the task's machine (direct-int8's AVX2 vpmaddwd) aborts LLVM
+    # on a generic x86-64.
+    host = _host()
+    kernel = in_memory_kernel(Choice(Task(task.workload, task.algorithm, host.machine), None, None), host, "prepare")
     states = []
+    wl = task.workload
     for chain in layer.chains:
-        data = np.zeros(task.workload.data_shape, np.float32)
-        tensors = kernel.tensors(data, chain.weight.astype(np.float32))
+        data = np.zeros(wl.data_shape, wl.data_dtype)
+        # an int8 layer's kernel wants its zero points and scales even where only the weight is read
+        tensors = kernel.tensors(data, chain.weight.astype(wl.weight_dtype),
+                                 chain.kernel_inputs() if wl.quantized else None)
         for name in once:
             kernel.call(name, tensors)
         written = {a.name for n in once for a in phases[n].args if a.written}
@@ -99,9 +109,13 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
         def viewed(expr, shape):  # a matmul's operands as the 1x1 conv's NHWC tensors
             return builder.emit(relax.op.reshape(expr, shape)) if chain.shape is not None else expr
 
-        values = {"data": viewed(value(chain.data), wl.data_shape), "weight": relax.const(chain.weight, "float32")}
+        values = {"data": viewed(chain_input(builder, chain, value), wl.data_shape),
+                  "weight": relax.const(chain.weight, wl.weight_dtype)}
         if chain.bias is not None:
-            values["bias"] = relax.const(chain.bias, "float32")
+            values["bias"] = relax.const(chain.bias, "int32" if wl.quantized else "float32")
+        inputs = chain.kernel_inputs()
+        for name, shape, dtype in wl.quant_args:  # an int8 conv's zero points and scales
+            values[name] = relax.const(np.asarray(inputs[name]).reshape(shape).astype(dtype), dtype)
         if chain.residual is not None:
             values["residual"] = viewed(value(chain.residual), wl.out_shape)
         for name, array in state.items():
@@ -124,7 +138,7 @@ def replace_convs(graph: ModelGraph, layers: list[LayerPlan]) -> tvm.IRModule:
             expr = relax.TupleGetItem(builder.emit(expr), [a.name for a in outputs].index("out"))
         if chain.shape is not None:
             expr = relax.op.reshape(builder.emit(expr), chain.shape)
-        return expr
+        return chain_output(builder, chain, expr)
 
     return replace_chains(graph, emit)
 
@@ -287,7 +301,17 @@ def model_sidecar(graph: ModelGraph, layers: list[LayerPlan], target: Target, op
                 "trace": str(choice.record.trace) if choice.tuned and choice.task.generated else None,
             })
     rows.sort(key=lambda r: r["index"])
-    return {
+    tolerance_ = {"relative": tolerance(layers),
+                  "why": f"{MODEL_RTOL:g} x the largest error growth of the model's algorithms"}
+    quantization = graph.quantization
+    if quantization is not None and quantization.any:
+        # A quantized model's outputs are dequantized integers: two engines that round one
+        # product differently (a tie, a multiplier computed in another order) differ by whole
+        # steps of the output's scale. One step per output is the bound (QUANT_STEPS).
+        tolerance_["quantization_step"] = dict(quantization.output_steps)
+        tolerance_["why"] += (f"; a quantized output: {QUANT_STEPS:g} quantization step (its DequantizeLinear's "
+                              "scale), against ONNX Runtime with its graph optimisations off")
+    side = {
         "kind": "model",
         "model_sidecar_version": MODEL_SIDECAR_VERSION,
         "model": graph.label,
@@ -302,10 +326,13 @@ def model_sidecar(graph: ModelGraph, layers: list[LayerPlan], target: Target, op
         "distinct_layers": len(layers),
         "untuned": [r["name"] for r in rows if not r["tuned"]],
         "other_ops": "MetaSchedule records" if ops_tuned else "default schedules (dlight CPU rules, parallel loops)",
-        "tolerance": {"relative": tolerance(layers),
-                      "why": f"{MODEL_RTOL:g} x the largest error growth of the model's algorithms"},
+        "tolerance": tolerance_,
         "compile_seconds": round(seconds, 1),
     }
+    if quantization is not None and quantization.any:
+        side["quantized"] = {"int8_layers": sum(1 for r in rows if r["workload"].get("dtype", "float32") != "float32"),
+                             "float_ops": quantization.float_ops}
+    return side
 
 
 def export_model(graph: ModelGraph, target: Target, logs: str, path: str, algorithm: str = "auto",
