@@ -310,3 +310,16 @@ def test_a_good_hand_written_qdq_conv_is_accepted(tmp_path):
                       x_zero=numpy_helper.from_array(np.array(3, np.int8), "xz"))
     (chain,) = load_model(path).chains()
     assert (chain.workload.dtype, chain.workload.quant.out, chain.workload.quant.scale) == ("s8s8", "float32", "channel")
+
+
+def test_a_conv_the_int8_kernels_cannot_take_stays_float_named_in_the_warning(tmp_path, capsys):
+    """A weight zero point other than 0 (the kernels take symmetric weights): the conv stays TVM's
+    float conv, and the one warning names it with the reason."""
+    path = _qdq_model(str(tmp_path / "asymmetric.onnx"), _int8_weight(),
+                      numpy_helper.from_array(np.full(3, 0.1, np.float32), "ws"),
+                      numpy_helper.from_array(np.array([0, 1, 0], np.int8), "wz"),
+                      x_zero=numpy_helper.from_array(np.array(3, np.int8), "xz"))
+    (chain,) = load_model(path).chains()
+    assert chain.workload.dtype == "float32" and chain.quant is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Conv 'conv' (its weight zero point is not 0" in err

@@ -15,6 +15,11 @@ convtune's kernels want it:
 intermediate values have no other user: each is one convtune workload with its epilogue. The same
 function serves `tune --model` (the workloads to tune) and `compile --model` (what to replace), so
 the two always agree on what a model's layers are.
+
+A quantized ONNX model (QDQ: QuantizeLinear / DequantizeLinear around float ops) has its quantized
+convs read off the file first (tuning/quantized.py); each becomes an int8 chain instead (uint8 or
+int8 in, int8 weights, requantized to uint8 / int8 or dequantized to float32 in the kernel), whose
+input is the quantized tensor itself, so that int8 convs pass integers from one to the next.
 """
 
 from __future__ import annotations
@@ -489,8 +494,8 @@ def _int8_chain(q: QuantizedConv, wl: Workload, weight: np.ndarray, binding, bou
     layout = wl.layout  # of the value at `last`
     nxt = only_user(last)
     if q.bias is not None:
-        bias = _channel_constant(_other_operand(nxt.value, last), wl) if nxt is not None and \
-            op_name(nxt) == "relax.add" and _other_operand(nxt.value, last) is not None else None
+        other = _other_operand(nxt.value, last) if nxt is not None and op_name(nxt) == "relax.add" else None
+        bias = _channel_constant(other, wl) if other is not None else None
         expected = q.bias.astype(np.float32) * (np.float32(q.x_scale) * q.w_scale)
         if bias is None or not np.allclose(bias, expected, rtol=1e-5, atol=1e-30):
             raise ValueError("its bias add is not the file's dequantized int32 bias")

@@ -118,7 +118,10 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in model.graph.output}
-        inferred = onnx.shape_inference.infer_shapes(model)
+        try:  # the shapes of the tensors a Q / DQ quantizes, to check their scales against
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # noqa: BLE001 - a model shape inference cannot read: its declared shapes
+            inferred = model
         self.types = {}
         for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
             t = value.type.tensor_type
