@@ -275,6 +275,7 @@ def _int8_weight(co=3):
     ("scales for the wrong channel count", ["dq_weight", "4 scales for the 3 channels"]),
     ("zero point shape", ["dq_weight", "zero point has shape [2]"]),
     ("2-D scale", ["dq_weight", "scale has shape [3, 1]"]),
+    ("zero point type", ["dq_weight", "zero point is uint8, its input int8"]),
 ])
 def test_bad_quantization_is_one_line_naming_the_node(tmp_path, case, words):
     path = str(tmp_path / "bad.onnx")
@@ -293,6 +294,9 @@ def test_bad_quantization_is_one_line_naming_the_node(tmp_path, case, words):
     elif case == "zero point shape":
         _qdq_model(path, _int8_weight(), numpy_helper.from_array(np.full(3, 0.1, f32), "ws"),
                    numpy_helper.from_array(np.zeros(2, np.int8), "wz"))
+    elif case == "zero point type":
+        _qdq_model(path, _int8_weight(), numpy_helper.from_array(np.full(3, 0.1, f32), "ws"),
+                   numpy_helper.from_array(np.zeros(3, np.uint8), "wz"))
     else:
         _qdq_model(path, _int8_weight(), numpy_helper.from_array(np.full((3, 1), 0.1, f32), "ws"),
                    numpy_helper.from_array(np.zeros((3, 1), np.int8), "wz"))
@@ -323,3 +327,13 @@ def test_a_conv_the_int8_kernels_cannot_take_stays_float_named_in_the_warning(tm
     assert chain.workload.dtype == "float32" and chain.quant is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Conv 'conv' (its weight zero point is not 0" in err
+
+
+def test_the_qoperator_format_is_refused_naming_the_format_to_use(tmp_path):
+    source = float_model(str(tmp_path / "float.onnx"))
+    path = str(tmp_path / "qoperator.onnx")
+    quantize_static(source, path, RandomData(), quant_format=QuantFormat.QOperator)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "\n" not in message and "QLinearConv 'conv1_quant'" in message and "QDQ" in message, message

@@ -37,6 +37,8 @@ from .model_import import ModelError
 from .tables import safe_text
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ONNX Runtime's other format (quant_format=QOperator): integer ops TVM's ONNX frontend has no converter for
+QOPERATOR_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul")
 # ONNX TensorProto element types by number: the ones a Q / DQ may carry
 _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 10: "float16",
                16: "bfloat16", 17: "float8e4m3fn", 18: "float8e4m3fnuz", 19: "float8e5m2", 20: "float8e5m2fnuz",
@@ -165,6 +167,9 @@ def check_qdq(onnx, graph: _Graph, label: str, node, index: int) -> None:
         output_dtype = _attr(onnx, node, "output_dtype", 0)
         if output_dtype:
             types.append(_ONNX_TYPES.get(output_dtype, str(output_dtype)))
+    if node.op_type == "DequantizeLinear" and len(types) == 2 and None not in types and types[0] != types[1]:
+        raise ModelError(label, f"DequantizeLinear {name!r}: zero point is {types[0]}, its input {types[1]}: "
+                                "ONNX requires the same type")
     for t in types:
         if t in REFUSED_TYPES:
             raise ModelError(label, f"{node.op_type} {name!r} quantizes to {t}: convtune compiles uint8 / int8 "
@@ -202,6 +207,11 @@ def read_quantization(model, label: str) -> Quantization:
     ModelError for what is refused. A float model gives an empty Quantization."""
     import onnx
 
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in QOPERATOR_OPS:
+            raise ModelError(label, f"{node.op_type} {_node_name(node, index)!r}: a model in ONNX Runtime's QOperator "
+                                    "format, which TVM cannot read; quantize it in the QDQ format (quantize_static's "
+                                    "default, quant_format=QuantFormat.QDQ), whose convs convtune runs as int8 kernels")
     if not any(n.op_type in QDQ_OPS for n in model.graph.node):
         return Quantization()
     graph = _Graph(onnx, model)
