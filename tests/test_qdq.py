@@ -337,3 +337,36 @@ def test_the_qoperator_format_is_refused_naming_the_format_to_use(tmp_path):
         load_model(path)
     message = str(info.value)
     assert "\n" not in message and "QLinearConv 'conv1_quant'" in message and "QDQ" in message, message
+
+
+def test_two_int8_convs_reading_one_tensor_share_its_nhwc_copy(tmp_path, target):
+    """A ResNet block's 3x3 conv and its 1x1 downsample read the same quantized tensor: one permute
+    to NHWC serves both kernels."""
+    from tvm import relax
+
+    from tuning.deploy.model import plan, replace_convs
+
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+               for n, s in (("wa", (8, 3, 3, 3)), ("wb", (8, 3, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2], name="block"),
+             helper.make_node("Conv", ["x", "wb"], ["b"], strides=[2, 2], name="downsample"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, INPUT)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], weights)
+    source = str(tmp_path / "branches.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    path = str(tmp_path / "branches.q.onnx")
+    quantize_static(source, path, RandomData(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    model = load_model(path)
+    assert [c.workload.dtype for c in model.chains()] == ["int8", "int8"]
+    mod = replace_convs(model, plan(model, target, str(tmp_path / "logs")))
+    bindings = [b for block in mod["main"].body.blocks for b in block.bindings]
+    calls = {b.var: b.value for b in bindings if isinstance(b.value, relax.Call)}
+    kernels = [c for c in calls.values() if getattr(c.op, "name", "") == "relax.call_tir"
+               and "convtune_l" in c.args[0].name_hint]
+    inputs = {kernel.args[1].fields[0] for kernel in kernels}
+    assert len(kernels) == 2 and len(inputs) == 1
+    (shared,) = inputs
+    assert getattr(calls[shared].op, "name", "") == "relax.permute_dims"

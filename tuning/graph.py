@@ -751,8 +751,39 @@ def _cancel_permutes(mod):
 
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            mod[gv] = Cancel(mod).visit_expr(func)
+            mod[gv] = _share_permutes(Cancel(mod).visit_expr(func))
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _share_permutes(func):
+    """One permute_dims per (tensor, axes): two int8 convs reading the same quantized tensor (a
+    ResNet block's 3x3 conv and its downsample) read one NHWC copy of it, not one each."""
+    from tvm import relax
+
+    first, alias = {}, {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.permute_dims"
+                    and isinstance(value.args[0], relax.Var) and value.attrs.axes is not None):
+                continue
+            key = (value.args[0], tuple(int(a) for a in value.attrs.axes))
+            if key in first:
+                alias[binding.var] = first[key]
+            else:
+                first[key] = binding.var
+    if not alias:
+        return func
+
+    @relax.expr_functor.mutator
+    class Share(relax.PyExprMutator):
+        def visit_dataflow_var_(self, var):
+            return alias.get(var, var)
+
+        def visit_var_(self, var):
+            return alias.get(var, var)
+
+    return Share().visit_expr(func)
 
 
 def _fast_math():
