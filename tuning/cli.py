@@ -38,7 +38,7 @@ import tvm
 from schedules.template import Unsupported
 from schedules.workload import WorkloadError
 
-from . import app
+from . import app, end_quiet_start
 from .app import DEFAULT_LAYER, Machine, Scope, UsageError
 from .bench import SPREAD_FLAG, bar_chart, format_estimate, format_model_bench, format_settings, format_table, geomean
 from .bench import environment as bench_environment
@@ -550,6 +550,7 @@ def _stop_on_signal(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_quiet_start()
     previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
     _STOP_SIGNAL.clear()
     try:
