@@ -449,13 +449,17 @@ def bench_model(graph, target: Target, logs: str, algorithm: str = "auto", round
            "speedup": {k: results[k]["median_ms"] / results["convtune"]["median_ms"] for k in results if k != "convtune"},
            "convtune_trials": convtune_trials(side, target, logs)}
     if split:
-        rows = layer_split(side, target, logs)
-        convs = sum(r["total_ms"] for r in rows)
-        cold = sum(r["cold_total_ms"] for r in rows)
-        out["split"] = {"layers": rows, "convs_ms": convs, "rest_ms": results["convtune"]["median_ms"] - convs,
-                        "convs_cold_ms": cold, "rest_after_cold_ms": results["convtune"]["median_ms"] - cold,
-                        "weight_mb": sum(r["weight_mb"] * r["count"] for r in rows)}
+        out["split"] = _split(side, target, logs, results["convtune"]["median_ms"])
     return out
+
+
+def _split(side: dict, target: Target, logs: str, total_ms: float) -> dict:
+    """convtune's end-to-end time against its convs timed alone, warm and with cold weights."""
+    rows = layer_split(side, target, logs)
+    convs = sum(r["total_ms"] for r in rows)
+    cold = sum(r["cold_total_ms"] for r in rows)
+    return {"layers": rows, "convs_ms": convs, "rest_ms": total_ms - convs, "convs_cold_ms": cold,
+            "rest_after_cold_ms": total_ms - cold, "weight_mb": sum(r["weight_mb"] * r["count"] for r in rows)}
 
 
 def convtune_trials(side: dict, target: Target, logs: str) -> int:
@@ -481,7 +485,11 @@ def format_model_bench(result: dict) -> str:
     lines = [f"{'contender':26s} {'median ms':>10s} {'min-max ms':>16s} {'convtune speed-up':>18s}"]
     for key, r in result["results"].items():
         ratio = "" if key == "convtune" else f"{result['speedup'][key]:.2f}x"
-        lines.append(f"{key:26s} {r['median_ms']:10.2f} {r['min_ms']:7.2f}-{r['max_ms']:<8.2f} {ratio:>18s}")
+        flag = f"  SPREAD {r['spread']:.2f}x" if r.get("flagged") else ""
+        lines.append(f"{key:26s} {r['median_ms']:10.2f} {r['min_ms']:7.2f}-{r['max_ms']:<8.2f} {ratio:>18s}{flag}")
+    for key, note in result["notes"].items():
+        if "unavailable" in note:
+            lines.append(f"{key:26s} not run: {note['unavailable']}")
     if "tvm-static_shape_tuning" in result["notes"]:
         note = result["notes"]["tvm-static_shape_tuning"]
         lines.append(f"TVM static_shape_tuning: {note['trials']} trials ({note['tune_and_compile_s']} s to tune "
@@ -537,13 +545,47 @@ def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
     return numpy_im2col_call(wl, data, weight), {"blas_threads": threads}
 
 
+MODEL_RIVALS = ("onnxruntime", "torch-channels_last")
+
+
+def _model_contender_call(key: str, library: str, threads: int):
+    """(call, thread settings) of one contender running a whole model, built in this (fresh)
+    process from the compiled model's sidecar: convtune's library as a user loads it; a rival from
+    the model's source (the ONNX file, the zoo model or the .pt2), fed the same inputs."""
+    import types  # noqa: PLC0415
+
+    from .deploy.model import ModelLibrary, random_model_inputs, read_model_sidecar  # noqa: PLC0415
+
+    side = read_model_sidecar(library)
+    inputs = random_model_inputs(side)
+    if key == "convtune":
+        from .deploy.loader import pool_settings  # noqa: PLC0415
+
+        model = ModelLibrary.load(library, side)
+        settings = pool_settings()
+        return (lambda: model.run(inputs)), {"tvm_threads": settings["threads"], "tvm_binding": settings["binding"]}
+    # what model_contenders reads of a graph: its source and its inputs (never trusted: a pickle
+    # in a .pt2 makes the PyTorch rival unavailable, as it makes convtune refuse the file)
+    graph = types.SimpleNamespace(source=side["source"], inputs=side["inputs"], trust_pickle=False)
+    calls, _ = model_contenders(graph, inputs, threads, None, None, None)
+    if key not in calls:
+        raise RuntimeError(f"{key} cannot run this model (its source is {side['source'].get('kind')})")
+    return calls[key], ({"ort_intra_op_threads": threads, "ort_inter_op_threads": 1} if key == "onnxruntime"
+                        else {"torch_threads": threads})
+
+
 def child_main(argv: list[str]) -> int:
-    """`python -m tuning.bench CONTENDER SPEC THREADS SECONDS [LIBRARY]`: one JSON line, the
-    median seconds per call over this process's timing budget and the thread settings."""
+    """`python -m tuning.bench CONTENDER SPEC THREADS SECONDS [LIBRARY]` (a layer) or
+    `python -m tuning.bench model CONTENDER LIBRARY THREADS SECONDS` (a whole model): one JSON
+    line, the median seconds per call over this process's timing budget and the thread settings."""
     from schedules.workload import parse_spec  # noqa: PLC0415
 
-    key, spec, threads, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
-    call, settings = _contender_call(key, parse_spec(spec), threads, argv[4] if len(argv) > 4 else None)
+    if argv[0] == "model":
+        key, library, threads, seconds = argv[1], argv[2], int(argv[3]), float(argv[4])
+        call, settings = _model_contender_call(key, library, threads)
+    else:
+        key, spec, threads, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
+        call, settings = _contender_call(key, parse_spec(spec), threads, argv[4] if len(argv) > 4 else None)
     with blas_threads(threads):
         time_call(call, WARMUP_MS)
         samples, end = [], time.perf_counter() + seconds
@@ -584,10 +626,7 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
     keys = ["convtune"]
     if rivals and not wl.quantized:  # no int8 rivals wired yet
         keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # as a user runs it: no TVM variables (the loader applies the library's own settings)
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = _child_env()  # as a user runs it
     medians, settings = {k: [] for k in keys}, {}
     for _ in range(processes):
         for key in keys:
@@ -613,6 +652,71 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
         row["best_rival"] = best
         row["speedup_vs_best_rival"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
     return row
+
+
+def _child_env() -> dict:
+    """A child's environment as a user's process has it: no TVM variables (the loader applies the
+    library's own settings), the package importable."""
+    import os  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def bench_model_processes(graph, target: Target, logs: str, algorithm: str = "auto", processes: int = 3,
+                          seconds: float = PROCESS_SECONDS, rivals: bool = True, split: bool = True) -> dict:
+    """`bench_model` as users deploy: the model compiled to a library, then each contender in
+    `processes` fresh processes of `seconds` of back-to-back inferences, contenders alternating
+    process by process (convtune's library through tuning.deploy.load; ONNX Runtime and PyTorch on
+    the model's source). A rival that cannot run the model is named in `notes`, not fatal."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from .deploy.model import export_model  # noqa: PLC0415
+
+    library = os.path.join(tempfile.mkdtemp(prefix="convtune-bench-"), "model.so")
+    side = export_model(graph, target, logs, library, algorithm)
+    keys = ["convtune"] + ([k for k in MODEL_RIVALS if _model_rival_available(k, graph)] if rivals else [])
+    medians, settings, notes = {k: [] for k in keys}, {}, {}
+    env = _child_env()
+    for _ in range(processes):
+        for key in [k for k in keys if k not in notes]:
+            done = subprocess.run([sys.executable, "-m", "tuning.bench", "model", key, library, str(target.threads),
+                                   str(seconds)], capture_output=True, text=True, env=env, timeout=1800)
+            if done.returncode:
+                why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                if key == "convtune":
+                    raise RuntimeError(f"convtune's process failed: {why}")
+                notes[key] = {"unavailable": why}
+                continue
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[key].append(out["seconds"])
+            settings[key] = out["settings"]
+    results = {k: process_summary(v, 0) for k, v in medians.items() if k not in notes and v}
+    for r in results.values():
+        r.pop("gflops", None)
+    out = {"model": graph.label, "layers": len(side["layers"]), "distinct_layers": side["distinct_layers"],
+           "untuned": side["untuned"], "results": results, "notes": notes, "processes": processes,
+           "process_seconds": seconds, "settings": settings, "library": library,
+           "speedup": {k: results[k]["median_ms"] / results["convtune"]["median_ms"] for k in results if k != "convtune"},
+           "convtune_trials": convtune_trials(side, target, logs)}
+    if split:
+        out["split"] = _split(side, target, logs, results["convtune"]["median_ms"])
+    return out
+
+
+def _model_rival_available(key: str, graph) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    kind = graph.source["kind"]
+    if key == "onnxruntime":
+        return kind in ("onnx", "zoo") and importlib.util.find_spec("onnxruntime") is not None
+    return kind in ("zoo", "pt2") and importlib.util.find_spec("torch") is not None
 
 
 def _available(key: str) -> bool:

@@ -232,11 +232,20 @@ def cmd_bench(args) -> int:
     how = dict(algorithm=args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
                rivals=not args.no_rivals)
     if scope is not None and scope.kind == "model":
-        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, **how)
+        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, processes=args.processes,
+                             process_seconds=args.process_seconds, in_process=args.in_process, **how)
         print(format_model_bench(result))
         env = bench_environment(target)
-        print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
-              f"{args.rounds} rounds, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms of calls")
+        if "processes" in result:
+            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; each "
+                  f"contender in {result['processes']} fresh processes ({result['process_seconds']:g} s of inferences "
+                  f"each, contenders alternating): median (min-max) of the per-process medians; SPREAD: processes "
+                  f"disagree by more than {SPREAD_FLAG}x")
+            print(f"threads: {format_settings([result])}")
+        else:
+            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
+                  f"{args.rounds} rounds in this process, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms "
+                  "of calls")
         if args.json:
             write_json(args.json, {"command": _command_line(), "environment": env, **result})
             print(f"wrote {args.json}")
@@ -490,10 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
     p.add_argument("--processes", type=int, default=3, metavar="N",
-                   help="layers: fresh processes per contender, contenders alternating (default 3, at least 3)")
+                   help="fresh processes per contender, contenders alternating (default 3, at least 3)")
     p.add_argument("--process-seconds", type=float, default=1.5, help="timing budget of one process (default 1.5)")
     p.add_argument("--in-process", action="store_true",
-                   help="layers: every contender in this one process, interleaved by --rounds (the old way)")
+                   help="every contender in this one process, interleaved by --rounds (the old way; --tvm-trials "
+                        "implies it)")
     p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
     _add_model(p, "end-to-end latency of the compiled model against ONNX Runtime, PyTorch and TVM")
     p.add_argument("--tvm-trials", type=int, default=None, metavar="N",
