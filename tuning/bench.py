@@ -113,6 +113,57 @@ def onnxruntime_call(wl: Workload, data: np.ndarray, weight: np.ndarray, threads
     return {"onnxruntime": lambda: session.run(None, feed)}
 
 
+def onnxruntime_int8_call(wl: Workload, data: np.ndarray, weight: np.ndarray, threads: int) -> dict:
+    """ONNX Runtime's int8 conv (MLAS's quantized GEMM) on the same layer, same numbers: QLinearConv
+    for a requantized output (x_scale 1, w_scale the layer's multiplier per tensor or channel,
+    y_scale 1: the same requantize), ConvInteger for the int32 accumulator (its bias left out). {}
+    where one ONNX node cannot say it (a dequantized output, an output type other than the input's)
+    or without onnx / onnxruntime. On AVX2 without VNNI, MLAS's U8S8 kernel (vpmaddubsw) saturates
+    pairs of products at int16: with full-range weights 6% of a 3x3 layer's outputs differ by up to
+    140 units from ONNX's definition (7-bit weights: none); it is timed as it is."""
+    try:
+        import onnx  # noqa: PLC0415 - optional rivals
+        import onnxruntime as ort  # noqa: PLC0415
+        from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    except ImportError:
+        return {}
+    q = wl.quant
+    if not _int8_rival_applies(wl):  # QLinearConv writes its input's type; ConvInteger takes uint8 data
+        return {}
+    extra = quant_inputs(wl)
+    x = np.ascontiguousarray(data.transpose(0, 3, 1, 2) if wl.layout == "NHWC" else data)
+    w = np.ascontiguousarray(weight.transpose(3, 2, 0, 1) if wl.layout == "NHWC" else weight)
+    t, l, b, r = wl.pad
+    attrs = dict(strides=list(wl.stride), pads=[t, l, b, r], dilations=list(wl.dilation), group=wl.groups,
+                 kernel_shape=[wl.kh, wl.kw])
+    x_type = TensorProto.UINT8 if x.dtype == np.uint8 else TensorProto.INT8
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(extra["x_zero_point"].reshape(()), "x_zp")]
+    if q.out == "int32":
+        node = helper.make_node("ConvInteger", ["x", "w", "x_zp"], ["y"], **attrs)
+        y_type = TensorProto.INT32
+    else:
+        scale = np.asarray(extra["scale"], np.float32)
+        inits += [numpy_helper.from_array(np.float32(1.0).reshape(()), "one"),
+                  numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), "w_scale"),
+                  numpy_helper.from_array(np.zeros(scale.shape if scale.size > 1 else (), np.int8), "w_zp"),
+                  numpy_helper.from_array(extra["y_zero_point"].reshape(()), "y_zp")]
+        names = ["x", "one", "x_zp", "w", "w_scale", "w_zp", "one", "y_zp"]
+        if wl.epilogue.bias:
+            inits.append(numpy_helper.from_array(extra["bias"], "bias"))
+            names.append("bias")
+        node = helper.make_node("QLinearConv", names, ["y"], **attrs)
+        y_type = TensorProto.UINT8 if q.out == "uint8" else TensorProto.INT8
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", x_type, x.shape)],
+                              [helper.make_tensor_value_info("y", y_type, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x}
+    return {"onnxruntime": lambda: session.run(None, feed)}
+
+
 def numpy_im2col_call(wl: Workload, data: np.ndarray, weight: np.ndarray):
     """im2col with numpy, GEMM with numpy's BLAS (NHWC view of the layer)."""
     x = data if wl.layout == "NHWC" else data.transpose(0, 2, 3, 1).copy()
@@ -155,7 +206,9 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
     kernel.prepare(tensors)
     ours = kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
     calls = {"convtune": lambda: ours()[0]}
-    if rivals and not wl.quantized:  # the rivals' int8 convs (oneDNN, QLinearConv) are not wired yet
+    if rivals and wl.quantized:  # ORT's int8 conv; oneDNN's (torch.ao) is not wired yet
+        calls.update(onnxruntime_int8_call(wl, data, weight, target.threads))
+    elif rivals:
         calls.update(torch_calls(wl, data, weight, target.threads))
         calls.update(onnxruntime_call(wl, data, weight, target.threads))
         calls["numpy-im2col"] = numpy_im2col_call(wl, data, weight)
@@ -541,7 +594,8 @@ def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
 
         return torch_calls(wl, data, weight, threads)[key], {"torch_threads": torch.get_num_threads()}
     if key == "onnxruntime":
-        return onnxruntime_call(wl, data, weight, threads)[key], {"ort_intra_op_threads": threads}
+        rival = onnxruntime_int8_call if wl.quantized else onnxruntime_call
+        return rival(wl, data, weight, threads)[key], {"ort_intra_op_threads": threads}
     return numpy_im2col_call(wl, data, weight), {"blas_threads": threads}
 
 
@@ -624,7 +678,9 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
     library = os.path.join(folder, "layer.so")
     export(choice, target, library, layer_name=name, warn=False)
     keys = ["convtune"]
-    if rivals and not wl.quantized:  # no int8 rivals wired yet
+    if rivals and wl.quantized:  # ORT's int8 conv (QLinearConv / ConvInteger) where one node says it
+        keys += ["onnxruntime"] if _available("onnxruntime") and _int8_rival_applies(wl) else []
+    elif rivals:
         keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
     env = _child_env()  # as a user runs it
     medians, settings = {k: [] for k in keys}, {}
@@ -708,6 +764,12 @@ def bench_model_processes(graph, target: Target, logs: str, algorithm: str = "au
     if split:
         out["split"] = _split(side, target, logs, results["convtune"]["median_ms"])
     return out
+
+
+def _int8_rival_applies(wl: Workload) -> bool:
+    """Whether one QLinearConv / ConvInteger node computes the quantized layer (see onnxruntime_int8_call)."""
+    q = wl.quant
+    return q.out == wl.data_dtype or (q.out == "int32" and wl.data_dtype == "uint8")
 
 
 def _model_rival_available(key: str, graph) -> bool:

@@ -279,7 +279,7 @@ def _print_layer_bench(args, target, env: dict, rows: list[dict], items: list) -
           f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
     if any(wl.quantized for _, wl in items):
         print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
-              "% against the FP32 peak; no int8 rivals are run yet.")
+              "% against the FP32 peak; the rival is ONNX Runtime's QLinearConv / ConvInteger (MLAS int8).")
     if not args.in_process:
         print(f"threads: {format_settings(rows)}")
     if ratios:
