@@ -32,6 +32,7 @@ from .model_import import (
     MODEL_SUFFIXES,
     ModelError,
     fix_batch,
+    same_pads,
     load_exported_program,
     onnx_module_path,
     positional_name,
@@ -194,6 +195,7 @@ def _from_onnx(label: str, model, batch: int | None):
         import onnx
 
         model = fix_batch(onnx, model, batch, label)
+    model = _explicit_same_pads(model)
     initializers = {i.name for i in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:
@@ -218,6 +220,50 @@ def _from_onnx(label: str, model, batch: int | None):
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
         raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
     return mod, (names, matmuls)
+
+
+def _explicit_same_pads(model):
+    """Convs with auto_pad SAME_UPPER / SAME_LOWER rewritten with the explicit pads they mean (as
+    `model_import` reads them), where ONNX's shape inference knows their input: TVM's frontend would
+    emit a pad op (in NCHW, a transpose each side) and an unpadded conv on the larger input, a
+    conv `layers FILE` does not list and a pass over the input the kernels do inline. The model
+    is copied; one whose shapes cannot be inferred is left as it is."""
+    import onnx
+
+    same = [n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
+    if not same:
+        return model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot read: TVM's frontend pads it
+        return model
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type != "Conv" or not node.input or node.input[0] not in shapes:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("auto_pad", b"NOTSET")
+        x = shapes[node.input[0]]
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(x) != 4 or w is None or len(w) != 4:
+            continue
+        kh, kw = attrs.get("kernel_shape", w[2:])
+        stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+        upper = mode == b"SAME_UPPER"
+        (top, bottom), (left, right) = (same_pads(x[2], kh, stride[0], dilation[0], upper),
+                                        same_pads(x[3], kw, stride[1], dilation[1], upper))
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", [top, left, bottom, right])])
+    return copy
 
 
 def _from_pt2(path: str, trust_pickle: bool = False):
