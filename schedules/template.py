@@ -244,13 +244,7 @@ def quantized_epilogue(wl: Workload, acc, q: dict[str, te.Tensor], name: str = "
         scale = q["scale"][c if quant.scale == "channel" else 0]
         f = v.astype(f32) * scale  # one float32 multiply: the rounding the reference makes
         if quant.out == "float32":
-            if ep.activation == "relu":
-                zero = tirx.const(0.0, f32)
-                return tirx.Select(f < zero, zero, f)
-            if ep.activation == "clip":
-                lo, hi = tirx.const(ep.clip[0], f32), tirx.const(ep.clip[1], f32)
-                return tirx.Select(f < lo, lo, tirx.Select(f > hi, hi, f))
-            return f
+            return activation(ep, f, f32)
         # Requantize: round half to even (llvm.nearbyint in the default rounding mode: vroundps),
         # add the zero point, saturate to the type narrowed by the folded activation. The clamp is
         # done in float32 (exact: integer values below 2**24, and anything larger saturates), so a
