@@ -56,6 +56,11 @@ def apply_epilogue(wl: Workload, out: np.ndarray, bias: np.ndarray | None = None
     elif ep.activation == "clip":
         lo, hi = ep.clip
         out = np.where(out < lo, lo, np.where(out > hi, hi, out))
+    elif ep.activation == "hardswish":
+        out = out * np.clip(out + 3.0, 0.0, 6.0) / 6.0
+    elif ep.activation == "silu":
+        with np.errstate(over="ignore"):
+            out = out / (1.0 + np.exp(-out))
     return out
 
 

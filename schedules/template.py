@@ -179,18 +179,49 @@ def epilogue(wl: Workload, out: te.Tensor) -> tuple[dict[str, te.Tensor], te.Ten
             v = v + args["bias"][idx[channel_axis]]
         if ep.residual:
             v = v + args["residual"][idx]
-        # Selects, not max/min: LLVM's maxnum-style max(NaN, 0) is 0, so a NaN (a diverged
-        # model, a NaN input) would leave as a plausible number; ONNX Runtime and the float64
-        # reference carry it through, and so does a compare that is false for NaN.
-        if ep.activation == "relu":
-            zero = tirx.const(0.0, wl.dtype)
-            v = tirx.Select(v < zero, zero, v)
-        elif ep.activation == "clip":
-            lo, hi = tirx.const(ep.clip[0], wl.dtype), tirx.const(ep.clip[1], wl.dtype)
-            v = tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
-        return v
+        return activation(ep, v, wl.dtype)
 
     return args, te.compute(wl.out_shape, value, name="epilogue")
+
+
+def activation(ep, v, dtype: str = "float32"):
+    """The epilogue's activation of one float32 value `v`, as vector-friendly expressions.
+
+    Selects, not max/min: LLVM's maxnum-style max(NaN, 0) is 0, so a NaN (a diverged model, a NaN
+    input) would leave as a plausible number; ONNX Runtime and the float64 reference carry it
+    through, and so does a compare that is false for NaN. hardswish and silu multiply by `v`
+    itself, so a NaN stays NaN whatever its factor is."""
+    if ep.activation == "relu":
+        zero = tirx.const(0.0, dtype)
+        return tirx.Select(v < zero, zero, v)
+    if ep.activation == "clip":
+        lo, hi = tirx.const(ep.clip[0], dtype), tirx.const(ep.clip[1], dtype)
+        return tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
+    if ep.activation == "hardswish":  # x * clip(x + 3, 0, 6) / 6, as ONNX's HardSwish (alpha 1/6, beta 1/2)
+        zero, six = tirx.const(0.0, dtype), tirx.const(6.0, dtype)
+        t = v + tirx.const(3.0, dtype)
+        return v * (tirx.Select(t < zero, zero, tirx.Select(t > six, six, t)) / six)
+    if ep.activation == "silu":  # x * sigmoid(x) = x / (1 + exp(-x))
+        return v / (tirx.const(1.0, dtype) + fast_exp(-v))
+    return v
+
+
+def fast_exp(x):
+    """exp(x) for float32 as a polynomial LLVM vectorises (libm's expf is one scalar call per
+    lane): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' degree-7 polynomial, 2^n built in the
+    exponent bits. Relative error about 2e-7 (TOPI's fast_exp, written for one value so that it
+    inlines into a kernel's write-back). x is clamped to [-88.38, 88.38]; NaN reads as -88.38."""
+    f32, i32 = "float32", "int32"
+    lo, hi = tirx.const(-88.3762626647950, f32), tirx.const(88.3762626647949, f32)
+    x = tirx.Select(x > lo, tirx.Select(x < hi, x, hi), lo)
+    n = tirx.floor(x * tirx.const(1.44269504088896341, f32) + tirx.const(0.5, f32))
+    r = x - n * tirx.const(0.693359375, f32) + n * tirx.const(2.12194440e-4, f32)
+    p = tirx.const(1.9875691500e-4, f32)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + tirx.const(c, f32)
+    p = p * r * r + r + tirx.const(1.0, f32)
+    two_n = tirx.reinterpret(f32, tirx.shift_left(n.astype(i32) + tirx.const(127, i32), tirx.const(23, i32)))
+    return p * two_n
 
 
 def quant_placeholders(wl: Workload) -> dict[str, te.Tensor]:
@@ -213,13 +244,7 @@ def quantized_epilogue(wl: Workload, acc, q: dict[str, te.Tensor], name: str = "
         scale = q["scale"][c if quant.scale == "channel" else 0]
         f = v.astype(f32) * scale  # one float32 multiply: the rounding the reference makes
         if quant.out == "float32":
-            if ep.activation == "relu":
-                zero = tirx.const(0.0, f32)
-                return tirx.Select(f < zero, zero, f)
-            if ep.activation == "clip":
-                lo, hi = tirx.const(ep.clip[0], f32), tirx.const(ep.clip[1], f32)
-                return tirx.Select(f < lo, lo, tirx.Select(f > hi, hi, f))
-            return f
+            return activation(ep, f, f32)
         # Requantize: round half to even (llvm.nearbyint in the default rounding mode: vroundps),
         # add the zero point, saturate to the type narrowed by the folded activation. The clamp is
         # done in float32 (exact: integer values below 2**24, and anything larger saturates), so a

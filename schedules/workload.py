@@ -17,7 +17,10 @@ WEIGHT_LAYOUT = {"NHWC": "HWIO", "NCHW": "OIHW"}
 MAX_ELEMENTS = 2**31 - 1
 
 
-ACTIVATIONS = ("none", "relu", "clip")
+# hardswish (MobileNet-v3: x * clip(x + 3, 0, 6) / 6) and silu (EfficientNet, RegNet's SE:
+# x * sigmoid(x)) are fused too: after a conv each was a pass of its own over the conv's output
+# (and hardswish a transpose each side, its clip being opaque to the layout conversion).
+ACTIVATIONS = ("none", "relu", "clip", "hardswish", "silu")
 
 # Element types of a layer, named as a quantization engineer reads them (ONNX Runtime's U8S8 / S8S8):
 #   float32  float32 data x float32 weights -> float32 (the default; everything before issue 24)
@@ -48,7 +51,7 @@ class WorkloadError(ValueError):
 class Epilogue:
     """What a kernel applies to its output tile before the tile is written, in the order ResNet
     and MobileNet use: a per-channel bias, then a residual (a tensor of the output's shape) added,
-    then an activation: ReLU, or clip(lo, hi) (ReLU6 is clip(0, 6)). Every algorithm fuses it into
+    then an activation: ReLU, clip(lo, hi) (ReLU6 is clip(0, 6)), hardswish or SiLU. Every algorithm fuses it into
     the block that writes the output (its write-back, Winograd's inverse transform, im2col's and
     indirect's tile copy), so the output is written once, already finished."""
 
@@ -78,6 +81,8 @@ class Epilogue:
             parts.append("relu")
         elif self.activation == "clip":
             parts.append("clip" + "to".join(f"{v:g}" for v in self.clip))
+        elif self.activation != "none":
+            parts.append(self.activation)
         return "_e" + ".".join(parts)
 
     @property
@@ -87,6 +92,8 @@ class Epilogue:
             parts.append("act=relu")
         elif self.activation == "clip":
             parts.append("act=relu6" if self.clip == (0.0, 6.0) else "act=clip:" + ":".join(f"{v:g}" for v in self.clip))
+        elif self.activation != "none":
+            parts.append(f"act={self.activation}")
         return parts
 
     def __str__(self) -> str:
@@ -225,6 +232,9 @@ class Workload:
         if ep.residual:
             raise WorkloadError("residual", "an int8 conv takes no residual (a quantized add is its own op, "
                                 "QLinearAdd); fold it after the conv")
+        if ep.activation in ("hardswish", "silu"):
+            raise WorkloadError("act", f"{ep.activation} on an int8 conv is its own op (a quantized model's "
+                                "hardswish runs between a dequantize and a quantize); int8 convs fold relu / clip")
         if q.out == "int32" and ep.activation == "clip":
             raise WorkloadError("act", "clip on an int32 output has no scale to place its bounds: requantize "
                                 "(out=uint8 or int8) or dequantize (out=float32)")
@@ -463,7 +473,7 @@ def parse_spec(text: str, layout: str | None = None) -> Workload:
 
 
 def _epilogue(values: dict[str, str]) -> Epilogue:
-    """`bias=1`, `residual=1`, `act=relu|relu6|clip:LO:HI|none` from a spec."""
+    """`bias=1`, `residual=1`, `act=relu|relu6|clip:LO:HI|hardswish|silu|none` from a spec."""
     flags = {}
     for name in ("bias", "residual"):
         text = values.get(name, "0")
@@ -480,8 +490,8 @@ def _epilogue(values: dict[str, str]) -> Epilogue:
         except ValueError:
             raise WorkloadError("act", f"clip takes two numbers, clip:LO:HI, got {act!r}") from None
         return Epilogue(**flags, activation="clip", clip=(lo, hi))
-    if act not in ("none", "relu"):
-        raise WorkloadError("act", f"must be relu, relu6, clip:LO:HI or none, got {act!r}")
+    if act not in ("none", "relu", "hardswish", "silu"):
+        raise WorkloadError("act", f"must be relu, relu6, clip:LO:HI, hardswish, silu or none, got {act!r}")
     return Epilogue(**flags, activation=act)
 
 

@@ -171,3 +171,30 @@ def test_without_records_a_large_weight_is_timed_cold_against_im2col(target, tmp
     picked = cold_choice(big, "auto", target, logs)
     assert picked is not None and picked.task.algorithm in {rule.task.algorithm, "im2col"}
     assert cold_choice(parse_spec("h=14,w=14,ci=32,co=32,k=3,pad=1"), "auto", target, logs) is None
+
+
+def test_hardswish_and_silu_fuse_into_the_conv_and_match_onnxruntime(tmp_path, target):
+    """HardSwish and x * sigmoid(x) after a conv are its epilogue, not passes of their own (nor,
+    for HardSwish's clip, a transpose each side); a conv whose output is read elsewhere too keeps
+    its activation apart. NaN stays NaN as in ORT."""
+    import tvm
+
+    from .support.models import swish_block
+
+    path = swish_block(str(tmp_path / "swish.onnx"))
+    graph = load_model(path)
+    assert [c.workload.epilogue.activation for c in graph.chains()] == ["hardswish", "silu", "none"]
+    ops = [gv.name_hint for gv, f in ops_module(graph).functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # what is left to TVM: the input's transpose, and the third conv's sigmoid, multiply and relu
+    # with the outputs' transposes to NCHW: three fused ops, no clip, no divide
+    assert not [name for name in ops if "clip" in name or "divide" in name or "maximum" in name], ops
+    assert len(ops) == 3, ops
+    executable, side = build_model(graph, target, "/nonexistent-logs", quiet=True)
+    library = ModelLibrary(executable, side)
+    x = np.random.default_rng(3).uniform(-4, 4, (1, 3, 11, 9)).astype(np.float32)
+    x[0, 1, 5, 4] = np.nan
+    ours, theirs = library.run({"x": x}), onnxruntime_outputs(path, {"x": x})
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(b).any()
+    checks = compare_outputs(side, ours, theirs)
+    assert all(c.ok for c in checks), [c.describe() for c in checks]

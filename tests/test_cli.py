@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -424,3 +425,21 @@ def test_a_full_device_is_one_line_not_an_internal_error():
     assert done.stderr.strip().splitlines() == [
         "convtune layers: error: No space left on device (writing the output); free some space and run it again "
         "(records already measured are kept)"]
+
+
+@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.3), (signal.SIGINT, 1.5), (signal.SIGTERM, 0.8)])
+def test_a_signal_while_starting_is_one_line(signum, delay):
+    """Ctrl-C in the first seconds lands inside `import torch` / `import tvm`, before the CLI's
+    own handling: one line and 128 + the signal, not someone else's traceback."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-m", "tuning.cli", "layers", "resnet18"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    child.send_signal(signum)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 128 + signum, err
+    assert err.strip().splitlines() == [f"convtune: {signal.Signals(signum).name} while starting; nothing was run"]

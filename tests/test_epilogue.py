@@ -29,6 +29,8 @@ EPILOGUES = {
     "bias+residual+relu": "bias=1,residual=1,act=relu",
     "clip": "act=clip:-0.5:0.75",
     "residual+relu6": "residual=1,act=relu6",
+    "bias+hardswish": "bias=1,act=hardswish",  # MobileNet-v3
+    "bias+silu": "bias=1,act=silu",  # EfficientNet, RegNet
 }
 # Odd sizes, asymmetric padding, strides, dilation, batch > 1: one shape per algorithm kind.
 SHAPES = {
@@ -173,3 +175,37 @@ def test_a_nan_input_stays_nan_through_the_activation(target, epilogue):
     got = tensors["out"].numpy()
     assert np.isnan(expected).sum() == 9 * wl.co  # the 3x3 window around the NaN, every channel
     assert np.array_equal(np.isnan(got), np.isnan(expected))
+
+
+def test_fast_exp_is_close_to_exp_and_vectorises(target):
+    """The SiLU epilogue's exp: a polynomial LLVM vectorises, within a few float32 ulps of exp
+    over the range that matters, saturating outside it."""
+    import tvm
+    from tvm import te
+
+    from schedules.template import fast_exp
+
+    x = np.concatenate([np.linspace(-87, 87, 4093), [-200.0, 200.0, 0.0]]).astype(np.float32)
+    a = te.placeholder((x.size,), "float32", name="a")
+    b = te.compute(a.shape, lambda i: fast_exp(a[i]), name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("b"))[0], [None, 8])[1])
+    lib = tvm.compile(sch.mod, target=target.tvm)
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    lib["main"](tvm.runtime.tensor(x), out)
+    got, want = out.numpy()[:-3].astype(np.float64), np.exp(x[:-3].astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 1e-6
+    assert out.numpy()[-3] == 0.0 and out.numpy()[-2] > 1e38 and out.numpy()[-1] == 1.0
+    assert "vfmadd" in lib.mod.inspect_source("asm") or target.machine.isa not in ("avx2", "avx512")
+
+
+@pytest.mark.parametrize("act", ["hardswish", "silu"])
+def test_hardswish_and_silu_in_specs_and_refused_on_int8(act):
+    wl = parse_spec(f"h=8,w=8,ci=4,co=8,k=3,bias=1,act={act}")
+    assert wl.epilogue.activation == act and act in wl.key and parse_spec(wl.spec) == wl
+    with pytest.raises(WorkloadError, match=f"{act} on an int8 conv"):
+        parse_spec(f"h=8,w=8,ci=4,co=8,k=3,dtype=int8,out=float32,act={act}")
+    x = np.array([-4.0, -1.0, 2.0, 5.0, np.nan, 0.0, 1.0, 7.0])
+    reference = apply_epilogue(wl, x.reshape(1, 1, 1, 8), bias=np.zeros(8))
+    want = x * np.clip(x + 3, 0, 6) / 6 if act == "hardswish" else x / (1 + np.exp(-x))
+    np.testing.assert_allclose(reference.ravel(), want)

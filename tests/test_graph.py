@@ -59,13 +59,31 @@ def _model_convs(path) -> Counter:
     return Counter(c.workload.bare.spec for c in load_model(path).chains() if c.shape is None)
 
 
-# Known (issue 21, "one model front end"): an ONNX auto_pad SAME_UPPER/SAME_LOWER conv is one padded
-# conv to model_import, but TVM's ONNX frontend emits a pad op and an unpadded conv on the larger input.
-SAME_PADS = pytest.mark.xfail(strict=True, reason="auto_pad SAME: graph sees pad + unpadded conv, layers a padded conv")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=SAME_PADS) if n == "tiny_network" else n
-                                  for n in sorted(BUILDERS)])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_layers_and_compile_model_see_the_same_convs(tmp_path, name):
     path = BUILDERS[name](str(tmp_path / f"{name}.onnx"))
     assert _layers_convs(path) == _model_convs(path)
+
+
+def test_same_padded_convs_read_their_padding_inline_and_match_onnxruntime(tmp_path, target):
+    """auto_pad SAME_UPPER / SAME_LOWER convs are convs with explicit pads to the model front end,
+    as to `layers`: no pad op left to TVM (it ran in NCHW, a transpose each side), and the model
+    computes what ONNX Runtime computes."""
+    import numpy as np
+    import tvm
+
+    pytest.importorskip("onnxruntime")
+    from tuning.deploy.model import ModelLibrary, build_model
+    from tuning.graph import ops_module
+
+    path = _tiny_network(str(tmp_path / "same.onnx"))
+    graph = load_model(path)
+    pads = [c.workload.pad for c in graph.chains()]
+    assert pads[-2:] == [(0, 1, 1, 1), (1, 1, 0, 0)]  # UPPER: the odd pixel at the end; LOWER: at the start
+    ops = [gv.name_hint for gv, f in ops_module(graph).functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert not [name for name in ops if "pad" in name], ops
+    executable, side = build_model(graph, target, "/nonexistent-logs", quiet=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 4, 9, 10)).astype(np.float32)
+    ours = ModelLibrary(executable, side).run({"x": x})[0]
+    theirs = models.onnxruntime_outputs(path, {"x": x})[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())

@@ -328,3 +328,26 @@ def test_run_state_of_an_int8_task_builds_for_the_generic_host():
     (state,) = states.values()
     packed = [a for a in state.values() if a.dtype == np.int16 and a.ndim == 6]
     assert packed and packed[0].any()
+
+
+@pytest.mark.parametrize("spec, weight_bits", [
+    ("h=9,w=11,ci=16,co=24,k=3,pad=1,stride=2,dtype=s8s8,out=int8,scale=channel,bias=1", 8),
+    ("h=9,w=9,ci=16,co=24,k=1,dtype=int8,out=int32", 8),
+    # MLAS's AVX2 U8S8 kernel saturates pairs of products at int16 (vpmaddubsw): 7-bit weights
+    ("h=10,w=9,ci=32,co=16,k=3,pad=1,dtype=int8,out=uint8,bias=1", 7),
+])
+def test_the_onnxruntime_int8_rival_computes_the_same_layer(spec, weight_bits):
+    """bench's int8 rival (QLinearConv / ConvInteger) runs the layer convtune runs: bit-identical
+    to the exact reference, so its time is a like-for-like number."""
+    pytest.importorskip("onnxruntime")
+    from schedules.reference import epilogue_inputs, quantized_reference, random_inputs
+    from tuning.bench import onnxruntime_int8_call
+
+    wl = parse_spec(spec)
+    data, weight = random_inputs(wl)
+    weight = (weight.astype(np.int16) >> (8 - weight_bits)).astype(np.int8)
+    got = onnxruntime_int8_call(wl, data, weight, 1)["onnxruntime"]()[0]
+    want = quantized_reference(wl, data, weight, **epilogue_inputs(wl)).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(got, want)
+    if "s8s8" in spec:  # QLinearConv writes its input's type: int8 data to uint8 has no rival, not a wrong one
+        assert onnxruntime_int8_call(parse_spec(spec.replace("out=int8", "out=uint8")), data, weight, 1) == {}

@@ -199,3 +199,21 @@ def test_an_input_named_as_a_legacy_export_names_it_verifies(model_path, tmp_pat
     capsys.readouterr()
     assert cli.main(["verify", library]) == 0
     assert "1/1 outputs ok" in capsys.readouterr().out
+
+
+def test_bench_model_times_each_contender_in_fresh_processes(model_path, tmp_path, capsys):
+    """`bench --model`: convtune's library and ONNX Runtime each in fresh processes of their own,
+    alternating, the spread across processes and each runtime's threads reported (issue 26)."""
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--model", model_path, "--processes", "3", "--process-seconds", "0.2",
+                     "--logs", str(tmp_path / "logs"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.load(open(out))
+    assert result["processes"] == 3 and set(result["results"]) >= {"convtune", "onnxruntime"}
+    for r in result["results"].values():
+        assert len(r["process_medians_ms"]) == 3 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+    assert result["settings"]["convtune"]["tvm_binding"].startswith("unpinned")
+    assert result["settings"]["onnxruntime"]["ort_intra_op_threads"] >= 1
+    assert "fresh processes" in printed and "threads: convtune: tvm_threads=" in printed
+    # the library it timed is the one a user gets: it loads and runs outside this process too
+    assert os.path.exists(result["library"]) and result["split"]["layers"]

@@ -1,6 +1,29 @@
 """convtune's tuning, deployment and CLI package (the templates are in `schedules`)."""
 
+import os as _os
+import signal as _signal
 import sys as _sys
+
+
+def _interrupted_while_starting(signum, frame):  # noqa: ARG001 - a signal handler's signature
+    name = _signal.Signals(signum).name
+    _sys.stderr.write(f"\nconvtune: {name} while starting; nothing was run\n")
+    _sys.stderr.flush()
+    _os._exit(128 + signum)
+
+
+def _quiet_start() -> None:
+    """Ctrl-C (or SIGTERM) in the first seconds of a command lands inside `import torch` or
+    `import tvm`, which the CLI's own handling has not reached yet: a raw traceback of someone
+    else's import. Launched as the CLI (`convtune`, `python -m tuning...`), those seconds end with
+    one line instead; `tuning.cli.main` installs its handlers when it starts. A program that
+    imports the package keeps its own handlers."""
+    launcher = _sys.argv[0] if _sys.argv else ""
+    if launcher != "-m" and _os.path.basename(launcher) != "convtune":
+        return
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        if _signal.getsignal(signum) in (_signal.default_int_handler, _signal.SIG_DFL):
+            _signal.signal(signum, _interrupted_while_starting)
 
 
 def _guard_optional_torch() -> None:
@@ -21,4 +44,13 @@ def _guard_optional_torch() -> None:
               "PyTorch models and rivals are unavailable (reinstall torch, or uninstall it)", file=_sys.stderr)
 
 
+def end_quiet_start() -> None:
+    """The command has started (its own handling of Ctrl-C and SIGTERM takes over)."""
+    if _signal.getsignal(_signal.SIGINT) is _interrupted_while_starting:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    if _signal.getsignal(_signal.SIGTERM) is _interrupted_while_starting:
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+
+
+_quiet_start()
 _guard_optional_torch()

@@ -28,7 +28,7 @@ import numpy as np
 
 from schedules import applicable
 
-from .bench import bench_layer, bench_layer_processes, bench_model, estimate_network
+from .bench import bench_layer, bench_layer_processes, bench_model, bench_model_processes, estimate_network
 from .deploy.bundle import compile_bundle, verify_bundle
 from .deploy.kernel import Kernel, read_sidecar, sidecar_path
 from .deploy.library import choose, export
@@ -223,11 +223,17 @@ class Scope:
     def bench(self, target: Target, logs: str, *, algorithm: str = "auto", rounds: int = 5,
               min_repeat_ms: float = 100.0, rivals: bool = True, processes: int = 3, process_seconds: float = 1.5,
               in_process: bool = False, tvm_trials: int | None = None, say=_stderr) -> dict:
-        """Time the scope's kernels against the rivals: a model end to end, a network's estimate (count x
-        per-layer medians), a layer (see `bench_layers` for several)."""
+        """Time the scope's kernels against the rivals: a model end to end (each contender in fresh
+        processes; in this one with `in_process` or TVM's pipeline as a rival), a network's estimate
+        (count x per-layer medians), a layer (see `bench_layers` for several)."""
         if self.kind == "model":
-            return bench_model(self.graph(), target, logs, algorithm, rounds=rounds,
-                               min_repeat_ms=max(min_repeat_ms, 200.0), tvm_trials=tvm_trials)
+            if in_process or tvm_trials is not None:  # TVM's pipeline is tuned and run in this process
+                return bench_model(self.graph(), target, logs, algorithm, rounds=rounds,
+                                   min_repeat_ms=max(min_repeat_ms, 200.0), tvm_trials=tvm_trials)
+            if processes < 3:
+                raise UsageError(f"--processes: at least 3 (the spread across processes is the point), got {processes}")
+            return bench_model_processes(self.graph(), target, logs, algorithm, processes=processes,
+                                         seconds=process_seconds, rivals=rivals)
         if self.kind == "network":
             return estimate_network(self.layers(), target, logs, algorithm, rounds=rounds,
                                     min_repeat_ms=min_repeat_ms, rivals=rivals)

@@ -113,6 +113,57 @@ def onnxruntime_call(wl: Workload, data: np.ndarray, weight: np.ndarray, threads
     return {"onnxruntime": lambda: session.run(None, feed)}
 
 
+def onnxruntime_int8_call(wl: Workload, data: np.ndarray, weight: np.ndarray, threads: int) -> dict:
+    """ONNX Runtime's int8 conv (MLAS's quantized GEMM) on the same layer, same numbers: QLinearConv
+    for a requantized output (x_scale 1, w_scale the layer's multiplier per tensor or channel,
+    y_scale 1: the same requantize), ConvInteger for the int32 accumulator (its bias left out). {}
+    where one ONNX node cannot say it (a dequantized output, an output type other than the input's)
+    or without onnx / onnxruntime. On AVX2 without VNNI, MLAS's U8S8 kernel (vpmaddubsw) saturates
+    pairs of products at int16: with full-range weights 6% of a 3x3 layer's outputs differ by up to
+    140 units from ONNX's definition (7-bit weights: none); it is timed as it is."""
+    try:
+        import onnx  # noqa: PLC0415 - optional rivals
+        import onnxruntime as ort  # noqa: PLC0415
+        from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    except ImportError:
+        return {}
+    q = wl.quant
+    if not _int8_rival_applies(wl):  # QLinearConv writes its input's type; ConvInteger takes uint8 data
+        return {}
+    extra = quant_inputs(wl)
+    x = np.ascontiguousarray(data.transpose(0, 3, 1, 2) if wl.layout == "NHWC" else data)
+    w = np.ascontiguousarray(weight.transpose(3, 2, 0, 1) if wl.layout == "NHWC" else weight)
+    t, l, b, r = wl.pad
+    attrs = dict(strides=list(wl.stride), pads=[t, l, b, r], dilations=list(wl.dilation), group=wl.groups,
+                 kernel_shape=[wl.kh, wl.kw])
+    x_type = TensorProto.UINT8 if x.dtype == np.uint8 else TensorProto.INT8
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(extra["x_zero_point"].reshape(()), "x_zp")]
+    if q.out == "int32":
+        node = helper.make_node("ConvInteger", ["x", "w", "x_zp"], ["y"], **attrs)
+        y_type = TensorProto.INT32
+    else:
+        scale = np.asarray(extra["scale"], np.float32)
+        inits += [numpy_helper.from_array(np.float32(1.0).reshape(()), "one"),
+                  numpy_helper.from_array(scale if scale.size > 1 else scale.reshape(()), "w_scale"),
+                  numpy_helper.from_array(np.zeros(scale.shape if scale.size > 1 else (), np.int8), "w_zp"),
+                  numpy_helper.from_array(extra["y_zero_point"].reshape(()), "y_zp")]
+        names = ["x", "one", "x_zp", "w", "w_scale", "w_zp", "one", "y_zp"]
+        if wl.epilogue.bias:
+            inits.append(numpy_helper.from_array(extra["bias"], "bias"))
+            names.append("bias")
+        node = helper.make_node("QLinearConv", names, ["y"], **attrs)
+        y_type = TensorProto.UINT8 if q.out == "uint8" else TensorProto.INT8
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", x_type, x.shape)],
+                              [helper.make_tensor_value_info("y", y_type, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x}
+    return {"onnxruntime": lambda: session.run(None, feed)}
+
+
 def numpy_im2col_call(wl: Workload, data: np.ndarray, weight: np.ndarray):
     """im2col with numpy, GEMM with numpy's BLAS (NHWC view of the layer)."""
     x = data if wl.layout == "NHWC" else data.transpose(0, 2, 3, 1).copy()
@@ -155,7 +206,9 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
     kernel.prepare(tensors)
     ours = kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
     calls = {"convtune": lambda: ours()[0]}
-    if rivals and not wl.quantized:  # the rivals' int8 convs (oneDNN, QLinearConv) are not wired yet
+    if rivals and wl.quantized:  # ORT's int8 conv; oneDNN's (torch.ao) is not wired yet
+        calls.update(onnxruntime_int8_call(wl, data, weight, target.threads))
+    elif rivals:
         calls.update(torch_calls(wl, data, weight, target.threads))
         calls.update(onnxruntime_call(wl, data, weight, target.threads))
         calls["numpy-im2col"] = numpy_im2col_call(wl, data, weight)
@@ -449,13 +502,17 @@ def bench_model(graph, target: Target, logs: str, algorithm: str = "auto", round
            "speedup": {k: results[k]["median_ms"] / results["convtune"]["median_ms"] for k in results if k != "convtune"},
            "convtune_trials": convtune_trials(side, target, logs)}
     if split:
-        rows = layer_split(side, target, logs)
-        convs = sum(r["total_ms"] for r in rows)
-        cold = sum(r["cold_total_ms"] for r in rows)
-        out["split"] = {"layers": rows, "convs_ms": convs, "rest_ms": results["convtune"]["median_ms"] - convs,
-                        "convs_cold_ms": cold, "rest_after_cold_ms": results["convtune"]["median_ms"] - cold,
-                        "weight_mb": sum(r["weight_mb"] * r["count"] for r in rows)}
+        out["split"] = _split(side, target, logs, results["convtune"]["median_ms"])
     return out
+
+
+def _split(side: dict, target: Target, logs: str, total_ms: float) -> dict:
+    """convtune's end-to-end time against its convs timed alone, warm and with cold weights."""
+    rows = layer_split(side, target, logs)
+    convs = sum(r["total_ms"] for r in rows)
+    cold = sum(r["cold_total_ms"] for r in rows)
+    return {"layers": rows, "convs_ms": convs, "rest_ms": total_ms - convs, "convs_cold_ms": cold,
+            "rest_after_cold_ms": total_ms - cold, "weight_mb": sum(r["weight_mb"] * r["count"] for r in rows)}
 
 
 def convtune_trials(side: dict, target: Target, logs: str) -> int:
@@ -481,7 +538,11 @@ def format_model_bench(result: dict) -> str:
     lines = [f"{'contender':26s} {'median ms':>10s} {'min-max ms':>16s} {'convtune speed-up':>18s}"]
     for key, r in result["results"].items():
         ratio = "" if key == "convtune" else f"{result['speedup'][key]:.2f}x"
-        lines.append(f"{key:26s} {r['median_ms']:10.2f} {r['min_ms']:7.2f}-{r['max_ms']:<8.2f} {ratio:>18s}")
+        flag = f"  SPREAD {r['spread']:.2f}x" if r.get("flagged") else ""
+        lines.append(f"{key:26s} {r['median_ms']:10.2f} {r['min_ms']:7.2f}-{r['max_ms']:<8.2f} {ratio:>18s}{flag}")
+    for key, note in result["notes"].items():
+        if "unavailable" in note:
+            lines.append(f"{key:26s} not run: {note['unavailable']}")
     if "tvm-static_shape_tuning" in result["notes"]:
         note = result["notes"]["tvm-static_shape_tuning"]
         lines.append(f"TVM static_shape_tuning: {note['trials']} trials ({note['tune_and_compile_s']} s to tune "
@@ -533,17 +594,52 @@ def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
 
         return torch_calls(wl, data, weight, threads)[key], {"torch_threads": torch.get_num_threads()}
     if key == "onnxruntime":
-        return onnxruntime_call(wl, data, weight, threads)[key], {"ort_intra_op_threads": threads}
+        rival = onnxruntime_int8_call if wl.quantized else onnxruntime_call
+        return rival(wl, data, weight, threads)[key], {"ort_intra_op_threads": threads}
     return numpy_im2col_call(wl, data, weight), {"blas_threads": threads}
 
 
+MODEL_RIVALS = ("onnxruntime", "torch-channels_last")
+
+
+def _model_contender_call(key: str, library: str, threads: int):
+    """(call, thread settings) of one contender running a whole model, built in this (fresh)
+    process from the compiled model's sidecar: convtune's library as a user loads it; a rival from
+    the model's source (the ONNX file, the zoo model or the .pt2), fed the same inputs."""
+    import types  # noqa: PLC0415
+
+    from .deploy.model import ModelLibrary, random_model_inputs, read_model_sidecar  # noqa: PLC0415
+
+    side = read_model_sidecar(library)
+    inputs = random_model_inputs(side)
+    if key == "convtune":
+        from .deploy.loader import pool_settings  # noqa: PLC0415
+
+        model = ModelLibrary.load(library, side)
+        settings = pool_settings()
+        return (lambda: model.run(inputs)), {"tvm_threads": settings["threads"], "tvm_binding": settings["binding"]}
+    # what model_contenders reads of a graph: its source and its inputs (never trusted: a pickle
+    # in a .pt2 makes the PyTorch rival unavailable, as it makes convtune refuse the file)
+    graph = types.SimpleNamespace(source=side["source"], inputs=side["inputs"], trust_pickle=False)
+    calls, _ = model_contenders(graph, inputs, threads, None, None, None)
+    if key not in calls:
+        raise RuntimeError(f"{key} cannot run this model (its source is {side['source'].get('kind')})")
+    return calls[key], ({"ort_intra_op_threads": threads, "ort_inter_op_threads": 1} if key == "onnxruntime"
+                        else {"torch_threads": threads})
+
+
 def child_main(argv: list[str]) -> int:
-    """`python -m tuning.bench CONTENDER SPEC THREADS SECONDS [LIBRARY]`: one JSON line, the
-    median seconds per call over this process's timing budget and the thread settings."""
+    """`python -m tuning.bench CONTENDER SPEC THREADS SECONDS [LIBRARY]` (a layer) or
+    `python -m tuning.bench model CONTENDER LIBRARY THREADS SECONDS` (a whole model): one JSON
+    line, the median seconds per call over this process's timing budget and the thread settings."""
     from schedules.workload import parse_spec  # noqa: PLC0415
 
-    key, spec, threads, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
-    call, settings = _contender_call(key, parse_spec(spec), threads, argv[4] if len(argv) > 4 else None)
+    if argv[0] == "model":
+        key, library, threads, seconds = argv[1], argv[2], int(argv[3]), float(argv[4])
+        call, settings = _model_contender_call(key, library, threads)
+    else:
+        key, spec, threads, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
+        call, settings = _contender_call(key, parse_spec(spec), threads, argv[4] if len(argv) > 4 else None)
     with blas_threads(threads):
         time_call(call, WARMUP_MS)
         samples, end = [], time.perf_counter() + seconds
@@ -582,12 +678,11 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
     library = os.path.join(folder, "layer.so")
     export(choice, target, library, layer_name=name, warn=False)
     keys = ["convtune"]
-    if rivals and not wl.quantized:  # no int8 rivals wired yet
+    if rivals and wl.quantized:  # ORT's int8 conv (QLinearConv / ConvInteger) where one node says it
+        keys += ["onnxruntime"] if _available("onnxruntime") and _int8_rival_applies(wl) else []
+    elif rivals:
         keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # as a user runs it: no TVM variables (the loader applies the library's own settings)
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = _child_env()  # as a user runs it
     medians, settings = {k: [] for k in keys}, {}
     for _ in range(processes):
         for key in keys:
@@ -613,6 +708,77 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
         row["best_rival"] = best
         row["speedup_vs_best_rival"] = row["results"][best]["median_ms"] / row["results"]["convtune"]["median_ms"]
     return row
+
+
+def _child_env() -> dict:
+    """A child's environment as a user's process has it: no TVM variables (the loader applies the
+    library's own settings), the package importable."""
+    import os  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def bench_model_processes(graph, target: Target, logs: str, algorithm: str = "auto", processes: int = 3,
+                          seconds: float = PROCESS_SECONDS, rivals: bool = True, split: bool = True) -> dict:
+    """`bench_model` as users deploy: the model compiled to a library, then each contender in
+    `processes` fresh processes of `seconds` of back-to-back inferences, contenders alternating
+    process by process (convtune's library through tuning.deploy.load; ONNX Runtime and PyTorch on
+    the model's source). A rival that cannot run the model is named in `notes`, not fatal."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from .deploy.model import export_model  # noqa: PLC0415
+
+    library = os.path.join(tempfile.mkdtemp(prefix="convtune-bench-"), "model.so")
+    side = export_model(graph, target, logs, library, algorithm)
+    keys = ["convtune"] + ([k for k in MODEL_RIVALS if _model_rival_available(k, graph)] if rivals else [])
+    medians, settings, notes = {k: [] for k in keys}, {}, {}
+    env = _child_env()
+    for _ in range(processes):
+        for key in [k for k in keys if k not in notes]:
+            done = subprocess.run([sys.executable, "-m", "tuning.bench", "model", key, library, str(target.threads),
+                                   str(seconds)], capture_output=True, text=True, env=env, timeout=1800)
+            if done.returncode:
+                why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                if key == "convtune":
+                    raise RuntimeError(f"convtune's process failed: {why}")
+                notes[key] = {"unavailable": why}
+                continue
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[key].append(out["seconds"])
+            settings[key] = out["settings"]
+    results = {k: process_summary(v, 0) for k, v in medians.items() if k not in notes and v}
+    for r in results.values():
+        r.pop("gflops", None)
+    out = {"model": graph.label, "layers": len(side["layers"]), "distinct_layers": side["distinct_layers"],
+           "untuned": side["untuned"], "results": results, "notes": notes, "processes": processes,
+           "process_seconds": seconds, "settings": settings, "library": library,
+           "speedup": {k: results[k]["median_ms"] / results["convtune"]["median_ms"] for k in results if k != "convtune"},
+           "convtune_trials": convtune_trials(side, target, logs)}
+    if split:
+        out["split"] = _split(side, target, logs, results["convtune"]["median_ms"])
+    return out
+
+
+def _int8_rival_applies(wl: Workload) -> bool:
+    """Whether one QLinearConv / ConvInteger node computes the quantized layer (see onnxruntime_int8_call)."""
+    q = wl.quant
+    return q.out == wl.data_dtype or (q.out == "int32" and wl.data_dtype == "uint8")
+
+
+def _model_rival_available(key: str, graph) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    kind = graph.source["kind"]
+    if key == "onnxruntime":
+        return kind in ("onnx", "zoo") and importlib.util.find_spec("onnxruntime") is not None
+    return kind in ("zoo", "pt2") and importlib.util.find_spec("torch") is not None
 
 
 def _available(key: str) -> bool:

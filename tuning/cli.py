@@ -38,7 +38,7 @@ import tvm
 from schedules.template import Unsupported
 from schedules.workload import WorkloadError
 
-from . import app
+from . import app, end_quiet_start
 from .app import DEFAULT_LAYER, Machine, Scope, UsageError
 from .bench import SPREAD_FLAG, bar_chart, format_estimate, format_model_bench, format_settings, format_table, geomean
 from .bench import environment as bench_environment
@@ -232,11 +232,20 @@ def cmd_bench(args) -> int:
     how = dict(algorithm=args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
                rivals=not args.no_rivals)
     if scope is not None and scope.kind == "model":
-        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, **how)
+        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, processes=args.processes,
+                             process_seconds=args.process_seconds, in_process=args.in_process, **how)
         print(format_model_bench(result))
         env = bench_environment(target)
-        print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
-              f"{args.rounds} rounds, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms of calls")
+        if "processes" in result:
+            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; each "
+                  f"contender in {result['processes']} fresh processes ({result['process_seconds']:g} s of inferences "
+                  f"each, contenders alternating): median (min-max) of the per-process medians; SPREAD: processes "
+                  f"disagree by more than {SPREAD_FLAG}x")
+            print(f"threads: {format_settings([result])}")
+        else:
+            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
+                  f"{args.rounds} rounds in this process, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms "
+                  "of calls")
         if args.json:
             write_json(args.json, {"command": _command_line(), "environment": env, **result})
             print(f"wrote {args.json}")
@@ -270,7 +279,7 @@ def _print_layer_bench(args, target, env: dict, rows: list[dict], items: list) -
           f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
     if any(wl.quantized for _, wl in items):
         print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
-              "% against the FP32 peak; no int8 rivals are run yet.")
+              "% against the FP32 peak; the rival is ONNX Runtime's QLinearConv / ConvInteger (MLAS int8).")
     if not args.in_process:
         print(f"threads: {format_settings(rows)}")
     if ratios:
@@ -490,10 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-repeat-ms", type=float, default=100.0)
     p.add_argument("--no-rivals", action="store_true")
     p.add_argument("--processes", type=int, default=3, metavar="N",
-                   help="layers: fresh processes per contender, contenders alternating (default 3, at least 3)")
+                   help="fresh processes per contender, contenders alternating (default 3, at least 3)")
     p.add_argument("--process-seconds", type=float, default=1.5, help="timing budget of one process (default 1.5)")
     p.add_argument("--in-process", action="store_true",
-                   help="layers: every contender in this one process, interleaved by --rounds (the old way)")
+                   help="every contender in this one process, interleaved by --rounds (the old way; --tvm-trials "
+                        "implies it)")
     p.add_argument("--network", metavar="NAME|FILE", help="estimated network conv time: count x per-layer medians")
     _add_model(p, "end-to-end latency of the compiled model against ONNX Runtime, PyTorch and TVM")
     p.add_argument("--tvm-trials", type=int, default=None, metavar="N",
@@ -550,6 +560,7 @@ def _stop_on_signal(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_quiet_start()
     previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGTERM, signal.SIGHUP)}
     _STOP_SIGNAL.clear()
     try:

@@ -37,6 +37,7 @@ from .model_import import (
     MODEL_SUFFIXES,
     ModelError,
     fix_batch,
+    same_pads,
     load_exported_program,
     onnx_module_path,
     positional_name,
@@ -218,6 +219,7 @@ def _from_onnx(label: str, model, batch: int | None):
         import onnx
 
         model = fix_batch(onnx, model, batch, label)
+    model = _explicit_same_pads(model)
     initializers = {i.name for i in model.graph.initializer}
     shapes = {}
     for value in model.graph.input:
@@ -242,6 +244,50 @@ def _from_onnx(label: str, model, batch: int | None):
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
         raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
     return mod, (names, matmuls)
+
+
+def _explicit_same_pads(model):
+    """Convs with auto_pad SAME_UPPER / SAME_LOWER rewritten with the explicit pads they mean (as
+    `model_import` reads them), where ONNX's shape inference knows their input: TVM's frontend would
+    emit a pad op (in NCHW, a transpose each side) and an unpadded conv on the larger input, a
+    conv `layers FILE` does not list and a pass over the input the kernels do inline. The model
+    is copied; one whose shapes cannot be inferred is left as it is."""
+    import onnx
+
+    same = [n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
+    if not same:
+        return model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot read: TVM's frontend pads it
+        return model
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type != "Conv" or not node.input or node.input[0] not in shapes:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("auto_pad", b"NOTSET")
+        x = shapes[node.input[0]]
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(x) != 4 or w is None or len(w) != 4:
+            continue
+        kh, kw = attrs.get("kernel_shape", w[2:])
+        stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+        upper = mode == b"SAME_UPPER"
+        (top, bottom), (left, right) = (same_pads(x[2], kh, stride[0], dilation[0], upper),
+                                        same_pads(x[3], kw, stride[1], dilation[1], upper))
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", [top, left, bottom, right])])
+    return copy
 
 
 def _from_pt2(path: str, trust_pickle: bool = False):
@@ -273,7 +319,8 @@ def normalise(mod, layout: str = "NHWC"):
 def _elementwise_as_ops(mod):
     """TVM's ONNX frontend emits Clip as two TE calls (`call_tir` of topi.maximum, topi.minimum):
     opaque to ConvertLayout (a transpose each side of every ReLU6) and to the chain finder. With a
-    constant bound they are the Relax ops `maximum` / `minimum`, which both understand."""
+    constant bound they are the Relax ops `maximum` / `minimum`, which both understand; so is the
+    Relax `clip` op (`_clip_as_ops`)."""
     from tvm import relax
 
     names = {gv: gv.name_hint for gv in mod.get_global_vars()}
@@ -282,6 +329,9 @@ def _elementwise_as_ops(mod):
     class Rewrite(relax.PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
+            if getattr(call.op, "name", "") == "relax.clip":
+                rewritten = _clip_as_ops(call)
+                return call if rewritten is None else rewritten
             if getattr(call.op, "name", "") != "relax.call_tir" or not isinstance(call.args[1], relax.Tuple):
                 return call
             name = names.get(call.args[0], "")
@@ -297,6 +347,27 @@ def _elementwise_as_ops(mod):
         if isinstance(func, relax.Function):
             mod[gv] = Rewrite(mod).visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _clip_as_ops(call):
+    """Relax's `clip(x, lo, hi)` (HardSwish's and HardSigmoid's, from the ONNX frontend) as
+    `minimum(maximum(x, lo), hi)`: ConvertLayout has no rule for clip and wrapped every one in two
+    transposes (MobileNet-v3: 0.29 ms of layout ops an inference), and the chain finder reads the
+    pair. None for bounds that are not plain numbers."""
+    from tvm import relax
+
+    x, lo, hi = call.args
+    dtype = str(getattr(x.ty, "dtype", ""))
+    bounds = []
+    for bound in (lo, hi):
+        value = getattr(bound, "value", None)
+        try:
+            bounds.append(float(value.value if hasattr(value, "value") else value))
+        except (TypeError, ValueError):
+            return None
+    if not dtype.startswith("float"):
+        return None
+    return relax.op.minimum(relax.op.maximum(x, relax.const(bounds[0], dtype)), relax.const(bounds[1], dtype))
 
 
 def _is_constant(expr) -> bool:
@@ -347,6 +418,45 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
     def op_name(binding) -> str:
         value = binding.value
         return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
+
+    def swish(var) -> tuple[str, list] | None:
+        """hardswish `x * (min(max(x + 3, 0), 6) / 6)` or silu `x * sigmoid(x)` of `var`, as the
+        ONNX frontend writes them (HardSwish; Sigmoid + Mul): `var` read twice, once by the
+        final multiply. (activation, the bindings it covers) or None."""
+        holders = users.get(var, [])
+        if len(holders) != 2 or any(h is None or h.var in claimed for h in holders):
+            return None
+        mul = next((h for h in holders if op_name(h) == "relax.multiply"), None)
+        other = next((h for h in holders if h is not mul), None)
+        if mul is None or other is None:
+            return None
+        if op_name(other) == "relax.sigmoid":
+            last = other
+            covered = [other.var]
+            name = "silu"
+        else:
+            steps = [("relax.add", 3.0), ("relax.maximum", 0.0), ("relax.minimum", 6.0)]
+            covered, last, previous = [], other, var
+            for op, value in steps:
+                if last is None or op_name(last) != op or _scalar_operand(last.value, previous) != value:
+                    return None
+                covered.append(last.var)
+                previous, last = last.var, only_user(last.var)
+            # / 6, or * (1 / 6) as an exporter may write it
+            if last is None:
+                return None
+            factor = _scalar_operand(last.value, previous)
+            divides = op_name(last) == "relax.divide" and last.value.args[0].same_as(previous) and factor == 6.0
+            multiplies = op_name(last) == "relax.multiply" and factor is not None and abs(factor * 6.0 - 1.0) < 1e-6
+            if not (divides or multiplies):
+                return None
+            covered.append(last.var)
+            name = "hardswish"
+        if only_user(last.var) is not mul or _other_operand(mul.value, var) is None:
+            return None
+        if not _other_operand(mul.value, var).same_as(last.var):
+            return None
+        return name, covered + [mul.var]
 
     chains, skipped = [], []
     bound = {b.var: b.value for b in bindings}
@@ -443,6 +553,12 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
                 epilogue["activation"] = "relu"
                 chain.replaced.append(nxt.var)
                 chain.last = nxt.var
+        elif nxt is None and chain.workload.dtype == "float32":
+            found = swish(chain.last)
+            if found is not None:
+                epilogue["activation"] = found[0]
+                chain.replaced += found[1]
+                chain.last = found[1][-1]
         chain.workload = Workload(**{**wl.to_dict(), "epilogue": Epilogue(**epilogue)})
         claimed.update(chain.replaced)
         chains.append(chain)
@@ -792,7 +908,7 @@ def _fast_math():
     vectorise: ConvNeXt's GELU took 4.2 ms for 1.2 M elements (erff), a vectorised polynomial a
     fraction of it. The approximations are within a few float32 ulps (relative 1e-7..1e-6), far
     inside a model's tolerance; a NaN input still gives NaN (the polynomials clamp their argument,
-    which would turn NaN into a number)."""
+    which would turn NaN into a number), and so does a ReLU left to TVM (a select, not a max)."""
     from tvm import te, tirx, topi
 
     def keep_nan(fast):
@@ -814,17 +930,23 @@ def _fast_math():
     def silu(x):
         return topi.multiply(x, sigmoid(x))
 
-    def legalize(fast):
+    def relu(x):
+        # a select, not TOPI's max(x, 0): LLVM's maxnum makes max(NaN, 0) = 0 where ORT keeps NaN
+        zero = tirx.const(0.0, x.dtype)
+        return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), name="relu")
+
+    def legalize(fast, nan_safe=False):
         def rule(bb, call):
             x = call.args[0]
             if str(x.ty.dtype) != "float32":
                 return call  # left to the default legalization below
-            return bb.call_te(keep_nan(fast), x)
+            return bb.call_te(fast if nan_safe else keep_nan(fast), x)
         return rule
 
     return {"relax.exp": legalize(topi.fast_exp), "relax.tanh": legalize(topi.fast_tanh),
             "relax.erf": legalize(topi.fast_erf), "relax.sigmoid": legalize(sigmoid),
-            "relax.nn.gelu": legalize(gelu), "relax.nn.silu": legalize(silu)}
+            "relax.nn.gelu": legalize(gelu), "relax.nn.silu": legalize(silu),
+            "relax.nn.relu": legalize(relu, nan_safe=True)}
 
 
 def legalize_passes():

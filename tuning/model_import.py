@@ -87,7 +87,7 @@ def _workload(model: str, node: str, x_shape, w_shape, stride, pad, dilation, gr
         raise ModelError(model, f"{node}: {err}") from None
 
 
-def _same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
+def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
     """ONNX auto_pad SAME_*: output ceil(size / stride); the odd pixel goes at the end (UPPER) or the start."""
     out = -(-size // stride)
     total = max(0, (out - 1) * stride + (k - 1) * dilation + 1 - size)
@@ -184,8 +184,8 @@ def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: st
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             upper = auto_pad == "SAME_UPPER"
             (top, bottom), (left, right) = (
-                _same_pads(x_shape[2], kh, stride[0], dilation[0], upper),
-                _same_pads(x_shape[3], kw, stride[1], dilation[1], upper))
+                same_pads(x_shape[2], kh, stride[0], dilation[0], upper),
+                same_pads(x_shape[3], kw, stride[1], dilation[1], upper))
             pad = (top, left, bottom, right)
         elif auto_pad == "VALID":
             pad = (0, 0, 0, 0)

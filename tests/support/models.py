@@ -103,3 +103,38 @@ def mlp_block(path: str, seed: int = 0) -> str:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def swish_block(path: str, seed: int = 0) -> str:
+    """MobileNet-v3 / EfficientNet activations after convs: conv + bias -> HardSwish (ONNX op 14);
+    conv -> Sigmoid, Mul (SiLU as torch exports it); a conv whose output also feeds a second
+    branch (its sigmoid is not fused: the conv's output is read three times). NCHW [1, 3, 11, 9]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, scale=0.4):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.uniform(-scale, scale, shape).astype(np.float32).ravel())
+
+    inits = [init("w1", 16, 3, 3, 3), init("b1", 16, scale=2.0), init("w2", 16, 16, 1, 1), init("w3", 8, 16, 3, 3)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("HardSwish", ["c1"], ["h1"]),
+        helper.make_node("Conv", ["h1", "w2"], ["c2"], name="expand"),
+        helper.make_node("Sigmoid", ["c2"], ["s2"]),
+        helper.make_node("Mul", ["c2", "s2"], ["h2"]),
+        helper.make_node("Conv", ["h2", "w3"], ["c3"], pads=[1, 1, 1, 1], name="project"),
+        helper.make_node("Sigmoid", ["c3"], ["s3"]),
+        helper.make_node("Mul", ["c3", "s3"], ["y"]),
+        helper.make_node("Relu", ["c3"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "swish_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 11, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 11, 9]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 11, 9])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
