@@ -595,3 +595,20 @@ def test_torch_refusals():
 
     with pytest.raises(ModelError, match="c .*1-D convolution.*2-D convolutions only"):
         from_torch(OneD(), (torch.randn(1, 3, 10),))
+
+
+@pytest.mark.slow
+def test_a_zoo_model_exports_beside_a_working_torchvision(tmp_path):
+    """`--model resnet18` exports torchvision's architecture; the schemas convtune defines for a
+    torchvision whose extension cannot load must not be defined before one that can (a duplicate
+    registration aborts the process). In a child: an abort would kill the test run."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    import subprocess
+    import sys
+
+    code = ("from tuning.graph import zoo_onnx; m = zoo_onnx('resnet18', 1); "
+            "print(sum(n.op_type == 'Conv' for n in m.graph.node))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "20"  # ResNet-18's convs, the downsamples included

@@ -178,9 +178,15 @@ def zoo_onnx(name: str, batch: int = 1):
         raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
     import onnx
 
-    # torchvision's CUDA wheel registers its C++ operators on import; these two schemas are all
-    # the pure-Python architectures need when that extension cannot load beside a CPU torch.
-    if not hasattr(torch.ops.torchvision, "nms"):
+    try:
+        import torchvision
+    except ImportError:
+        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
+    except RuntimeError:
+        # A torchvision whose C++ extension cannot load beside this torch (a CUDA wheel beside a CPU
+        # torch) fails on its operators' meta registrations; these two schemas are all the
+        # pure-Python architectures need. Only then: defined before a working extension loads, they
+        # make it abort the process on a duplicate registration.
         try:
             lib = torch.library.Library("torchvision", "DEF")
             lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -188,10 +194,9 @@ def zoo_onnx(name: str, batch: int = 1):
             _KEEP.append(lib)
         except RuntimeError:
             pass
-    try:
+        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[module]
         import torchvision
-    except ImportError:
-        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None)
     # Batch-norm statistics calibrated on random data: with the initial ones (mean 0, var 1) a
