@@ -165,18 +165,17 @@ class Scope:
              say=_stderr) -> "Tuned":
         """Search the scope's schedules and record every trial. `algorithm` None: direct for a layer
         or network (an int8 layer: auto, direct's compute being float32), auto for a model."""
-        given = algorithm
-        if algorithm is None:
-            algorithm = "auto" if self.kind == "model" else "direct"
         if trials <= 0:
             raise UsageError(f"--trials: must be positive, got {trials}")
         if self.kind == "model":
+            algorithm = algorithm or "auto"
             graph = self.graph()
             total = trials_total or trials * len(graph.layers())
             runner = runner_for(device, target, options)
             tune_model(graph, algorithm, target, logs, total, options=options, runner=runner)
             return Tuned(self, target, runner)
         if self.kind == "network":
+            algorithm = algorithm or "direct"
             layers = self.layers()
             total = trials_total or trials * len(layers)
             runner = runner_for(device, target, options)
@@ -185,8 +184,8 @@ class Scope:
             tune_network(layers, algorithm, target, logs, total, options=options, runner=runner)
             return Tuned(self, target, runner)
         name, wl = self.layer()
-        if wl.quantized and algorithm == "direct" and given is None:
-            algorithm = "auto"  # direct's compute is float32: an int8 layer gets the int8 templates
+        # direct's compute is float32: an int8 layer gets the int8 templates
+        algorithm = algorithm or ("auto" if wl.quantized else "direct")
         tasks = tasks_for(wl, algorithm, target.machine)
         runner = runner_for(device, target, options)
         shared = (f" ({trials * len(tasks)} shared: the task scheduler gives more to those still improving)"

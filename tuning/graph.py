@@ -436,9 +436,7 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
         if mul is None or other is None:
             return None
         if op_name(other) == "relax.sigmoid":
-            last = other
-            covered = [other.var]
-            name = "silu"
+            name, last, covered = "silu", other, [other.var]
         else:
             steps = [("relax.add", 3.0), ("relax.maximum", 0.0), ("relax.minimum", 6.0)]
             covered, last, previous = [], other, var
@@ -457,9 +455,8 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
                 return None
             covered.append(last.var)
             name = "hardswish"
-        if only_user(last.var) is not mul or _other_operand(mul.value, var) is None:
-            return None
-        if not _other_operand(mul.value, var).same_as(last.var):
+        factor = _other_operand(mul.value, var)  # the multiply must be var times what `last` computed
+        if only_user(last.var) is not mul or factor is None or not factor.same_as(last.var):
             return None
         return name, covered + [mul.var]
 

@@ -4,6 +4,7 @@ and, where the weights outgrow the last-level cache, the algorithm fastest with 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def plan(graph: ModelGraph, target: Target, logs: str, algorithm: str = "auto", 
         started = time.perf_counter()
         changed = 0
         for layer in layers:
-            best = cold_choice(layer.workload, algorithm, target, logs, judge)
+            best = cold_choice(layer.workload, algorithm, target, logs, judge, rule=layer.choice)
             if best is not None and best.task.algorithm != layer.choice.task.algorithm:
                 layer.choice = best
                 changed += 1
@@ -63,11 +64,12 @@ def plan(graph: ModelGraph, target: Target, logs: str, algorithm: str = "auto", 
 COLD_REPEATS = 15
 
 
-def cold_choice(wl, algorithm: str, target: Target, logs: str, judge=None) -> Choice | None:
+def cold_choice(wl, algorithm: str, target: Target, logs: str, judge=None,
+                rule: Choice | None = None) -> Choice | None:
     """The layer's best record per algorithm (its own, else its bare conv's), each built and timed
     with its weights flushed before every call; the fastest. Without records, the untuned rule's
-    pick against im2col's default for a weight larger than the L2. None when there is nothing to
-    choose between."""
+    pick (`rule`: `choose(wl, algorithm, ...)`, which `plan` has already made) against im2col's
+    default for a weight larger than the L2. None when there is nothing to choose between."""
     candidates = []
     for algo in dict.fromkeys(t.algorithm for t in tasks_for(wl, algorithm, target.machine)):
         if algo == "ms-auto":
@@ -79,12 +81,11 @@ def cold_choice(wl, algorithm: str, target: Target, logs: str, judge=None) -> Ch
             candidates.append(choice)
     if not any(c.tuned for c in candidates):
         # No records: the untuned rule's pick (read off warm layers) against im2col's default,
-        # where the weight outgrows the L2 and so is read from far away on every call. Winograd's
-        # transformed weight is 1.8x (F2) to 4x (F4) the weight: ResNet-18's layer4 on F2 ran at
-        # 38 GFLOP/s inside the model, 96 alone (Zen 3, untuned).
-        weight = wl.co * (wl.ci // wl.groups) * wl.kh * wl.kw * 4
-        rule = choose(wl, algorithm, target, logs, judge)
-        if weight <= target.machine.l2 or rule.task.algorithm == "im2col" or rule.task.generated:
+        # where the weight outgrows the L2 and so is read from far away on every call (Winograd's
+        # transformed weight is 1.8x (F2) to 4x (F4) the weight).
+        rule = rule or choose(wl, algorithm, target, logs, judge)
+        weight_bytes = math.prod(wl.weight_shape) * 4
+        if weight_bytes <= target.machine.l2 or rule.task.algorithm == "im2col" or rule.task.generated:
             return None
         candidates = [rule] + [c for c in candidates if c.task.algorithm == "im2col"]
     if len(candidates) < 2:
