@@ -87,7 +87,13 @@ def test_verify_reports_topk_for_a_classifier(mlp_path, tmp_path, capsys):
     ("h=28,w=28,ci=192,co=96,k=1", 32, "im2col"),
     ("h=3136,w=1,ci=96,co=384,k=1", 16, "im2col"),  # a matmul's rows
     ("h=28,w=28,ci=32,co=32,k=3,pad=1,groups=32", 16, "depthwise"),
-    ("h=28,w=28,ci=64,co=128,k=1,stride=2", 16, "indirect"),  # strided 1x1: the rule as before
+    ("h=28,w=28,ci=64,co=128,k=1,stride=2", 16, "im2col"),  # strided 1x1 (was indirect before 6 x 16)
+    ("h=56,w=56,ci=64,co=128,k=3,pad=1,stride=2", 16, "im2col"),
+    ("h=28,w=28,ci=64,co=128,k=3,pad=1,stride=2", 32, "spatial-pack"),
+    ("h=56,w=56,ci=64,co=64,k=3,pad=1", 16, "winograd-f4"),
+    ("h=14,w=14,ci=256,co=256,k=3,pad=1", 16, "winograd-f2"),  # F4 pads 14 to 16 (50 against 104 GFLOP/s)
+    ("h=7,w=7,ci=512,co=512,k=3,pad=1", 16, "im2col"),
+    ("h=224,w=224,ci=3,co=64,k=7,pad=3,stride=2", 16, "direct"),
 ])
 def test_untuned_rule(spec, registers, expected):
     isa = "avx2" if registers == 16 else "avx512"
