@@ -69,7 +69,7 @@ TIME_ORT = r"""
 import os, sys, time, statistics
 import numpy as np, onnxruntime as ort
 path, seconds = sys.argv[1], float(sys.argv[2])
-options = ort.SessionOptions(); options.intra_op_num_threads = os.cpu_count()
+options = ort.SessionOptions(); options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 x = {i.name: np.random.default_rng(0).uniform(-1, 1, i.shape).astype(np.float32) for i in session.get_inputs()}
 run = lambda: session.run(None, x)
@@ -114,7 +114,7 @@ ORT_SPLIT = r"""
 import json, os, sys, tempfile
 import numpy as np, onnxruntime as ort
 path = sys.argv[1]
-options = ort.SessionOptions(); options.intra_op_num_threads = os.cpu_count()
+options = ort.SessionOptions(); options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
 options.enable_profiling = True
 options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -182,13 +182,14 @@ def summary(values: list[float]) -> dict:
             "processes": values, "spread": max(values) / min(values)}
 
 
-def bench_model(name: str, work: str, logs: str, processes: int, seconds: float) -> dict:
+def bench_model(name: str, work: str, logs: str, processes: int, seconds: float, threads: int) -> dict:
     onnx_path = os.path.join(work, f"{name}.onnx")
     if not os.path.exists(onnx_path):
         child(EXPORT, name, onnx_path)
     library = os.path.join(work, f"{name}.so")
     started = time.perf_counter()
-    done = subprocess.run([python(), "-m", "tuning.cli", "compile", "--model", onnx_path, "-o", library, "--logs", logs],
+    done = subprocess.run([python(), "-m", "tuning.cli", "compile", "--model", onnx_path, "-o", library, "--logs", logs,
+                           "--threads", str(threads)],
                           capture_output=True, text=True, cwd=ROOT, timeout=1800)
     compile_s = time.perf_counter() - started
     if done.returncode != 0:
@@ -237,12 +238,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--work", default="/tmp/convtune-bench-models")
     parser.add_argument("--json")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads of every runtime (default: the cores this process may run on, so that "
+                             "`taskset -c 1` measures one core)")
     args = parser.parse_args()
+    os.environ["BENCH_THREADS"] = str(args.threads)  # the children's (ORT's) thread count
     os.makedirs(args.work, exist_ok=True)
     sys.path.insert(0, ROOT)
     from tuning.target import resolve_target
 
-    target = resolve_target("x86")
+    target = resolve_target("x86", threads=args.threads)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     rows = []
     print(f"| model | convtune ms (min-max over {args.processes} processes) | ONNX Runtime ms | ORT/convtune | "
@@ -250,7 +255,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for name in args.models:
         try:
-            row = bench_model(name, args.work, args.logs, args.processes, args.seconds)
+            row = bench_model(name, args.work, args.logs, args.processes, args.seconds, args.threads)
         except Exception as err:  # noqa: BLE001 - one model's failure is a row, not the end of the run
             print(f"| {name} | failed: {err} | | | | |", flush=True)
             rows.append({"model": name, "error": str(err)})
@@ -286,7 +291,7 @@ def main() -> int:
         print(f"\ngeomean ORT/convtune {geomean:.2f}x over {len(ratios)} models; worst {worst['model']} "
               f"{worst['ort_over_convtune']:.2f}x")
     print(f"CPU {cpu}, target {target.tag}, {target.threads} threads each runtime (TVM unpinned via tuning.deploy.load; "
-          f"ORT intra_op_num_threads={os.cpu_count()}); records: {args.logs}")
+          f"ORT intra_op_num_threads={args.threads}); records: {args.logs}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
