@@ -193,6 +193,41 @@ def default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     return mod
 
 
+def concat_axis(sch: s_tir.Schedule, block) -> tuple[int, list[int]] | None:
+    """(axis, each input's extent along it) when `block` concatenates the buffers it reads into
+    the one it writes."""
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1 or len(stmt.reads) < 2 or len(stmt.iter_vars) != len(sch.get_loops(block)):
+        return None
+    try:
+        shapes = [[int(d) for d in r.source.shape] for r in stmt.reads]
+        target = [int(d) for d in stmt.writes[0].source.shape]
+    except TypeError:  # a symbolic extent
+        return None
+    if any(len(shape) != len(target) for shape in shapes):
+        return None
+    for axis in range(len(target)):
+        others = all(shape[:axis] + shape[axis + 1:] == target[:axis] + target[axis + 1:] for shape in shapes)
+        if others and sum(shape[axis] for shape in shapes) == target[axis]:
+            return axis, [shape[axis] for shape in shapes]
+    return None
+
+
+def schedule_concat(sch: s_tir.Schedule, axis: int, extents: list[int], threads: int) -> None:
+    """A concatenation, one copy loop per input. Legalised, it is one loop over the output whose
+    every element picks its input through a chain of selects (DenseNet-121 concatenates up to 32
+    feature maps: every element tested 32 times, vectors of loads from every input blended, 118 ms
+    an inference, 1 thread, Zen 2). The loop along the concatenated axis is partitioned at the
+    inputs' boundaries, where each part's select folds away into a plain copy that LLVM vectorises;
+    the loops outside it run in parallel."""
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    loops = sch.get_loops(block)
+    outer = loops[:axis]
+    sch.loop_partition(loops[axis], extents[:-1])  # the last part takes the rest
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
 def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule | None:
     """Elementwise ops, pools, transposes: injective producers inlined, then each remaining block's
     leading data-parallel loops fused and run in parallel, its innermost data-parallel loop
@@ -202,6 +237,14 @@ def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule 
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
     except Exception:  # noqa: BLE001 - no root block: leave the function alone
         return None
+    concat = concat_axis(sch, blocks[0]) if len(blocks) == 1 else None
+    if concat is not None:
+        try:
+            schedule_concat(sch, *concat, threads)
+            return sch
+        except Exception:  # noqa: BLE001 - a nest loop_partition refuses: the generic schedule
+            sch = s_tir.Schedule(func)
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
     params = list(func.params)
     for block in blocks[:-1]:
         try:
