@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,12 @@ def test_packages_import_from_this_repository():
     for package in (schedules, tuning):
         assert Path(package.__file__).resolve().parent.parent == ROOT, package.__file__
     assert os.path.isfile(ROOT / "pyproject.toml")
+
+
+def test_every_documented_file_exists():
+    """Every file the README, pyproject.toml and the docs name exists (pyproject.toml once pointed at
+    a docs/records.md that did not exist)."""
+    for source in ("README.md", "pyproject.toml", "docs/architecture.md", "docs/formats.md"):
+        text = (ROOT / source).read_text()
+        for path in set(re.findall(r"\b((?:docs|scripts|tests|schedules|tuning)/[\w./-]+\.(?:md|py|sh|json))\b", text)):
+            assert (ROOT / path).exists(), f"{source} names {path}, which does not exist"

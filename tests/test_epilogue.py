@@ -141,7 +141,7 @@ def test_epilogue_in_specs_keys_and_dicts():
 def test_a_fused_conv_takes_its_bare_convs_record(tmp_path, target, monkeypatch):
     """Same knobs, same tile space: without records of its own, a fused conv is built with the
     bare conv's best config, and says so; its own records, once it has some, win. (About records
-    alone: the untuned defaults that compete with them are test_defaults_compete.py's.)"""
+    alone: the untuned defaults that compete with them are test_library.py's.)"""
     monkeypatch.setattr("tuning.deploy.library.default_record", lambda store, task, target: None)
     wl = parse_spec("h=8,ci=8,co=16,k=3,pad=1,bias=1,act=relu")
     write_record(str(tmp_path), target, wl.bare, "direct", seconds=1e-4, seed=5)

@@ -14,8 +14,8 @@ from tuning.graph import load_model  # noqa: E402
 from tuning.model_import import ModelError, load_network  # noqa: E402
 
 from .support import models  # noqa: E402
+from .support.models import four_convs as tiny_search_onnx  # noqa: E402
 from .test_model_import import tiny_onnx  # noqa: E402
-from .test_search_progress import tiny_onnx as tiny_search_onnx  # noqa: E402
 
 
 def _small_resnet(path):

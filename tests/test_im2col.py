@@ -2,6 +2,7 @@ import pytest
 
 from schedules import get_algorithm
 from schedules.im2col import im2col_bytes
+from schedules.machine import Machine
 from schedules.workload import parse_spec
 
 
@@ -35,3 +36,15 @@ def test_im2col_bytes():
 def test_im2col_refuses_groups(spec):
     reason = get_algorithm("im2col").supports(parse_spec(spec))
     assert reason is not None and reason.startswith("im2col: ") and "only groups=1" in reason
+
+
+def test_im2col_takes_thirteen_rows_where_the_pixels_have_no_small_factor(target):
+    """13 x 13 = 169 pixels: 13 register rows x one vector, not 1 x 1 (SqueezeNet's classifier
+    1x1 conv 512 -> 1000: 33 -> 98 GFLOP/s untuned, Zen 3); a 14 x 14 map keeps its 7-row tile."""
+    from tuning.task import Task
+
+    avx2 = Machine.from_target({"kind": "llvm", "mcpu": "haswell"}, 2, host=False)
+    odd = Task(parse_spec("h=13,w=13,ci=512,co=1000,k=1"), "im2col", avx2).default_config()
+    assert odd["tile_m"][-1] == 13
+    even = Task(parse_spec("h=14,w=14,ci=64,co=64,k=1"), "im2col", avx2).default_config()
+    assert even["tile_m"][-1] <= 8

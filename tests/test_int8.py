@@ -1,5 +1,6 @@
-"""int8 convolution layers (issue 24): the workload's dtype and quantized epilogue, the exact integer
-reference, and every int8 kernel against it with tolerance 0.
+"""int8 convolution layers (schedules/direct_int8.py, depthwise_int8.py, int8_intrinsics.py): the
+workload's dtype and quantized epilogue, the exact integer reference, and every int8 kernel against it
+with tolerance 0.
 
 The reference is checked against hand-computed values and ONNX's definitions first (so that a wrong
 reference cannot make a wrong kernel pass); then the kernels over odd sizes, strides, asymmetric

@@ -1,4 +1,4 @@
-"""tuning/remote/tracker.py: a tracker is reported only once it is ours and listening (issue 23)."""
+"""tuning/remote/tracker.py: a tracker is reported only once it is ours and listening."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Quantized ONNX models (QDQ, as ONNX Runtime's quantize_static writes them) compile to int8 kernels
-(issue 24 item 3): the chains are int8 workloads with the file's zero points and scales, the
+"""tuning/quantized.py: quantized ONNX models (QDQ, as ONNX Runtime's quantize_static writes them)
+compile to int8 kernels: the chains are int8 workloads with the file's zero points and scales, the
 compiled model equals ONNX Runtime within one quantization step of its output, and its convs run
 as direct-int8 / depthwise-int8.
 
