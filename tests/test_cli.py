@@ -309,6 +309,7 @@ def test_an_unexpected_exception_is_one_line_and_a_crash_log(tmp_path, monkeypat
     assert "Traceback (most recent call last)" in open(crash).read() and "boom" in open(crash).read()
 
 
+@pytest.mark.slow  # two fresh convtune processes
 def test_a_broken_torch_install_leaves_every_command_working(tmp_path):
     """TVM imports torch first thing and forgives only ImportError: a torch whose shared library
     is missing (OSError) killed every command, --help included. Now: one warning, the command runs,
@@ -330,6 +331,7 @@ def test_a_broken_torch_install_leaves_every_command_working(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow  # a fresh convtune process
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_device_is_one_line_not_an_internal_error():
     import os

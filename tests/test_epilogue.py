@@ -50,11 +50,18 @@ SHAPES = {
 FLOAT_ALGORITHMS = [name for name, a in ALGORITHMS.items() if "float32" in a.dtypes]
 
 
+# The fast loop (`pytest -m "not slow"`) checks one of each: every algorithm and layout with the fullest
+# epilogue (bias + residual + relu), every epilogue on direct NHWC; the whole cross product is `slow`.
+FAST_EPILOGUE, FAST_ALGORITHM = "bias+residual+relu", "direct"
+
+
 def _cases():
     for algorithm in FLOAT_ALGORITHMS:
         for layout in get_algorithm(algorithm).layouts:
             for label, epilogue in EPILOGUES.items():
-                yield pytest.param(algorithm, layout, epilogue, id=f"{algorithm}-{layout}-{label}")
+                fast = label == FAST_EPILOGUE or (algorithm, layout) == (FAST_ALGORITHM, "NHWC")
+                yield pytest.param(algorithm, layout, epilogue, id=f"{algorithm}-{layout}-{label}",
+                                   marks=() if fast else pytest.mark.slow)
 
 
 def _check(target, wl: Workload, algorithm: str, config=None) -> None:
@@ -72,7 +79,8 @@ def test_epilogue_matches_the_reference(target, algorithm, layout, epilogue):
     _check(target, wl, algorithm)
 
 
-@pytest.mark.parametrize("algorithm", FLOAT_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", [pytest.param(name, marks=() if name == FAST_ALGORITHM else pytest.mark.slow)
+                                       for name in FLOAT_ALGORITHMS])
 def test_epilogue_with_random_configs(target, algorithm):
     """The fusion holds whatever the knobs: the epilogue follows the write-back wherever it lands."""
     alg = get_algorithm(algorithm)

@@ -65,6 +65,7 @@ def test_layers_and_compile_model_see_the_same_convs(tmp_path, name):
     assert _layers_convs(path) == _model_convs(path)
 
 
+@pytest.mark.slow  # compiles a whole model
 def test_same_padded_convs_read_their_padding_inline_and_match_onnxruntime(tmp_path, target):
     """auto_pad SAME_UPPER / SAME_LOWER convs are convs with explicit pads to the model front end,
     as to `layers`: no pad op left to TVM (it ran in NCHW, a transpose each side), and the model

@@ -22,6 +22,7 @@ from .support.records import write_record
 LAYER = "h=14,w=14,ci=16,co=16,k=3,pad=1"
 
 
+@pytest.mark.slow  # builds and measures every template's default config
 def test_a_record_worse_than_another_algorithms_default_loses_to_it(tmp_path, target, capsys):
     wl = parse_spec(LAYER)
     logs = str(tmp_path / "logs")

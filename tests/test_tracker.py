@@ -8,6 +8,7 @@ import tuning.cli as cli
 from tuning.remote.tracker import Tracker
 
 
+@pytest.mark.slow  # starts a tracker process
 def test_a_second_tracker_on_a_taken_port_is_refused(capsys):
     with Tracker.start() as first:
         assert cli.main(["tracker", "--port", str(first.port), "--detach"]) == 2
