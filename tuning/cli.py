@@ -36,7 +36,6 @@ from schedules.workload import WorkloadError
 
 from . import app, end_quiet_start, views
 from .app import DEFAULT_LAYER, Machine, Scope, UsageError
-from .bench import format_estimate, format_model_bench
 from .deploy.model import untuned_warning
 from .deploy.verify import print_checks
 from .experiments import add_parser as add_experiment_parser
@@ -98,26 +97,15 @@ def cmd_layers(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    if args.trials <= 0:
-        raise UsageError(f"--trials: must be positive, got {args.trials}")
-    if args.batch <= 0:
-        raise UsageError(f"--batch: must be positive, got {args.batch}")
     scope = _scope(args)
     if scope.kind == "layer":
         scope.layer()  # a layer that does not parse is refused before the target is resolved
     result = scope.tune(_target(args), args.logs, algorithm=args.algorithm, trials=args.trials,
                         trials_total=args.trials_total, options=_search_options(args), device=_device(args))
-    if scope.kind == "layer":
-        print(views.tune_table(result))
-    else:
-        _print_emulated_note(result.runner)
+    said = views.tuned(result)
+    if said:
+        print(said)
     return 0
-
-
-def _print_emulated_note(runner) -> None:
-    note = views.emulated_note(runner)
-    if note:
-        print(note)
 
 
 def cmd_compile(args) -> int:
@@ -160,17 +148,8 @@ def cmd_bench(args) -> int:
                         rivals=not args.no_rivals, processes=args.processes, process_seconds=args.process_seconds,
                         in_process=args.in_process, tvm_trials=args.tvm_trials, json_path=args.json,
                         command=" ".join(["convtune"] + sys.argv[1:]))
-    if benched.kind == "model":
-        print(format_model_bench(benched.result))
-        print(views.model_bench_how(benched, args.rounds, args.min_repeat_ms))
-    elif benched.kind == "network":
-        print(format_estimate(benched.result))
-    else:
-        print(views.layer_bench(benched, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
-                                processes=args.processes, process_seconds=args.process_seconds,
-                                in_process=args.in_process))
-    if benched.json_path:
-        print(views.wrote(benched))
+    print(views.benched(benched, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms, processes=args.processes,
+                        process_seconds=args.process_seconds, in_process=args.in_process))
     return 0
 
 
@@ -495,6 +474,10 @@ def _check_args(args) -> None:
     for option in ("logs", "transfer_from"):
         if isinstance(getattr(args, option, None), str):
             app.directory_path(getattr(args, option), f"--{option.replace('_', '-')}")
+    if args.command == "tune":
+        for option in ("trials", "batch"):
+            if getattr(args, option) <= 0:
+                raise UsageError(f"--{option}: must be positive, got {getattr(args, option)}")
 
 
 if __name__ == "__main__":

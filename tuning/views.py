@@ -12,7 +12,7 @@ import os
 import tvm
 
 from .app import is_emulated
-from .bench import SPREAD_FLAG, format_settings, format_table, geomean
+from .bench import SPREAD_FLAG, format_estimate, format_model_bench, format_settings, format_table, geomean
 from .remote.emulator import EMULATED_NOTE
 from .tables import table
 
@@ -68,6 +68,12 @@ def tune_table(result) -> str:
     return _lines(*lines, emulated_note(result.runner))
 
 
+def tuned(result) -> str | None:
+    """What a tune (app.Tuned) says when it is done: a layer's table; a network's or a model's table
+    was printed by the search as it ran, so only the note of an emulated device, if any."""
+    return tune_table(result) if result.scope.kind == "layer" else emulated_note(result.runner)
+
+
 # -- compile, run, verify -------------------------------------------------------------------------------
 def compiled(kind: str, side: dict, target) -> str:
     """What `compile` wrote (Scope.compile's sidecar or manifest, with its `output`)."""
@@ -107,6 +113,20 @@ def verified_model(library: str, result) -> str:
 
 
 # -- bench ----------------------------------------------------------------------------------------------
+def benched(result, *, rounds: int, min_repeat_ms: float, processes: int, process_seconds: float,
+            in_process: bool) -> str:
+    """What `bench` measured (app.Benched): a model end to end, a network's estimate or the layers'
+    table, and the JSON it wrote; the options say how it was measured."""
+    if result.kind == "model":
+        text = _lines(format_model_bench(result.result), model_bench_how(result, rounds, min_repeat_ms))
+    elif result.kind == "network":
+        text = format_estimate(result.result)
+    else:
+        text = layer_bench(result, rounds=rounds, min_repeat_ms=min_repeat_ms, processes=processes,
+                           process_seconds=process_seconds, in_process=in_process)
+    return _lines(text, wrote(result) if result.json_path else None)
+
+
 def model_bench_how(benched, rounds: int, min_repeat_ms: float) -> str:
     """How a model's end-to-end times were taken (app.Benched of kind "model")."""
     result, env, target = benched.result, benched.env, benched.target
