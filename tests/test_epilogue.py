@@ -50,11 +50,18 @@ SHAPES = {
 FLOAT_ALGORITHMS = [name for name, a in ALGORITHMS.items() if "float32" in a.dtypes]
 
 
+# The fast loop (`pytest -m "not slow"`) checks one of each: every algorithm and layout with the fullest
+# epilogue (bias + residual + relu), every epilogue on direct NHWC; the whole cross product is `slow`.
+FAST_EPILOGUE, FAST_ALGORITHM = "bias+residual+relu", "direct"
+
+
 def _cases():
     for algorithm in FLOAT_ALGORITHMS:
         for layout in get_algorithm(algorithm).layouts:
             for label, epilogue in EPILOGUES.items():
-                yield pytest.param(algorithm, layout, epilogue, id=f"{algorithm}-{layout}-{label}")
+                fast = label == FAST_EPILOGUE or (algorithm, layout) == (FAST_ALGORITHM, "NHWC")
+                yield pytest.param(algorithm, layout, epilogue, id=f"{algorithm}-{layout}-{label}",
+                                   marks=() if fast else pytest.mark.slow)
 
 
 def _check(target, wl: Workload, algorithm: str, config=None) -> None:
@@ -72,7 +79,8 @@ def test_epilogue_matches_the_reference(target, algorithm, layout, epilogue):
     _check(target, wl, algorithm)
 
 
-@pytest.mark.parametrize("algorithm", FLOAT_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", [pytest.param(name, marks=() if name == FAST_ALGORITHM else pytest.mark.slow)
+                                       for name in FLOAT_ALGORITHMS])
 def test_epilogue_with_random_configs(target, algorithm):
     """The fusion holds whatever the knobs: the epilogue follows the write-back wherever it lands."""
     alg = get_algorithm(algorithm)
@@ -141,7 +149,7 @@ def test_epilogue_in_specs_keys_and_dicts():
 def test_a_fused_conv_takes_its_bare_convs_record(tmp_path, target, monkeypatch):
     """Same knobs, same tile space: without records of its own, a fused conv is built with the
     bare conv's best config, and says so; its own records, once it has some, win. (About records
-    alone: the untuned defaults that compete with them are test_defaults_compete.py's.)"""
+    alone: the untuned defaults that compete with them are test_library.py's.)"""
     monkeypatch.setattr("tuning.deploy.library.default_record", lambda store, task, target: None)
     wl = parse_spec("h=8,ci=8,co=16,k=3,pad=1,bias=1,act=relu")
     write_record(str(tmp_path), target, wl.bare, "direct", seconds=1e-4, seed=5)

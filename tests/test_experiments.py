@@ -1,6 +1,7 @@
 """The article's experiments at tiny sizes: each runs, its JSON holds what the report needs, the
-cache-miss measurement counts the kernel itself, and the report is generated from the JSONs alone.
-(Code paths only: the numbers of a tiny run on shared cores mean nothing.)"""
+cache-miss measurement counts the kernel itself, the report is generated from the JSONs alone, and
+the article's layout kernel is exact. (Code paths only: the numbers of a tiny run on shared cores mean
+nothing.)"""
 
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ from tuning.experiments import (
     report,
     run,
 )
+from tuning.experiments.layout import ARTICLE_BLOCK, article_kernel
 from tuning.experiments.tuning_curves import trials_to_reach
 from tuning.records import LayerRecords
 from tuning.task import Task
-
-pytestmark = pytest.mark.slow  # tuning runs: `pytest -m "not slow"` skips them
 
 HAVE_VALGRIND = cachesim.valgrind_path() is not None
 NO_VALGRIND = "valgrind is not installed (apt-get install -y valgrind): no cache simulation"
@@ -71,6 +71,7 @@ def _host():
     return resolve_target("x86", 1)
 
 
+@pytest.mark.slow  # valgrind
 @pytest.mark.skipif(not HAVE_VALGRIND, reason=NO_VALGRIND)
 def test_cachesim_counts_the_kernel_itself(tmp_path):
     """A kernel streaming 4 MiB misses L1 once per 64-byte line; one re-reading 1 KiB almost never.
@@ -115,6 +116,7 @@ def test_perf_csv_parsing():
 
 
 # -- each experiment at a tiny size ------------------------------------------------------------------------
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_layout(out):
     p = run_tiny("layout", out)
     assert {r["layout"] for r in p["rows"]} == {"NCHW", "NHWC"}
@@ -139,6 +141,7 @@ def test_layout(out):
         assert all(0 <= s["l1_miss_rate"] < 1 and s["hw"] == 64 for s in art["ic_sweep"])  # warm: may be 0
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_im2col_memory(out):
     p = run_tiny("im2col-memory", out)
     rows = {(r["k"], r["stride"]): r for r in p["rows"] if r["layout"] == "NCHW"}  # the whole matrix
@@ -158,6 +161,7 @@ def test_im2col_memory(out):
     assert 0 < nhwc["im2col"]["one_shot_allocations"]["im2col"] < nhwc["im2col_bytes"] / 8
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_spatial_pack(out):
     p = run_tiny("spatial-pack", out)
     (layer,) = p["layers"]
@@ -170,6 +174,7 @@ def test_spatial_pack(out):
     assert all(r["time"]["gflops"] > 0 for r in layer["rows"])
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_winograd(out):
     p = run_tiny("winograd", out)
     assert [round(m["reduction"], 2) for m in p["multiplications"]] == [1.0, 2.25, 4.0, 5.06]
@@ -186,6 +191,7 @@ def test_winograd(out):
     assert rows["winograd-f6"]["error"]["mean_abs"] > rows["winograd-f2"]["error"]["mean_abs"]
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_indirect(out):
     p = run_tiny("indirect", out)
     sweep = p["sweep"]
@@ -199,6 +205,7 @@ def test_indirect(out):
     assert {r["timed_function"] for l in p["layers"] for r in l["rows"]} == {"conv2d_packed"}
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_tuning_curves(out):
     p = run_tiny("tuning-curves", out)
     assert set(p["curves"]) == {"template-xgb", "template-random", "ms-auto-xgb"}
@@ -211,6 +218,7 @@ def test_tuning_curves(out):
     assert p["overall_best_gflops"] == max(c["best_gflops"] for c in p["curves"].values())
 
 
+@pytest.mark.slow  # runs an experiment (tunes, compiles, simulates)
 def test_transfer(out):
     """Both searches of the tiny layer ran their budget from empty records; the transfer search read
     the neighbour tuned for it, never the layer's own records."""
@@ -237,6 +245,7 @@ def test_trials_to_reach():
 
 
 # -- the report -------------------------------------------------------------------------------------------
+@pytest.mark.slow  # reads the experiments run above
 def test_report_from_the_jsons(out, tmp_path):
     """Runs after the experiments above (file order): the report is rebuilt from copies of their JSON
     files alone, each section with its own run's provenance; a missing JSON leaves its section
@@ -267,6 +276,7 @@ def test_report_from_the_jsons(out, tmp_path):
     assert open(out + ".md").read() == text
 
 
+@pytest.mark.slow  # reads the experiments run above
 def test_report_without_valgrind_or_matplotlib(out, tmp_path):
     """A machine without valgrind (no cache figures) or without matplotlib (no plot) still gets its
     section, saying what is missing and how to install it."""
@@ -304,3 +314,36 @@ def test_command_line():
     assert parser.parse_args(["experiment", "all"]).out == os.path.join("docs", "experiments")
     with pytest.raises(SystemExit):
         parser.parse_args(["experiment", "nonsense"])
+
+
+# -- the article's layout kernel (layout.py): exact, and the loop nest it describes ------------------------
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_article_kernel_computes_the_1x1_convolution(layout):
+    wl = parse_spec("h=8,w=6,ci=12,co=20,k=1", layout)
+    func, side = article_kernel(wl)
+    shapes = [a["shape"] for a in side["functions"]["conv2d"]["args"]]
+    assert [a["name"] for a in side["functions"]["conv2d"]["args"]] == ["data", "weight", "out"]
+    rng = np.random.default_rng(1)
+    data, weight = (rng.standard_normal(s).astype("float32") for s in shapes[:2])
+    out = tvm.runtime.tensor(np.zeros(shapes[2], "float32"))
+    tvm.compile(tvm.IRModule({"conv2d": func}), target={"kind": "llvm"}).mod["conv2d"](
+        tvm.runtime.tensor(data), tvm.runtime.tensor(weight), out)
+    # NCHW: filter [OC, IC] x input [IC, H*W]; NHWC: input [H*W, IC] x filter [IC, OC]
+    # (NHWC: the filter stored OHWI, [OC, IC], as the article reads it along the channels)
+    expected = weight.astype(np.float64) @ data if layout == "NCHW" else data.astype(np.float64) @ weight.T
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # the same bytes as the layer's tensors: H*W x IC elements of input either way
+    assert np.prod(shapes[0]) == wl.ci * wl.h * wl.w
+
+
+def test_article_kernel_blocks_are_4x4_with_4_reduction_steps():
+    func, _ = article_kernel(parse_spec("h=8,w=8,ci=16,co=16,k=1", "NCHW"))
+    text = func.script()
+    assert text.count(f"range({ARTICLE_BLOCK})") + text.count(f"unroll({ARTICLE_BLOCK})") >= 3
+
+
+def test_article_kernel_refuses_layers_it_does_not_describe():
+    with pytest.raises(ValueError, match="1x1 stride-1"):
+        article_kernel(parse_spec("h=8,ci=8,co=8,k=3,pad=1"))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        article_kernel(parse_spec("h=7,w=7,ci=16,co=16,k=1"))

@@ -14,8 +14,8 @@ from tuning.graph import load_model  # noqa: E402
 from tuning.model_import import ModelError, load_network  # noqa: E402
 
 from .support import models  # noqa: E402
+from .support.models import four_convs as tiny_search_onnx  # noqa: E402
 from .test_model_import import tiny_onnx  # noqa: E402
-from .test_search_progress import tiny_onnx as tiny_search_onnx  # noqa: E402
 
 
 def _small_resnet(path):
@@ -65,6 +65,7 @@ def test_layers_and_compile_model_see_the_same_convs(tmp_path, name):
     assert _layers_convs(path) == _model_convs(path)
 
 
+@pytest.mark.slow  # compiles a whole model
 def test_same_padded_convs_read_their_padding_inline_and_match_onnxruntime(tmp_path, target):
     """auto_pad SAME_UPPER / SAME_LOWER convs are convs with explicit pads to the model front end,
     as to `layers`: no pad op left to TVM (it ran in NCHW, a transpose each side), and the model

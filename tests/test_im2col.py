@@ -2,6 +2,7 @@ import pytest
 
 from schedules import get_algorithm
 from schedules.im2col import im2col_bytes
+from schedules.machine import Machine
 from schedules.workload import parse_spec
 
 
@@ -38,3 +39,18 @@ def test_im2col_bytes():
 def test_im2col_refuses_groups(spec):
     reason = get_algorithm("im2col").supports(parse_spec(spec))
     assert reason is not None and reason.startswith("im2col: ") and "only groups=1" in reason
+
+
+def test_im2col_pads_the_pixels_to_whole_register_tiles():
+    """Pixel counts without a factor 3 (14 x 14 = 196) are computed as whole 6-row tiles (198) for a
+    6 x 16 micro-kernel; a one-vector-wide N (CO = 1000, SqueezeNet's classifier on 13 x 13 = 169
+    pixels) stays unpadded with 13 rows; the padded rows are never copied out (the output is exact)."""
+    from schedules.im2col import gemm_rows
+    from tuning.task import Task
+
+    avx2 = Machine.from_target({"kind": "llvm", "mcpu": "haswell"}, 2, host=False)
+    odd = parse_spec("h=13,w=13,ci=512,co=1000,k=1")
+    assert gemm_rows(odd) == 169 and Task(odd, "im2col", avx2).default_config()["tile_m"][-1] == 13
+    even = parse_spec("h=14,w=14,ci=64,co=64,k=1")
+    assert gemm_rows(even) == 198 and Task(even, "im2col", avx2).default_config()["tile_m"][-1] == 6
+    assert gemm_rows(parse_spec("h=56,w=56,ci=64,co=64,k=1")) == 3144  # 4 tiles a block, +0.3%

@@ -57,6 +57,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow  # fresh processes, each importing TVM: a minute on a busy core
 def test_the_sidecar_decides_threads_and_no_pool_thread_is_pinned(library):
     # What users had: TVM_NUM_THREADS / OMP_NUM_THREADS set for another runtime halve TVM silently.
     got = loads(f"load:{library}", TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
@@ -71,6 +72,7 @@ def test_the_sidecar_decides_threads_and_no_pool_thread_is_pinned(library):
     assert got["errors"][library] < 1e-5
 
 
+@pytest.mark.slow  # fresh processes, each importing TVM: a minute on a busy core
 def test_more_threads_than_cores_warn_and_run_on_the_cores(library):
     many = with_threads(library, cores() + 2, "many")
     got = loads(f"load:{many}")
@@ -89,6 +91,7 @@ def test_two_thread_counts_in_one_process_run_with_the_larger_either_order(libra
         assert all(e < 1e-5 for e in got["errors"].values())
 
 
+@pytest.mark.slow  # fresh processes, each importing TVM: a minute on a busy core
 def test_a_library_rebuilt_in_place_and_loaded_again_warns(library):
     again = with_threads(library, 1, "again")
     got = loads(f"load:{again}", f"load:{again}")

@@ -1,4 +1,5 @@
-"""tuning/records/: what a record must be to be believed (issue 23); reads that measure nothing (issue 21)."""
+"""tuning/records/: files repaired line by line (repair), reads that measure nothing and write nothing
+(store), what a record must be to be believed (judge), and `convtune records` (summary)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 from schedules.workload import parse_spec
 from tuning import cli
 from tuning.deploy.library import choose
-from tuning.records import DB_FILES, PEAK_MARGIN, PEAK_REASON, LayerRecords, PeakJudge, summaries
+from tuning.records import DB_FILES, PEAK_MARGIN, PEAK_REASON, LayerRecords, PeakJudge, repair_json_lines, summaries
+from tuning.search.measure import MeasureConfig
+from tuning.search.tune import SearchOptions, tune
+from tuning.target import resolve_target
 from tuning.task import Task
 
 from .support.checks import host_target
@@ -20,6 +24,7 @@ from .support.records import write_record
 
 LAYER = "h=8,ci=8,co=8,k=3,pad=1"
 RECORDS = DB_FILES[1]
+QUICK = MeasureConfig(min_repeat_ms=1, run_timeout=4, build_timeout=30)
 
 
 @pytest.fixture
@@ -115,7 +120,7 @@ def test_the_model_ops_database_is_repaired_as_layer_records_are(tmp_path, targe
     assert f"{DB_FILES[1]}.torn" in capsys.readouterr().err
 
 
-# -- repair: malformed record lines (issue 16) --------------------------------------------------------------------------
+# -- repair: malformed record lines ------------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path, target):
     return write_record(str(tmp_path / "logs"), target, parse_spec(LAYER), seconds=1e-3)
@@ -194,7 +199,15 @@ def test_records_skips_stray_files_and_symlink_loops(store, capsys):
     assert "direct" in capsys.readouterr().out
 
 
-# -- store: read-only logs (issue 16) ----------------------------------------------------------------------------------
+def test_corrupt_line_is_skipped_with_file_and_line(tmp_path, capsys):
+    path = tmp_path / "database_tuning_record.json"
+    path.write_text('[0, [1]]\n{corrupt\n[0, [2]]\n')
+    assert repair_json_lines(str(path)) == 1
+    assert f"{path}:2: not a JSON line" in capsys.readouterr().err
+    assert path.read_text() == "[0, [1]]\n[0, [2]]\n"
+
+
+# -- store: read-only logs ---------------------------------------------------------------------------------------------
 def _deny_writes_under(monkeypatch, root):
     """What chmod -R a-w does for a user other than root (root ignores it)."""
     root = os.path.realpath(root)
@@ -278,7 +291,32 @@ def test_tuning_read_only_logs_is_refused_in_one_line(read_only_logs):
             pass
 
 
-# -- judge: nothing faster than the machine (issue 16) ---------------------------------------------------------------
+@pytest.mark.slow  # tunes
+def test_records_of_another_tvm_version_or_cpu_are_not_applied(tmp_path, capsys):
+    logs, wl = str(tmp_path), parse_spec("h=6,w=7,ci=4,co=8,k=3,pad=1")
+    tune([Task(wl, "direct")], resolve_target("x86"), logs, 2, SearchOptions(measure=QUICK, quiet=True))
+    target = resolve_target("x86")
+    store = LayerRecords.existing(logs, target, wl)
+    assert choose(wl, "direct", target, logs).tuned
+
+    # the same records seen from another CPU's directory: never applied there
+    other = resolve_target('{"kind": "llvm", "mcpu": "skylake", "num-cores": %d}' % target.threads)
+    os.makedirs(os.path.join(logs, other.tag))
+    os.rename(store.directory, os.path.join(logs, other.tag, wl.key))
+    assert not choose(wl, "direct", other, logs).tuned
+
+    # another TVM version
+    os.rename(os.path.join(logs, other.tag, wl.key), store.directory)
+    info = json.load(open(os.path.join(store.directory, "task.json")))
+    info["tvm"] = "0.18.0"
+    json.dump(info, open(os.path.join(store.directory, "task.json"), "w"))
+    assert not choose(wl, "direct", target, logs).tuned
+    assert "made with TVM 0.18.0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="made with TVM 0.18.0"):
+        tune([Task(wl, "direct")], target, logs, 4, SearchOptions(measure=QUICK, quiet=True))
+
+
+# -- judge: nothing faster than the machine ----------------------------------------------------------------------------
 def test_a_record_faster_than_the_peak_is_rejected(store, target, monkeypatch, capsys):
     wl = store.workload
     gflops = wl.flops / 1e-3 / 1e9

@@ -18,3 +18,8 @@ from tuning.target import TargetError, resolve_target
 def test_targets_are_llvm_with_a_positive_core_count(text, message):
     with pytest.raises(TargetError, match=message):
         resolve_target(text)
+
+
+def test_a_known_mcpu_is_accepted():
+    assert resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}').tag.startswith(
+        "aarch64-cortex-a72")

@@ -1,4 +1,4 @@
-"""tuning/remote/tracker.py: a tracker is reported only once it is ours and listening (issue 23)."""
+"""tuning/remote/tracker.py: a tracker is reported only once it is ours and listening."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tuning.cli as cli
 from tuning.remote.tracker import Tracker
 
 
+@pytest.mark.slow  # starts a tracker process
 def test_a_second_tracker_on_a_taken_port_is_refused(capsys):
     with Tracker.start() as first:
         assert cli.main(["tracker", "--port", str(first.port), "--detach"]) == 2

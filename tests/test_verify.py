@@ -1,5 +1,5 @@
 """tuning/deploy/verify.py and the checks before a library is loaded (tuning/deploy/kernel.py's sidecar,
-tuning/deploy/bundle.py's manifest): a library is checked before it runs, and `verify` says so in one line."""
+a bundle entry's): a library is checked before it runs, and `verify` says so in one line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from schedules.workload import parse_spec
 from tuning import cli
-from tuning.deploy.bundle import BundleError, read_manifest
 from tuning.deploy.kernel import LibraryError, check_sidecar, read_sidecar
 from tuning.deploy.library import Choice, export, in_memory_kernel, sidecar
 from tuning.deploy.verify import Check, check_library, print_checks
@@ -101,13 +100,19 @@ def test_print_checks_ends_with_a_summary(capsys):
     assert status == 1 and capsys.readouterr().out.splitlines()[-1] == "1/2 functions ok"
 
 
-def test_a_bundle_without_layers_is_refused(tmp_path):
-    json.dump({"manifest_version": 1, "layers": [], "target": {}}, open(tmp_path / "manifest.json", "w"))
-    with pytest.raises(BundleError, match="'layers' is empty"):
-        read_manifest(str(tmp_path))
-
-
 def test_check_sidecar_names_a_bundle_entry():
     with pytest.raises(LibraryError, match="manifest.json: layer 0: sidecar lacks 'algorithm'"):
         check_sidecar({"workload": {}, "functions": {}, "run_function": "conv2d", "target": {}},
                       "manifest.json: layer 0")
+
+
+def test_sidecar_paths_cannot_leave_the_library_directory(tmp_path):
+    lib = tmp_path / "k.so"
+    lib.write_bytes(b"")
+    side = {"workload": {}, "functions": {}, "run_function": "conv2d", "target": {}, "library": "../../etc/k.so"}
+    (tmp_path / "k.json").write_text(json.dumps(side))
+    with pytest.raises(LibraryError, match="must be a file name beside the sidecar"):
+        read_sidecar(str(lib))
+    (tmp_path / "k.json").write_text("{not json")
+    with pytest.raises(LibraryError, match="not valid JSON"):
+        read_sidecar(str(lib))

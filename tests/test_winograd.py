@@ -23,6 +23,7 @@ NAMES = [f"winograd-f{m}" for m in TILES]
 # and a tile grid widened with zero tiles (58 -> 29 columns of F(2) -> 30).
 
 
+@pytest.mark.slow  # builds and runs every tile size over growing layers
 def test_winograd_error_growth_measured():
     """error_growth is the worst ratio of Winograd's float32 error to direct's measured over layers
     with CI from 1 to 512 (F2 1.9x, F4 14x, F6 41x, at CI=1; larger CI dilutes the transforms'

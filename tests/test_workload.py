@@ -73,7 +73,7 @@ def test_spec_parser_fuzz_raises_only_workload_errors(text):
     assert wl.oh > 0 and wl.ow > 0 and parse_spec(wl.spec) == wl
 
 
-# -- numbers in a spec, and sizes that overflow (issue 16) ----------------------------------------------
+# -- numbers in a spec, and sizes that overflow ---------------------------------------------------------
 @pytest.mark.parametrize("spec, field", [
     ("h=\u0668,ci=8,co=8,k=3", "h"),  # ARABIC-INDIC DIGIT EIGHT: int() takes it
     ("h=8_0,ci=8,co=8,k=3", "h"),

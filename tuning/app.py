@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 import zipfile
 from dataclasses import dataclass, field
 
@@ -28,7 +29,17 @@ import numpy as np
 
 from schedules import applicable
 
-from .bench import bench_layer, bench_layer_processes, bench_model, bench_model_processes, estimate_network
+from .bench import (
+    bar_chart,
+    bench_layer,
+    bench_layer_processes,
+    bench_model,
+    bench_model_processes,
+    estimate_network,
+    geomean,
+    write_json,
+)
+from .bench import environment as bench_environment
 from .deploy.bundle import compile_bundle, verify_bundle
 from .deploy.kernel import Kernel, read_sidecar, sidecar_path
 from .deploy.library import choose, export
@@ -47,8 +58,9 @@ from .graph import load_model
 from .model_import import load_network
 from .networks import NETWORKS, network_layers
 from .networks import resolve as resolve_layer
-from .peak import target_peak
+from .peak import cpu_model, target_peak
 from .records import PeakJudge, summaries
+from .remote import emulator
 from .remote.address import DeviceAddress
 from .remote.session import load_library, open_session
 from .search.measure import rpc_runner
@@ -317,6 +329,58 @@ def bench_layers(items: list[tuple[str, object]], target: Target, logs: str, *, 
     return rows
 
 
+@dataclass
+class Benched:
+    """What `bench` measured: a model's end-to-end result, a network's estimate, or a row per layer
+    (`result`, of `kind` "model" | "network" | "layer"); the run's environment (a network's only when
+    written to JSON); the layers benched; the JSON (and the chart) written, if asked."""
+
+    kind: str
+    target: Target
+    result: object
+    env: dict | None = None
+    items: list = field(default_factory=list)
+    json_path: str | None = None
+    chart: str | None = None
+
+
+def bench(target: Target, logs: str, *, scope: Scope | None = None, layers: list[str] = (DEFAULT_LAYER,),
+          layout: str | None = None, algorithm: str = "auto", rounds: int = 5, min_repeat_ms: float = 100.0,
+          rivals: bool = True, processes: int = 3, process_seconds: float = 1.5, in_process: bool = False,
+          tvm_trials: int | None = None, json_path: str | None = None, command: str | None = None,
+          say=_stderr) -> Benched:
+    """`convtune bench`: a model or a network (`scope`), else `layers` (zoo layers, zoo networks, specs)
+    against the rivals; with `json_path`, the results written there with the environment and
+    `command` (layers: a bar chart beside it)."""
+    how = dict(algorithm=algorithm, rounds=rounds, min_repeat_ms=min_repeat_ms, rivals=rivals)
+    if scope is not None and scope.kind == "model":
+        result = scope.bench(target, logs, tvm_trials=tvm_trials, processes=processes,
+                             process_seconds=process_seconds, in_process=in_process, say=say, **how)
+        benched = Benched("model", target, result, bench_environment(target))
+        payload = {"command": command, "environment": benched.env, **result}
+    elif scope is not None:
+        result = scope.bench(target, logs, say=say, **how)
+        benched = Benched("network", target, result, bench_environment(target) if json_path else None)
+        payload = {"command": command, "environment": benched.env, **result}
+    else:
+        items = layer_items(list(layers), layout)
+        env = bench_environment(target)
+        rows = bench_layers(items, target, logs, processes=processes, process_seconds=process_seconds,
+                            in_process=in_process, say=say, **how)
+        benched = Benched("layer", target, rows, env, items)
+        ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
+        rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
+        payload = {"command": command, "environment": env, "layers": rows,
+                   "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None,
+                   "geomean_speedup_vs_best_rival": geomean(rival_ratios) if rival_ratios else None}
+    if json_path:
+        write_json(json_path, payload)
+        benched.json_path = json_path
+        if benched.kind == "layer":
+            benched.chart = bar_chart(benched.result, os.path.splitext(json_path)[0] + ".png", " ".join(layers))
+    return benched
+
+
 def layers_report(network: str, layout: str = "NHWC", batch: int | None = None, trust_pickle: bool = False) -> dict:
     """What `convtune layers` shows of one network, as JSON-ready data."""
     layers = Scope("network", network, layout, batch, trust_pickle).layers()
@@ -341,6 +405,22 @@ def peaks(target: Target, threads: int | None = None) -> dict[str, float | None]
     return {str(t): target_peak(target, t) for t in ([threads] if threads else sorted({1, target.threads}))}
 
 
+def peak_report(target: Target, threads: int | None = None) -> dict:
+    """What `convtune peak` shows: the ISA the target's kernels use, this CPU, and the peak per thread count."""
+    gflops = peaks(target, threads)
+    return {"isa": target.machine.isa, "cpu": cpu_model(), "target": target.tag,
+            "fma_units": target.machine.fma_units, "lanes": target.machine.lanes, "gflops": gflops}
+
+
+def start_device(tracker: str | None, key: str | None = None, *, port: int | None = None,
+                 cpu: str = emulator.DEFAULT_CPU, threads: int = 1, detach: bool = False) -> emulator.Device:
+    """An emulated aarch64 RPC device (set up first, quietly, if it never was), registered with
+    `tracker` as `key` (default emulator.DEFAULT_KEY)."""
+    emulator.setup(quiet=True)
+    return emulator.start(tracker, key or emulator.DEFAULT_KEY, port=port, cpu=cpu, threads=threads or 1,
+                          detach=detach)
+
+
 # -- paths a command writes ----------------------------------------------------------------------------
 def output_path(path: str, what: str, suffix: str | None = None) -> str:
     """`path` as a file convtune can write, else UsageError with the fix: the right suffix (`-o
@@ -351,15 +431,44 @@ def output_path(path: str, what: str, suffix: str | None = None) -> str:
     if os.path.isdir(path):
         raise UsageError(f"{what} {path}: is a directory; give a file path in it "
                          f"(e.g. {what} {os.path.join(path, 'out' + (suffix or ''))})")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
+    probe = _existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(probe):
         raise UsageError(f"{what} {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise UsageError(f"{what} {path}: {path if os.path.exists(path) else probe} is not writable; "
                          "give a path you can write")
     return path
+
+
+def directory_path(path: str, what: str) -> str:
+    """`path` as a directory convtune may read and write (`--logs`): it, or the nearest of its parents
+    that exists, must be a directory; else UsageError."""
+    probe = _existing(os.path.abspath(path))
+    if not os.path.isdir(probe):
+        where = "is" if probe == os.path.abspath(path) else f"is under {probe}, which is"
+        raise UsageError(f"{what}: {path} {where} not a directory")
+    return path
+
+
+def _existing(path: str) -> str:
+    """`path`, or the nearest of its parents that exists."""
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def save_crash(command: str) -> str:
+    """The exception being handled, with `command`, in $CONVTUNE_CACHE (default ~/.cache/convtune)/crash-*.log;
+    says where (or why it could not)."""
+    root = os.environ.get("CONVTUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convtune")
+    path = os.path.join(root, f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    try:
+        os.makedirs(root, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"{command}\n\n{traceback.format_exc()}")
+    except OSError as err:
+        return f"traceback not saved: {path}: {err.strerror}"
+    return f"traceback in {path}"
 
 
 # -- compiled libraries: run and verify ------------------------------------------------------------------

@@ -29,25 +29,17 @@ import math
 import os
 import signal
 import sys
-import time
-import traceback
 import warnings
-
-import tvm
 
 from schedules.template import Unsupported
 from schedules.workload import WorkloadError
 
-from . import app, end_quiet_start
+from . import app, end_quiet_start, views
 from .app import DEFAULT_LAYER, Machine, Scope, UsageError
-from .bench import SPREAD_FLAG, bar_chart, format_estimate, format_model_bench, format_settings, format_table, geomean
-from .bench import environment as bench_environment
-from .bench import write_json
 from .deploy.model import untuned_warning
 from .deploy.verify import print_checks
 from .experiments import add_parser as add_experiment_parser
 from .networks import NETWORKS
-from .peak import cpu_model
 from .records import ForeignRecords, RecordsError
 from .remote import emulator
 from .remote.address import REQUEST_TIMEOUT, DeviceAddress, RPCError, parse_hostport
@@ -56,7 +48,6 @@ from .remote.tracker import Tracker, devices, format_devices
 from .search.measure import MeasureConfig
 from .search.transfer import Transfer
 from .search.tune import COST_MODELS, STRATEGIES, SearchOptions
-from .tables import table
 from .target import LibraryError, TargetError
 from .task import ALGORITHM_NAMES
 
@@ -94,77 +85,27 @@ def _transfer(args):
     return Transfer(args.transfer_from or args.logs)
 
 
-def _command_line() -> str:
-    return " ".join(["convtune"] + sys.argv[1:])
-
-
-# -- commands -----------------------------------------------------------------------------------------
+# -- commands: parse -> one call to tuning.app -> print -------------------------------------------------
 def cmd_layers(args) -> int:
     reports = [app.layers_report(network, args.layout or "NHWC", args.model_batch, args.trust_pickle)
                for network in ([args.network] if args.network else NETWORKS)]
     if args.json:
         print(json.dumps(reports[0] if args.network else reports, indent=1))
-        return 0
-    for report in reports:
-        print(f"{report['network']}: {report['distinct']} distinct conv layers, {report['in_all']} in all, "
-              f"{report['gflops']:.2f} GFLOPs")
-        rows = [[l["name"], f"x{l['count']}", l["spec"], f"{l['out'][0]}x{l['out'][1]}", f"{l['mflops']:.1f}",
-                 _short_algorithms(l["algorithms"])] for l in report["layers"]]
-        print(table(["layer", "count", "shape", "out", "MFLOPs", "algorithms"], rows, align="<><<><", indent="  "))
+    else:
+        print("\n".join(views.layers_report(report) for report in reports))
     return 0
 
 
-def _short_algorithms(names: list[str]) -> str:
-    """`winograd-f2, winograd-f4, winograd-f6` -> `winograd-f2/f4/f6`: a family once."""
-    out: list[str] = []
-    for name in names:
-        family, _, variant = name.rpartition("-")
-        if family and out and out[-1].startswith(family + "-"):
-            out[-1] += f"/{variant}"
-        else:
-            out.append(name)
-    return " ".join(out)
-
-
 def cmd_tune(args) -> int:
-    if args.trials <= 0:
-        raise UsageError(f"--trials: must be positive, got {args.trials}")
-    if args.batch <= 0:
-        raise UsageError(f"--batch: must be positive, got {args.batch}")
     scope = _scope(args)
     if scope.kind == "layer":
         scope.layer()  # a layer that does not parse is refused before the target is resolved
     result = scope.tune(_target(args), args.logs, algorithm=args.algorithm, trials=args.trials,
                         trials_total=args.trials_total, options=_search_options(args), device=_device(args))
-    if scope.kind == "layer":
-        print_tune_table(result)
-    else:
-        _print_emulated_note(result.runner)
+    said = views.tuned(result)
+    if said:
+        print(said)
     return 0
-
-
-def print_tune_table(result) -> None:
-    """The closing table of a layer's tune: per algorithm, trials, best time, GFLOP/s, % of peak."""
-    target, peak = result.target, result.peak
-    print(f"{'algorithm':>14s} {'trials':>7s} {'best ms':>9s} {'GFLOP/s':>9s} {'% peak':>7s}")
-    for row in result.rows:
-        if row["seconds"] is None:
-            print(f"{row['algorithm']:>14s} {row['trials']:7d} {'-':>9s} {'-':>9s} {'-':>7s}")
-            continue
-        pct = f"{100 * row['gflops'] / peak:6.0f}%" if peak else "      -"
-        why = f"  ({row['why']})" if row["why"] else ""
-        print(f"{row['algorithm']:>14s} {row['trials']:7d} {row['seconds'] * 1e3:9.3f} {row['gflops']:9.1f} {pct}{why}")
-    if peak:
-        print(f"(FP32 {target.machine.isa} peak of this machine at {target.threads} threads, measured: "
-              f"{peak:.0f} GFLOP/s)")
-    _print_emulated_note(result.runner)
-
-
-def _print_emulated_note(runner) -> None:
-    """Times from an emulated device say nothing about a board: said when, and only when, the
-    device reported itself emulated (a real board's times stand as measured)."""
-    if app.is_emulated(runner):
-        print(EMULATED_NOTE)
 
 
 def cmd_compile(args) -> int:
@@ -172,26 +113,10 @@ def cmd_compile(args) -> int:
     output = None if args.output == "kernel.so" and scope.kind != "layer" else args.output
     target = _target(args)
     side = scope.compile(target, args.logs, algorithm=args.algorithm, output=output)
-    out = side["output"]
-    if scope.kind == "model":
-        warning = untuned_warning(side)
-        if warning:
-            print(warning, file=sys.stderr)
-        algorithms: dict[str, int] = {}
-        for row in side["layers"]:
-            algorithms[row["algorithm"]] = algorithms.get(row["algorithm"], 0) + 1
-        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['model']}, {len(side['layers'])} layers "
-              f"({', '.join(f'{n} {a}' for a, n in sorted(algorithms.items(), key=lambda kv: -kv[1]))}), "
-              f"{len(side['layers']) - len(side['untuned'])} tuned; other ops: {side['other_ops']}; "
-              f"{side['compile_seconds']:.0f} s")
-    elif scope.kind == "network":
-        print(f"wrote bundle {out}: {len(side['layers'])} layers, manifest.json"
-              + (f"; {len(side['untuned'])} UNTUNED (their names: \"untuned\" in manifest.json)"
-                 if side.get("untuned") else ""))
-    else:
-        state = (f"tuned: {side['record']['gflops']:.1f} GFLOP/s measured" if side["tuned"] else "UNTUNED default config")
-        print(f"wrote {out} and {os.path.splitext(out)[0]}.json: {side['layer']}, {side['algorithm']}, "
-              f"{target.tag}, {state}; functions: {', '.join(side['functions'])}")
+    warning = untuned_warning(side) if scope.kind == "model" else None
+    if warning:
+        print(warning, file=sys.stderr)
+    print(views.compiled(scope.kind, side, target))
     return 0
 
 
@@ -204,9 +129,7 @@ def cmd_run(args) -> int:
     ran = app.run_model(args.library, args.input, seed=args.seed, output=args.output, opened=opened)
     if ran.random_inputs:
         print(f"no --input: running on uniform random inputs (seed {args.seed})", file=sys.stderr)
-    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in ran.outputs.items())
-    print(f"ran {args.library} in {ran.seconds * 1e3:.1f} ms (first call, {ran.side['threads']} threads): {shapes}"
-          + (f"; wrote {args.output}" if args.output else ""))
+    print(views.ran(args.library, ran, args.output))
     return 0
 
 
@@ -214,125 +137,35 @@ def cmd_verify(args) -> int:
     result = app.verify(args.library, seed=args.seed, trust_pickle=args.trust_pickle, device=_device(args))
     if result.kind != "model":
         return print_checks(result.checks)
-    side = result.side
-    for c in result.model_checks:
-        print(f"{args.library}: {c.output}: against {result.engine}: {c.describe()} ({side['tolerance']['why']}) "
-              f"{'ok' if c.ok else 'MISMATCH'}")
-    ok = sum(c.ok for c in result.model_checks)
-    print(f"{ok}/{len(result.model_checks)} outputs ok ({len(side['layers'])} layers, {side['model']})")
-    if result.ok:
-        return 0
-    print(result.diverging)
-    return 1
+    print(views.verified_model(args.library, result))
+    return 0 if result.ok else 1
 
 
 def cmd_bench(args) -> int:
-    target = _target(args)
     scope = _scope(args) if (args.model or args.network) else None
-    how = dict(algorithm=args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
-               rivals=not args.no_rivals)
-    if scope is not None and scope.kind == "model":
-        result = scope.bench(target, args.logs, tvm_trials=args.tvm_trials, processes=args.processes,
-                             process_seconds=args.process_seconds, in_process=args.in_process, **how)
-        print(format_model_bench(result))
-        env = bench_environment(target)
-        if "processes" in result:
-            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; each "
-                  f"contender in {result['processes']} fresh processes ({result['process_seconds']:g} s of inferences "
-                  f"each, contenders alternating): median (min-max) of the per-process medians; SPREAD: processes "
-                  f"disagree by more than {SPREAD_FLAG}x")
-            print(f"threads: {format_settings([result])}")
-        else:
-            print(f"\nCPU {env['cpu']}, {target.tag}, {target.threads} threads, batch as the model's input; median of "
-                  f"{args.rounds} rounds in this process, interleaved, each >= {max(args.min_repeat_ms, 200.0):.0f} ms "
-                  "of calls")
-        if args.json:
-            write_json(args.json, {"command": _command_line(), "environment": env, **result})
-            print(f"wrote {args.json}")
-        return 0
-    if scope is not None:
-        estimate = scope.bench(target, args.logs, **how)
-        print(format_estimate(estimate))
-        if args.json:
-            write_json(args.json, {"command": _command_line(), "environment": bench_environment(target), **estimate})
-            print(f"wrote {args.json}")
-        return 0
-    items = app.layer_items(args.layers, args.layout)
-    env = bench_environment(target)
-    rows = app.bench_layers(items, target, args.logs, processes=args.processes,
-                            process_seconds=args.process_seconds, in_process=args.in_process, **how)
-    _print_layer_bench(args, target, env, rows, items)
+    benched = app.bench(_target(args), args.logs, scope=scope, layers=args.layers, layout=args.layout,
+                        algorithm=args.algorithm, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms,
+                        rivals=not args.no_rivals, processes=args.processes, process_seconds=args.process_seconds,
+                        in_process=args.in_process, tvm_trials=args.tvm_trials, json_path=args.json,
+                        command=" ".join(["convtune"] + sys.argv[1:]))
+    print(views.benched(benched, rounds=args.rounds, min_repeat_ms=args.min_repeat_ms, processes=args.processes,
+                        process_seconds=args.process_seconds, in_process=args.in_process))
     return 0
-
-
-def _print_layer_bench(args, target, env: dict, rows: list[dict], items: list) -> None:
-    ratios = [r["speedup_vs_onednn"] for r in rows if "speedup_vs_onednn" in r]
-    rival_ratios = [r["speedup_vs_best_rival"] for r in rows if "speedup_vs_best_rival" in r]
-    print(format_table(rows, env["fp32_peak_gflops"]))
-    peak = env["fp32_peak_gflops"]
-    how = (f"median of {args.rounds} rounds in this process, each >= {args.min_repeat_ms:.0f} ms of back-to-back calls"
-           if args.in_process else
-           f"each contender in {args.processes} fresh processes ({args.process_seconds:g} s of calls each, "
-           f"contenders alternating): median (min-max) of the per-process medians; SPREAD: processes disagree "
-           f"by more than {SPREAD_FLAG}x")
-    print(f"\nCPU {env['cpu']}, {env['isa']} kernels for {target.tag}; FP32 {env['isa']} peak ({target.threads} "
-          f"threads, measured): {f'{peak:.0f} GFLOP/s' if peak else 'unknown'}; {how}.")
-    if any(wl.quantized for _, wl in items):
-        print("int8 layers: the rate is GOPS (an integer multiply-add counts 2 ops, as a float one 2 FLOPs), its "
-              "% against the FP32 peak; the rival is ONNX Runtime's QLinearConv / ConvInteger (MLAS int8).")
-    if not args.in_process:
-        print(f"threads: {format_settings(rows)}")
-    if ratios:
-        print(f"geomean speed-up over oneDNN (the better PyTorch layout per layer): {geomean(ratios):.2f}x")
-    if rival_ratios:
-        print(f"geomean speed-up over the better of oneDNN and ONNX Runtime per layer: {geomean(rival_ratios):.2f}x; "
-              f"worst layer {min(rival_ratios):.2f}x")
-    if args.json:
-        write_json(args.json, {"command": _command_line(), "environment": env, "layers": rows,
-                               "geomean_speedup_vs_onednn": geomean(ratios) if ratios else None,
-                               "geomean_speedup_vs_best_rival": geomean(rival_ratios) if rival_ratios else None})
-        chart = bar_chart(rows, os.path.splitext(args.json)[0] + ".png", " ".join(args.layers))
-        print(f"wrote {args.json}" + (f" and {chart}" if chart else ""))
 
 
 def cmd_records(args) -> int:
     rows = app.records(args.logs, _target(args) if args.target else None)
     if not rows:
         print(f"no records under {args.logs}")
-        return 0
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'target':22s} {'layer':50s} {'algorithm':>13s} {'trials':>6s} {'best ms':>9s} {'GFLOP/s':>8s}")
-    for r in rows:
-        ms_ = f"{r['best_ms']:9.3f}" if r["best_ms"] else f"{'-':>9s}"
-        gf = f"{r['gflops']:8.1f}" if r["gflops"] else f"{'-':>8s}"
-        layer = r["layer"] + ("" if r["layout"] == "NHWC" else f" [{r['layout']}]")
-        note = "" if r["usable"] else f"  TVM {r['tvm']} records: set aside"
-        print(f"{r['target']:22s} {layer:50s} {r['algorithm']:>13s} {r['trials']:6d} {ms_} {gf}{note}")
-    if not all(r["usable"] for r in rows):
-        print(f"records marked 'set aside' were made with another TVM; this is TVM {tvm.__version__}, which does "
-              "not apply them: move them out of --logs and tune again")
+    else:
+        print(json.dumps(rows, indent=2) if args.json else views.records_table(rows))
     return 0
 
 
 def cmd_peak(args) -> int:
     """The true FP32 peak of the ISA the target's kernels use, per thread count."""
-    target = _target(args)
-    gflops = app.peaks(target, args.threads)
-    report = {"isa": target.machine.isa, "cpu": cpu_model(), "target": target.tag,
-              "fma_units": target.machine.fma_units, "lanes": target.machine.lanes, "gflops": gflops}
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    if None in gflops.values():
-        print(f"{target.tag}: peak unknown here ({target.machine.isa} kernels for another machine; "
-              "measure it on that machine with `convtune peak`)")
-        return 0
-    print(f"FP32 peak of {report['cpu']}, {target.machine.isa} ({target.machine.lanes} lanes, "
-          f"{target.machine.fma_units} FMA unit(s) per core) for {target.tag}:")
-    for t, value in gflops.items():
-        print(f"  {t} thread(s): {value:7.1f} GFLOP/s")
+    report = app.peak_report(_target(args), args.threads)
+    print(json.dumps(report) if args.json else views.peak_report(report))
     return 0
 
 
@@ -351,29 +184,24 @@ def cmd_tracker(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    host, port = parse_hostport(args.rpc_tracker)
-    print(format_devices(devices(host, port)))
+    print(format_devices(devices(*parse_hostport(args.rpc_tracker))))
     return 0
 
 
 def cmd_device(args) -> int:
     if args.action == "setup":
-        paths = emulator.setup(force=args.force)
-        print(f"emulated aarch64 device ready under {paths.base}")
+        print(f"emulated aarch64 device ready under {emulator.setup(force=args.force).base}")
         return 0
     if args.action == "list":
-        for d in emulator.detached_devices():
-            print(f"pid {d.pid}  {d.address}  key {d.key}  cpu {d.cpu}  tracker {d.tracker or '-'}  log {d.log_path}")
+        for line in views.detached_devices(emulator.detached_devices()):
+            print(line)
         return 0
     if args.action == "stop":
-        stopped = emulator.stop_detached(port=args.port, key=args.key)
-        print(f"stopped {len(stopped)} device(s)")
+        print(f"stopped {len(emulator.stop_detached(port=args.port, key=args.key))} device(s)")
         return 0
-    key = args.key or emulator.DEFAULT_KEY
-    emulator.setup(quiet=True)
-    device = emulator.start(args.tracker, key, port=args.port, cpu=args.cpu, threads=args.threads or 1,
-                            detach=args.detach)
-    where = f"registered with {args.tracker} as {key!r}" if args.tracker else f"key {key!r}"
+    device = app.start_device(args.tracker, args.key, port=args.port, cpu=args.cpu, threads=args.threads,
+                              detach=args.detach)
+    where = f"registered with {args.tracker} as {device.key!r}" if args.tracker else f"key {device.key!r}"
     print(f"emulated aarch64 device ({args.cpu}) serving on {device.address}, {where}", flush=True)
     print(EMULATED_NOTE)
     if args.detach:
@@ -620,8 +448,8 @@ def _main(argv: list[str] | None) -> int:
 def _internal_error(args, argv, err: BaseException) -> int:
     """Never a traceback: one line, the traceback in a file."""
     message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")[:300]
-    print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({_save_crash(argv)})",
-          file=sys.stderr)
+    saved = app.save_crash(f"convtune {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"convtune {args.command}: internal error: {type(err).__name__}: {message} ({saved})", file=sys.stderr)
     return 1
 
 
@@ -644,29 +472,12 @@ def _check_args(args) -> None:
     if batch is not None and batch <= 0:
         raise UsageError(f"--model-batch: must be a positive batch size, got {batch}")
     for option in ("logs", "transfer_from"):
-        path = getattr(args, option, None)
-        if not isinstance(path, str):
-            continue
-        # the path, or the nearest of its parents that exists, must be a directory
-        probe = os.path.abspath(path)
-        while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
-            probe = os.path.dirname(probe)
-        if not os.path.isdir(probe):
-            what = "is" if probe == os.path.abspath(path) else f"is under {probe}, which is"
-            raise UsageError(f"--{option.replace('_', '-')}: {path} {what} not a directory")
-
-
-def _save_crash(argv) -> str:
-    """The current exception's traceback, in $CONVTUNE_CACHE (default ~/.cache/convtune)/crash-*.log."""
-    root = os.environ.get("CONVTUNE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "convtune")
-    path = os.path.join(root, f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
-    try:
-        os.makedirs(root, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(f"convtune {' '.join(sys.argv[1:] if argv is None else argv)}\n\n{traceback.format_exc()}")
-    except OSError as err:
-        return f"traceback not saved: {path}: {err.strerror}"
-    return f"traceback in {path}"
+        if isinstance(getattr(args, option, None), str):
+            app.directory_path(getattr(args, option), f"--{option.replace('_', '-')}")
+    if args.command == "tune":
+        for option in ("trials", "batch"):
+            if getattr(args, option) <= 0:
+                raise UsageError(f"--{option}: must be positive, got {getattr(args, option)}")
 
 
 if __name__ == "__main__":

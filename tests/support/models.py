@@ -4,6 +4,7 @@ compilation must handle, with random weights."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def small_resnet(path: str, seed: int = 0, batch: int = 1, size: int = 12) -> str:
@@ -138,3 +139,25 @@ def swish_block(path: str, seed: int = 0) -> str:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def four_convs(path: str) -> None:
+    """Four small convs in a chain, each a layer of its own kind (3x3, 1x1, 3x3 stride 2, 3x3 unpadded):
+    a network search with four tasks."""
+    onnx = pytest.importorskip("onnx", reason="onnx is an optional extra: pip install onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="k3", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], name="k1"),
+             helper.make_node("Conv", ["b", "w3"], ["c"], name="k3s2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["c", "w4"], ["y"], name="k3nopad")]
+    inits = [weight("w1", (8, 8, 3, 3)), weight("w2", (8, 8, 1, 1)), weight("w3", (8, 8, 3, 3)),
+             weight("w4", (8, 8, 3, 3))]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

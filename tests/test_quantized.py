@@ -1,5 +1,5 @@
-"""Quantized ONNX models (QDQ, as ONNX Runtime's quantize_static writes them) compile to int8 kernels
-(issue 24 item 3): the chains are int8 workloads with the file's zero points and scales, the
+"""tuning/quantized.py: quantized ONNX models (QDQ, as ONNX Runtime's quantize_static writes them)
+compile to int8 kernels: the chains are int8 workloads with the file's zero points and scales, the
 compiled model equals ONNX Runtime within one quantization step of its output, and its convs run
 as direct-int8 / depthwise-int8.
 
@@ -135,6 +135,7 @@ def test_chains_are_int8_workloads_with_the_files_scales(tmp_path, kind, per_cha
 
 
 # -- (b) the compiled model equals ONNX Runtime within one quantization step ---------------------------
+@pytest.mark.slow  # compiles a whole model
 @pytest.mark.parametrize("kind,per_channel", CASES)
 def test_compiled_model_matches_onnxruntime_within_one_step(tmp_path, target, kind, per_channel):
     path = quantized_model(tmp_path, kind, per_channel)
@@ -149,6 +150,7 @@ def test_compiled_model_matches_onnxruntime_within_one_step(tmp_path, target, ki
         assert all(c.ok for c in compare_outputs(side, ours, theirs))
 
 
+@pytest.mark.slow  # compiles a whole model
 def test_a_wrong_requantize_multiplier_is_caught(tmp_path, target):
     """The comparison can fail: one conv's multiplier off by 5% moves the output by more than a step."""
     path = quantized_model(tmp_path, "U8S8")
@@ -160,6 +162,7 @@ def test_a_wrong_requantize_multiplier_is_caught(tmp_path, target):
 
 
 # -- (c) the convs really run as int8 kernels ------------------------------------------------------------
+@pytest.mark.slow  # compiles a whole model
 def test_compile_model_builds_int8_kernels_and_verifies(tmp_path, capsys):
     path = quantized_model(tmp_path, "U8S8", per_channel=True)
     library = str(tmp_path / "q.so")
@@ -222,6 +225,7 @@ def without_qdq(path: str, tensor: str) -> str:
     return path
 
 
+@pytest.mark.slow  # compiles a whole model
 def test_a_conv_whose_output_stays_float_is_dequantized_in_the_kernel(tmp_path, target):
     """conv4's output is the model's (float) output, with no QuantizeLinear: its int8 kernel writes
     float32, acc * x_scale * w_scale + the bias, and matches ONNX Runtime to float32 rounding."""

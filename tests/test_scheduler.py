@@ -1,5 +1,5 @@
-"""A search shows what it does as it does it, commits every trial as it is measured, and stops
-cleanly on Ctrl-C (issues 16/17's leftovers; tuning/search/scheduler.py).
+"""tuning/search/scheduler.py: a search shows what it does as it does it, commits every trial as it is
+measured, and stops cleanly on Ctrl-C.
 
 MetaSchedule's own gradient scheduler measured a whole warm-up round (one batch per task) before any
 callback ran: a network run printed nothing and wrote no record for minutes, a kill lost it all, and
@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from schedules.workload import parse_spec
@@ -24,6 +23,8 @@ from tuning.records import DB_FILES, LayerRecords, summaries
 from tuning.search.scheduler import GradientPolicy, SearchInterrupted, StopFlag
 from tuning.target import resolve_target
 from tuning.task import Task
+
+from .support.models import four_convs
 
 # Four small layers, four tasks: a warm-up round of four batches before the first line, before.
 LAYERS = {"k3": "h=8,ci=8,co=8,k=3,pad=1", "k1": "h=8,ci=8,co=8,k=1", "k3s2": "h=8,ci=8,co=8,k=3,stride=2,pad=1",
@@ -80,33 +81,13 @@ def test_the_cli_says_how_many_trials_an_interrupted_search_measured(monkeypatch
 
 
 # -- a real network search, in a child process ----------------------------------------------------------
-def tiny_onnx(path: str) -> None:
-    onnx = pytest.importorskip("onnx", reason="onnx is an optional extra: pip install onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-
-    def weight(name, shape):
-        return numpy_helper.from_array(rng.uniform(-1, 1, shape).astype(np.float32), name)
-
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="k3", pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["a", "w2"], ["b"], name="k1"),
-             helper.make_node("Conv", ["b", "w3"], ["c"], name="k3s2", pads=[1, 1, 1, 1], strides=[2, 2]),
-             helper.make_node("Conv", ["c", "w4"], ["y"], name="k3nopad")]
-    inits = [weight("w1", (8, 8, 3, 3)), weight("w2", (8, 8, 1, 1)), weight("w3", (8, 8, 3, 3)),
-             weight("w4", (8, 8, 3, 3))]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-
-
 class Tune:
     """`convtune tune --network` in a child process (its own process group), stderr read line by
     line with the time each line came."""
 
     def __init__(self, tmp_path, trials_total: int):
         model = str(tmp_path / "tiny.onnx")
-        tiny_onnx(model)
+        four_convs(model)
         self.logs = str(tmp_path / "logs")
         cmd = [sys.executable, "-m", "tuning.cli", "tune", "--network", model, "--trials-total", str(trials_total),
                "--batch", "2", "--min-repeat-ms", "1", "--no-transfer", "--seed", "1", "--logs", self.logs]

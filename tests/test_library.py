@@ -1,5 +1,7 @@
-"""Records never make a layer slower: every applicable template's untuned default competes with
-the records (measured once, then kept as a record), and a record of a changed template is set aside."""
+"""tuning/deploy/library.py: the record a library is built from. Records never make a layer slower:
+every applicable template's untuned default competes with the records (measured once, then kept as a
+record), a record of a changed template is set aside, and without records a measured rule picks the
+algorithm."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import os
 import pytest
 
 from schedules import get_algorithm
+from schedules.machine import Machine
 from schedules.workload import parse_spec
-from tuning.deploy.library import choose
+from tuning.deploy.library import choose, untuned_algorithm
 from tuning.records import LayerRecords
 from tuning.task import Task
 
@@ -19,6 +22,7 @@ from .support.records import write_record
 LAYER = "h=14,w=14,ci=16,co=16,k=3,pad=1"
 
 
+@pytest.mark.slow  # builds and measures every template's default config
 def test_a_record_worse_than_another_algorithms_default_loses_to_it(tmp_path, target, capsys):
     wl = parse_spec(LAYER)
     logs = str(tmp_path / "logs")
@@ -45,3 +49,25 @@ def test_a_record_of_a_changed_template_is_set_aside(tmp_path, target, monkeypat
     monkeypatch.setattr(get_algorithm("direct"), "template_version", 2)
     assert LayerRecords.existing(logs, target, wl).best(Task(wl, "direct", target.machine)) is None
     assert not choose(wl, "direct", target, logs).tuned  # set aside: no record of this template
+
+
+@pytest.mark.parametrize("spec,registers,expected", [
+    ("h=56,w=56,ci=128,co=128,k=3,pad=1,groups=32", 16, "grouped"),  # ResNeXt
+    ("h=14,w=14,ci=104,co=104,k=3,pad=1,groups=13", 32, "grouped"),  # RegNet
+    ("h=28,w=28,ci=192,co=96,k=1", 16, "im2col"),  # GoogLeNet's 1x1 (spatial pack's default: 3 GFLOP/s)
+    ("h=28,w=28,ci=192,co=96,k=1", 32, "im2col"),
+    ("h=3136,w=1,ci=96,co=384,k=1", 16, "im2col"),  # a matmul's rows
+    ("h=28,w=28,ci=32,co=32,k=3,pad=1,groups=32", 16, "depthwise"),
+    ("h=28,w=28,ci=64,co=128,k=1,stride=2", 16, "im2col"),  # strided 1x1 (was indirect before 6 x 16)
+    ("h=56,w=56,ci=64,co=128,k=3,pad=1,stride=2", 16, "im2col"),
+    ("h=28,w=28,ci=64,co=128,k=3,pad=1,stride=2", 32, "spatial-pack"),
+    ("h=56,w=56,ci=64,co=64,k=3,pad=1", 16, "winograd-f4"),
+    ("h=14,w=14,ci=256,co=256,k=3,pad=1", 16, "winograd-f2"),  # F4 pads 14 to 16 (50 against 104 GFLOP/s)
+    ("h=7,w=7,ci=512,co=512,k=3,pad=1", 16, "im2col"),
+    ("h=224,w=224,ci=3,co=64,k=7,pad=3,stride=2", 16, "direct"),
+])
+def test_untuned_rule(spec, registers, expected):
+    isa = "avx2" if registers == 16 else "avx512"
+    machine = Machine(arch="x86_64", mcpu="test", isa=isa, lanes=8 if isa == "avx2" else 16, registers=registers,
+                      fma_units=2, l1d=32768, l2=1 << 20, l3=32 << 20, threads=2)
+    assert untuned_algorithm(parse_spec(spec), machine) == expected
