@@ -15,7 +15,8 @@ from schedules.machine import Machine  # noqa: E402
 from schedules.workload import parse_spec  # noqa: E402
 from tuning.deploy.library import untuned_algorithm  # noqa: E402
 from tuning.deploy.model import DEGENERATE_SCALE, ModelLibrary, build_model, compare_outputs  # noqa: E402
-from tuning.graph import load_model, ops_module  # noqa: E402
+from tuning.graph import ops_module  # noqa: E402
+from tuning.model_import import load_model  # noqa: E402
 
 from .support.models import mlp_block, onnxruntime_outputs  # noqa: E402
 

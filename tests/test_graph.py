@@ -10,8 +10,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from tuning.graph import load_model  # noqa: E402
-from tuning.model_import import ModelError, load_network  # noqa: E402
+from tuning.model_import import ModelError, load_model, load_network  # noqa: E402
 
 from .support import models  # noqa: E402
 from .test_model_import import tiny_onnx  # noqa: E402

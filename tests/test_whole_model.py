@@ -14,7 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import tuning.cli as cli  # noqa: E402
 from tuning.deploy.model import ModelLibrary, build_model, random_model_inputs, replace_convs  # noqa: E402
-from tuning.graph import load_model, ops_module  # noqa: E402
+from tuning.graph import ops_module  # noqa: E402
+from tuning.model_import import load_model  # noqa: E402
 
 from .support.models import onnxruntime_outputs, small_resnet  # noqa: E402
 

@@ -43,8 +43,7 @@ from .deploy.model import (
 )
 from .deploy.verify import verify as verify_kernel
 from .files import write_arrays_atomic
-from .graph import load_model
-from .model_import import load_network
+from .model_import import load_model, load_network
 from .networks import NETWORKS, network_layers
 from .networks import resolve as resolve_layer
 from .peak import target_peak

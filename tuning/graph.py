@@ -1,20 +1,23 @@
 """A whole model as a TVM Relax graph, and the conv chains in it that convtune's kernels replace.
 
-`load_model` reads an ONNX file, a torch.export program (.pt2) or a zoo architecture (torchvision,
-random weights, exported to ONNX in memory) with TVM's Relax frontends, and normalises it the way
-convtune's kernels want it:
+A model file becomes a Relax graph in one place, `tuning.model_import.load_model` (ONNX, torch.export
+.pt2, a zoo architecture); this module is what happens to the graph after that. `normalise` makes it
+the way convtune's kernels want it:
 
   1. batch norm folded into the preceding conv's weights and a bias (FoldBatchnormToConv2D; what is
-     left of batch norm is decomposed into arithmetic and constant-folded);
+     left of batch norm is decomposed into arithmetic and constant-folded), and a zero `pad` op
+     before a conv folded into the conv's padding (PyTorch's even-kernel "same");
   2. the convs converted to the kernels' layout (NHWC activations, HWIO weights by default: the
      layout the article and the tuned templates favour on CPUs), with one transpose at each end of
      the graph and none between layers (ConvertLayout carries the layout through pools and adds);
   3. constants folded, so weights and biases are plain constants.
 
-`conv_chains` then finds every `conv2d (+ bias) (+ residual add) (+ relu | clip)` chain whose
-intermediate values have no other user: each is one convtune workload with its epilogue. The same
-function serves `tune --model` (the workloads to tune) and `compile --model` (what to replace), so
-the two always agree on what a model's layers are.
+`conv_chains` then matches every `conv2d (+ per-channel affine ops: bias, batch norm) (+ residual
+add) (+ relu | clip | hardswish | silu)` chain whose intermediate values have no other user, with
+Relax's dataflow pattern language (`tvm.relax.dpl`, `CHAIN_PATTERN`): each is one convtune workload
+with its epilogue. The same chains serve `convtune layers FILE` and `--network FILE` (their bare
+convs), `tune --model` (the workloads to tune) and `compile --model` (what to replace), so all of
+them agree on what a model's layers are.
 
 A quantized ONNX model (QDQ: QuantizeLinear / DequantizeLinear around float ops) has its quantized
 convs read off the file first (tuning/quantized.py); each becomes an int8 chain instead (uint8 or
@@ -24,7 +27,6 @@ input is the quantized tensor itself, so that int8 convs pass integers from one 
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,22 +35,8 @@ import numpy as np
 
 from schedules.workload import Epilogue, Workload, WorkloadError
 
-from .model_import import (
-    MODEL_SUFFIXES,
-    ModelError,
-    fix_batch,
-    same_pads,
-    load_exported_program,
-    onnx_module_path,
-    positional_name,
-    read_onnx,
-)
 from .networks import Layer, distinct_layers
-from .quantized import Quantization, QuantizedConv, read_quantization
-from .tables import safe_text
-
-MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
-ZOO_INPUT = (1, 3, 224, 224)
+from .quantized import Quantization, QuantizedConv
 
 
 @dataclass
@@ -73,6 +61,7 @@ class ConvChain:
     quant: QuantizedConv | None = None
     data_permute: tuple | None = None
     out_permute: tuple | None = None
+    position: int | None = None  # a conv's position among the file's convs (`ModelGraph.conv_names`)
 
     def kernel_inputs(self) -> dict[str, np.ndarray]:
         """The epilogue's arrays as the kernel takes them: bias (float32, or int32 for an int8
@@ -88,7 +77,10 @@ class ModelGraph:
     label: str  # what the user named: a file path or a zoo name
     mod: object  # tvm.IRModule, normalised (see the module docstring)
     layout: str
-    conv_names: list[str]  # readable names of the convs, in order
+    # The file's convs in its order: (readable name or None, `conv_key`). The frontends may emit
+    # them in another order (TVM's ONNX frontend does, around shape arithmetic): a chain takes the
+    # name of the first unnamed one of its shape. A bare name (no key): the graph's order.
+    conv_names: list
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
     trust_pickle: bool = False  # the user vouched for the pickles of its .pt2 (--trust-pickle)
     # The inputs' names as the file has them (`input.1`): Relax's parameters carry sanitised names
@@ -97,6 +89,10 @@ class ModelGraph:
     matmul_names: list[str] = field(default_factory=list)  # of the MatMul/Gemm nodes, in order
     output_names: list[str] | None = None  # the file's own (`y`, `logits`), for the sidecar and the user
     quantization: Quantization | None = None  # a QDQ model's quantized convs (tuning.quantized)
+    # What `convtune layers` says of the model's other convs: transposed ones (named in a warning),
+    # and those it refuses (a 1-D conv, a dtype other than float32), which TVM runs in a compiled model.
+    transposed: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
     _chains: list | None = None
 
     @property
@@ -123,186 +119,30 @@ class ModelGraph:
         return distinct_layers([Layer(c.name, c.workload) for c in self.chains()])
 
 
+def conv_key(x_shape, w_shape, stride, dilation, groups) -> tuple:
+    """What identifies a conv of a model file in its Relax graph, whatever the order the frontend
+    emits them in: NCHW input shape, OIHW weight shape, stride, dilation, groups."""
+    return (tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape), tuple(int(s) for s in stride),
+            tuple(int(d) for d in dilation), int(groups))
+
+
+def _workload_key(wl: Workload) -> tuple:
+    return conv_key((wl.n, wl.ci, wl.h, wl.w), (wl.co, wl.ci // wl.groups, wl.kh, wl.kw), wl.stride, wl.dilation,
+                    wl.groups)
+
+
+def positional_name(index: int, wl: Workload) -> str:
+    """A layer name from the conv's position in the model and its shape, for models that carry no
+    module path: `conv3.3x3s2.64-128` (the 4th conv: 3x3, stride 2, 64 -> 128 channels; `g4`: groups)."""
+    stride = "" if wl.stride == (1, 1) else (f"s{wl.stride[0]}" if wl.stride[0] == wl.stride[1]
+                                             else f"s{wl.stride[0]}x{wl.stride[1]}")
+    groups = f"g{wl.groups}" if wl.groups > 1 else ""
+    return f"conv{index}.{wl.kh}x{wl.kw}{stride}{groups}.{wl.ci}-{wl.co}"
+
+
 def _tensor_info(name: str, sinfo) -> dict:
     shape = [int(d) for d in sinfo.shape.values] if sinfo.shape is not None else None
     return {"name": name, "shape": shape, "dtype": str(sinfo.dtype)}
-
-
-# -- reading -----------------------------------------------------------------------------------
-def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
-               trust_pickle: bool = False) -> ModelGraph:
-    """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
-    suffix = os.path.splitext(source)[1].lower()
-    input_names = output_names = quantization = None
-    if suffix == ".onnx":
-        model = read_onnx(source)
-        # Before TVM reads it: an int4 / float8 Q or DQ is refused naming its node, not as whatever
-        # the frontend raises; and constant folding would lose the integer weights.
-        quantization = read_quantization(model, source)
-        mod, names = _from_onnx(source, model, batch)
-        input_names = _onnx_input_names(model)
-        output_names = [safe_text(o.name) for o in model.graph.output]
-        kind = {"kind": "onnx", "path": os.path.abspath(source)}
-    elif suffix == ".pt2":
-        if batch is not None:
-            raise ModelError(source, "--batch applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        mod, names = _from_pt2(source, trust_pickle)
-        kind = {"kind": "pt2", "path": os.path.abspath(source)}
-    elif os.path.exists(source):
-        raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
-                                 f"{' or '.join(MODEL_SUFFIXES)}, or a zoo name ({', '.join(MODEL_ZOO)})")
-    elif source in MODEL_ZOO:
-        model = zoo_onnx(source, batch or 1)
-        mod, names = _from_onnx(source, model, None)
-        input_names = _onnx_input_names(model)
-        output_names = [o.name for o in model.graph.output]
-        kind = {"kind": "zoo", "name": source, "batch": batch or 1}
-    else:
-        raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
-                                  f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, trust_pickle, input_names, names[1],
-                      output_names, quantization)
-
-
-def _onnx_input_names(model) -> list[str]:
-    """The graph inputs that are not initializers, in order: what the Relax frontend makes parameters."""
-    initializers = {i.name for i in model.graph.initializer}
-    return [v.name for v in model.graph.input if v.name not in initializers]
-
-
-def zoo_onnx(name: str, batch: int = 1):
-    """A torchvision architecture with random weights (no download), exported to ONNX in memory."""
-    try:
-        import torch
-    except ImportError:
-        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
-    import onnx
-
-    try:
-        import torchvision
-    except ImportError:
-        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
-    except RuntimeError:
-        # A torchvision whose C++ extension cannot load beside this torch (a CUDA wheel beside a CPU
-        # torch) fails on its operators' meta registrations; these two schemas are all the
-        # pure-Python architectures need. Only then: defined before a working extension loads, they
-        # make it abort the process on a duplicate registration.
-        try:
-            lib = torch.library.Library("torchvision", "DEF")
-            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _KEEP.append(lib)
-        except RuntimeError:
-            pass
-        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[module]
-        import torchvision
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None)
-    # Batch-norm statistics calibrated on random data: with the initial ones (mean 0, var 1) a
-    # random-weight network's activations shrink layer by layer to outputs of ~1e-14, where every
-    # comparison passes; a few training-mode passes give every layer unit-scale outputs.
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn((4,) + ZOO_INPUT[1:]))
-    model.eval()
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros((batch,) + ZOO_INPUT[1:]),), buffer, dynamo=False,
-                          input_names=["input"], output_names=["logits"], opset_version=17)
-    return onnx.load_from_string(buffer.getvalue())
-
-
-_KEEP: list = []  # the torch.library registration lives as long as the process
-
-
-def _from_onnx(label: str, model, batch: int | None):
-    from tvm.relax.frontend.onnx import from_onnx
-
-    if batch is not None:
-        import onnx
-
-        model = fix_batch(onnx, model, batch, label)
-    model = _explicit_same_pads(model)
-    initializers = {i.name for i in model.graph.initializer}
-    shapes = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if not all(d.HasField("dim_value") for d in dims):
-            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --model-batch N "
-                                    "(its batch size) to fix it")
-        shapes[value.name] = [d.dim_value for d in dims]
-    names, matmuls = [], []
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            path = onnx_module_path(node)  # from the file: escaped before anything prints it
-            names.append(safe_text(path) if path is not None else None)
-        elif node.op_type in ("MatMul", "Gemm"):
-            path = onnx_module_path(node)
-            matmuls.append(safe_text(path) if path is not None else None)
-    try:
-        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
-    except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
-        raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
-    return mod, (names, matmuls)
-
-
-def _explicit_same_pads(model):
-    """Convs with auto_pad SAME_UPPER / SAME_LOWER rewritten with the explicit pads they mean (as
-    `model_import` reads them), where ONNX's shape inference knows their input: TVM's frontend would
-    emit a pad op (in NCHW, a transpose each side) and an unpadded conv on the larger input, a
-    conv `layers FILE` does not list and a pass over the input the kernels do inline. The model
-    is copied; one whose shapes cannot be inferred is left as it is."""
-    import onnx
-
-    same = [n for n in model.graph.node if n.op_type == "Conv" and any(
-        a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
-    if not same:
-        return model
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a model shape inference cannot read: TVM's frontend pads it
-        return model
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = value.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for node in copy.graph.node:
-        if node.op_type != "Conv" or not node.input or node.input[0] not in shapes:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        mode = attrs.get("auto_pad", b"NOTSET")
-        x = shapes[node.input[0]]
-        w = weights.get(node.input[1]) if len(node.input) > 1 else None
-        if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(x) != 4 or w is None or len(w) != 4:
-            continue
-        kh, kw = attrs.get("kernel_shape", w[2:])
-        stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
-        upper = mode == b"SAME_UPPER"
-        (top, bottom), (left, right) = (same_pads(x[2], kh, stride[0], dilation[0], upper),
-                                        same_pads(x[3], kw, stride[1], dilation[1], upper))
-        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
-        del node.attribute[:]
-        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", [top, left, bottom, right])])
-    return copy
-
-
-def _from_pt2(path: str, trust_pickle: bool = False):
-    # Read (and vet) the archive first: without torch that is the one-line "needs torch" error,
-    # where TVM's frontend would raise a bare ImportError on import.
-    program = load_exported_program(path, trust_pickle)
-    from tvm.relax.frontend.torch import from_exported_program
-
-    mod = from_exported_program(program, keep_params_as_input=False)
-    return mod, ([], [])
 
 
 def normalise(mod, layout: str = "NHWC"):
@@ -311,6 +151,7 @@ def normalise(mod, layout: str = "NHWC"):
 
     mod = relax.transform.FoldConstant()(mod)  # ONNX Clip's NaN guards on constant bounds
     mod = _elementwise_as_ops(mod)
+    mod = _pads_into_convs(mod)
     mod = relax.transform.FoldBatchnormToConv2D()(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.FoldConstant()(mod)
@@ -318,6 +159,41 @@ def normalise(mod, layout: str = "NHWC"):
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _pads_into_convs(mod):
+    """`conv2d(pad(x))` with a zero pad of the spatial axes only as `conv2d(x)` with that padding
+    added to its own: PyTorch's "same" for an even kernel (torch.export: a pad op, then the conv),
+    so that the conv is the layer `convtune layers` lists and the kernel pads inline, not a pass
+    of its own over the input. Before ConvertLayout: the convs are the frontends' NCHW."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if getattr(call.op, "name", "") != "relax.nn.conv2d" or not isinstance(call.args[0], relax.Var):
+                return call
+            pad = self.lookup_binding(call.args[0])
+            attrs = call.attrs
+            if not (isinstance(pad, relax.Call) and getattr(pad.op, "name", "") == "relax.nn.pad"
+                    and str(attrs.data_layout) == "NCHW" and str(pad.attrs.pad_mode) == "constant"
+                    and float(pad.attrs.pad_value) == 0.0):
+                return call
+            width = [int(p) for p in pad.attrs.pad_width]
+            conv = [int(p) for p in attrs.padding]
+            if len(width) != 8 or any(width[:4]) or len(conv) != 4:
+                return call
+            padding = (conv[0] + width[4], conv[1] + width[6], conv[2] + width[5], conv[3] + width[7])
+            return relax.op.nn.conv2d(pad.args[0], call.args[1], strides=attrs.strides, padding=padding,
+                                      dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                                      kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                                      out_dtype=attrs.out_dtype)
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Fold(mod).visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
 
 
@@ -460,6 +336,20 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
             return None
         return name, covered + [mul.var]
 
+    unnamed = list(range(len(graph.conv_names)))  # the file's convs no chain has taken the name of
+
+    def name_of(index: int, wl: Workload) -> tuple[str, int]:
+        """The file's name for the conv (`conv_names`), else its position and shape; and its position."""
+        entries = graph.conv_names
+        if entries and isinstance(entries[0], tuple):
+            key = _workload_key(wl)
+            position = next((i for i in unnamed if entries[i][1] == key), None)
+            if position is None:
+                return positional_name(index, wl), index
+            unnamed.remove(position)
+            return entries[position][0] or positional_name(position, wl), position
+        return (entries[index] if index < len(entries) else None) or positional_name(index, wl), index
+
     chains, skipped = [], []
     bound = {b.var: b.value for b in bindings}
     quantized = graph.quantization.convs if graph.quantization is not None else {}
@@ -474,18 +364,19 @@ def conv_chains(graph: ModelGraph) -> list[ConvChain]:
             except (WorkloadError, ValueError) as err:
                 skipped.append(f"conv {index}: {err}")
                 continue
-            name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or positional_name(index, wl)
+            name, position = name_of(index, wl)
             if index in quantized:
                 try:
                     chain = _int8_chain(quantized[index], wl, weight, binding, bound, only_user, op_name)
                 except (WorkloadError, ValueError) as err:
                     not_int8.append(f"Conv {quantized[index].node!r} ({err})")
                 else:
-                    chain.index, chain.name = len(chains), name
+                    chain.index, chain.name, chain.position = len(chains), name, position
                     claimed.update(chain.replaced)
                     chains.append(chain)
                     continue
-            chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
+            chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var,
+                              position=position)
         elif op_name(binding) == "relax.matmul":
             index, matmuls = matmuls, matmuls + 1
             found = _matmul_workload(binding.value, binding.var)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model_import import ModelError
+from .networks import ModelError
 from .tables import safe_text
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
