@@ -14,7 +14,7 @@ the way convtune's kernels want it:
 
 `conv_chains` then matches every `conv2d (+ per-channel affine ops: bias, batch norm) (+ residual
 add) (+ relu | clip | hardswish | silu)` chain whose intermediate values have no other user, with
-Relax's dataflow pattern language (`tvm.relax.dpl`, `CHAIN_PATTERN`): each is one convtune workload
+Relax's dataflow pattern language (`tvm.relax.dpl`, `chain_patterns`): each is one convtune workload
 with its epilogue. The same chains serve `convtune layers FILE` and `--network FILE` (their bare
 convs), `tune --model` (the workloads to tune) and `compile --model` (what to replace), so all of
 them agree on what a model's layers are.
@@ -263,205 +263,363 @@ def _scalar(expr) -> float | None:
 
 
 # -- the conv chains ---------------------------------------------------------------------------
+# Epilogue ops after a conv (or a matmul by a constant) as Relax's dataflow patterns. A chain is
+# `anchor (+ affine)* (+ residual add) (+ activation)`, matched rooted at its last binding:
+#   affine: add / subtract / multiply / divide by a constant (its bias; a batch norm TVM decomposed);
+#   residual: add of another tensor of the output's shape;
+#   activation: relu; clip as the frontend writes it, minimum(maximum(x, lo), hi), or maximum(x, 0);
+#   hardswish x * (min(max(x + 3, 0), 6) / 6) (or * 1/6) and silu x * sigmoid(x), where one
+#   pattern object at both places makes them the same value.
+# What a pattern cannot say (per-channel constants, the constants' values, single users, shapes)
+# `_Chains` checks on the match.
+_MAX_AFFINE = 8  # affine ops after one conv (bias, decomposed batch norm: 5)
+
+
+def _chain_patterns() -> dict:
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    conv = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+    matmul = is_op("relax.matmul")(wildcard(), wildcard())
+    anchor = conv | matmul
+    body, affine = anchor, []
+    for _ in range(_MAX_AFFINE):  # the anchor, then up to _MAX_AFFINE affine ops: one level each
+        steps = [is_op(op)(body, is_const()) for op in _AFFINE]
+        affine.append(steps)
+        body = anchor | steps[0] | steps[1] | steps[2] | steps[3]
+    residual = is_op("relax.add")(body, wildcard())
+    head = body | residual
+    relu = is_op("relax.nn.relu")(head)
+    lower = is_op("relax.maximum")(head, is_const())
+    clip = is_op("relax.minimum")(lower, is_const())
+    six = is_op("relax.minimum")(is_op("relax.maximum")(is_op("relax.add")(head, is_const()), is_const()), is_const())
+    scale = is_op("relax.divide")(six, is_const()) | is_op("relax.multiply")(six, is_const())
+    hardswish = is_op("relax.multiply")(head, scale)
+    silu = is_op("relax.multiply")(head, is_op("relax.sigmoid")(head))
+    chain = relu | clip | lower | hardswish | silu | head
+    return {"chain": chain, "body": body, "conv": conv, "matmul": matmul, "affine": affine, "residual": residual,
+            "relu": relu, "clip": clip, "lower": lower, "hardswish": hardswish, "silu": silu}
+
+
+_PATTERNS: dict = {}
+
+
+def chain_patterns() -> dict:
+    """The patterns, built once: "chain" (a whole chain, rooted at its last binding), "body" (the
+    anchor and its affine ops) and the parts `_Chains` reads a match by."""
+    if not _PATTERNS:
+        _PATTERNS.update(_chain_patterns())
+    return _PATTERNS
+
+
 def conv_chains(graph: ModelGraph) -> list[ConvChain]:
-    """Every conv of the graph's main function with the epilogue that follows it (see the module
-    docstring); a conv the kernels cannot take (another layout, a dynamic shape, a non-constant
-    weight) is left to TVM and named in a warning."""
-    from tvm import relax
+    """Every conv (and matmul by a constant) of the graph's main function with the epilogue that
+    follows it (see the module docstring); a conv the kernels cannot take (another layout, a
+    dynamic shape, a non-constant weight) is left to TVM and named in a warning."""
+    return _Chains(graph).find()
 
-    func = graph.mod["main"]
-    bindings = [b for block in func.body.blocks for b in block.bindings]
-    users: dict = {}
 
-    def count(expr, holder):
+class _Chains:
+    """The chains of one graph. The patterns are matched rooted at every binding, the last first, so
+    that each anchor gets its longest chain; where two chains could take one residual add, the
+    earlier conv takes it (the other's output is its residual), as a walk in the file's order would."""
+
+    def __init__(self, graph: ModelGraph):
+        from tvm import relax
+
+        self.graph = graph
+        self.func = graph.mod["main"]
+        self.bindings = [b for block in self.func.body.blocks for b in block.bindings]
+        self.var2val = relax.analysis.get_var2val(self.func)
+        self.binding_of = {b.var: b for b in self.bindings}
+        self.var_of = {b.value: b.var for b in self.bindings}
+        self.order = {b.var: i for i, b in enumerate(self.bindings)}
+        self.users: dict = {}
+        for binding in self.bindings:
+            self._count(binding.value, binding)
+        self._count(self.func.body.body, None)
+        self.claimed: set = set()  # vars a chain computes
+        self.anchors: dict = {}  # anchor var -> (workload, weight, name, position, shape) of a float anchor
+        self.patterns = chain_patterns()
+
+    def _count(self, expr, holder):
+        from tvm import relax
+
         if isinstance(expr, relax.Var):
-            users.setdefault(expr, []).append(holder)
+            self.users.setdefault(expr, []).append(holder)
         elif isinstance(expr, relax.Call):
             for arg in expr.args:
-                count(arg, holder)
+                self._count(arg, holder)
         elif isinstance(expr, relax.Tuple):
             for item in expr.fields:
-                count(item, holder)
+                self._count(item, holder)
         elif isinstance(expr, relax.TupleGetItem):
-            count(expr.tuple_value, holder)
+            self._count(expr.tuple_value, holder)
 
-    for binding in bindings:
-        count(binding.value, binding)
-    count(func.body.body, None)
-
-    claimed: set = set()  # bindings an earlier chain computes (a residual add joins two convs)
-
-    def only_user(var):
-        holders = users.get(var, [])
-        ok = len(holders) == 1 and holders[0] is not None and holders[0].var not in claimed
+    def only_user(self, var):
+        holders = self.users.get(var, [])
+        ok = len(holders) == 1 and holders[0] is not None and holders[0].var not in self.claimed
         return holders[0] if ok else None
 
+    @staticmethod
     def op_name(binding) -> str:
+        from tvm import relax
+
         value = binding.value
         return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
 
-    def swish(var) -> tuple[str, list] | None:
-        """hardswish `x * (min(max(x + 3, 0), 6) / 6)` or silu `x * sigmoid(x)` of `var`, as the
-        ONNX frontend writes them (HardSwish; Sigmoid + Mul): `var` read twice, once by the
-        final multiply. (activation, the bindings it covers) or None."""
-        holders = users.get(var, [])
-        if len(holders) != 2 or any(h is None or h.var in claimed for h in holders):
-            return None
-        mul = next((h for h in holders if op_name(h) == "relax.multiply"), None)
-        other = next((h for h in holders if h is not mul), None)
-        if mul is None or other is None:
-            return None
-        if op_name(other) == "relax.sigmoid":
-            name, last, covered = "silu", other, [other.var]
-        else:
-            steps = [("relax.add", 3.0), ("relax.maximum", 0.0), ("relax.minimum", 6.0)]
-            covered, last, previous = [], other, var
-            for op, value in steps:
-                if last is None or op_name(last) != op or _scalar_operand(last.value, previous) != value:
-                    return None
-                covered.append(last.var)
-                previous, last = last.var, only_user(last.var)
-            # / 6, or * (1 / 6) as an exporter may write it
-            if last is None:
-                return None
-            factor = _scalar_operand(last.value, previous)
-            divides = op_name(last) == "relax.divide" and last.value.args[0].same_as(previous) and factor == 6.0
-            multiplies = op_name(last) == "relax.multiply" and factor is not None and abs(factor * 6.0 - 1.0) < 1e-6
-            if not (divides or multiplies):
-                return None
-            covered.append(last.var)
-            name = "hardswish"
-        factor = _other_operand(mul.value, var)  # the multiply must be var times what `last` computed
-        if only_user(last.var) is not mul or factor is None or not factor.same_as(last.var):
-            return None
-        return name, covered + [mul.var]
+    # -- the anchors, in the graph's order: names, workloads, int8 chains ----------------------------
+    def find(self) -> list[ConvChain]:
+        graph = self.graph
+        chains, skipped = [], []
+        quantized = graph.quantization.convs if graph.quantization is not None else {}
+        not_int8 = list(graph.quantization.float_ops) if graph.quantization is not None else []
+        unnamed = list(range(len(graph.conv_names)))  # the file's convs no chain has taken the name of
 
-    unnamed = list(range(len(graph.conv_names)))  # the file's convs no chain has taken the name of
+        def name_of(index: int, wl: Workload) -> tuple[str, int]:
+            """The file's name for the conv (`conv_names`), else its position and shape; and its position."""
+            entries = graph.conv_names
+            if entries and isinstance(entries[0], tuple):
+                key = _workload_key(wl)
+                position = next((i for i in unnamed if entries[i][1] == key), None)
+                if position is None:
+                    return positional_name(index, wl), index
+                unnamed.remove(position)
+                return entries[position][0] or positional_name(position, wl), position
+            return (entries[index] if index < len(entries) else None) or positional_name(index, wl), index
 
-    def name_of(index: int, wl: Workload) -> tuple[str, int]:
-        """The file's name for the conv (`conv_names`), else its position and shape; and its position."""
-        entries = graph.conv_names
-        if entries and isinstance(entries[0], tuple):
-            key = _workload_key(wl)
-            position = next((i for i in unnamed if entries[i][1] == key), None)
-            if position is None:
-                return positional_name(index, wl), index
-            unnamed.remove(position)
-            return entries[position][0] or positional_name(position, wl), position
-        return (entries[index] if index < len(entries) else None) or positional_name(index, wl), index
-
-    chains, skipped = [], []
-    bound = {b.var: b.value for b in bindings}
-    quantized = graph.quantization.convs if graph.quantization is not None else {}
-    not_int8 = list(graph.quantization.float_ops) if graph.quantization is not None else []
-    convs = matmuls = 0
-    for binding in bindings:
-        if op_name(binding) == "relax.nn.conv2d":
-            index, convs = convs, convs + 1
-            conv = binding.value
-            try:
-                wl, weight = _conv_workload(graph.layout, conv)
-            except (WorkloadError, ValueError) as err:
-                skipped.append(f"conv {index}: {err}")
-                continue
-            name, position = name_of(index, wl)
-            if index in quantized:
+        convs = matmuls = 0
+        bound = {b.var: b.value for b in self.bindings}
+        for binding in self.bindings:
+            if self.op_name(binding) == "relax.nn.conv2d":
+                index, convs = convs, convs + 1
                 try:
-                    chain = _int8_chain(quantized[index], wl, weight, binding, bound, only_user, op_name)
+                    wl, weight = _conv_workload(graph.layout, binding.value)
                 except (WorkloadError, ValueError) as err:
-                    not_int8.append(f"Conv {quantized[index].node!r} ({err})")
-                else:
-                    chain.index, chain.name, chain.position = len(chains), name, position
-                    claimed.update(chain.replaced)
-                    chains.append(chain)
+                    skipped.append(f"conv {index}: {err}")
                     continue
-            chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var,
-                              position=position)
-        elif op_name(binding) == "relax.matmul":
-            index, matmuls = matmuls, matmuls + 1
-            found = _matmul_workload(binding.value, binding.var)
-            if found is None:  # activations times activations (attention), or a dynamic shape: TVM's
+                name, position = name_of(index, wl)
+                if position in quantized:  # by its position among the file's convs
+                    try:
+                        chain = _int8_chain(quantized[position], wl, weight, binding, bound, self.only_user,
+                                            self.op_name)
+                    except (WorkloadError, ValueError) as err:
+                        not_int8.append(f"Conv {quantized[position].node!r} ({err})")
+                    else:
+                        chain.name, chain.position = name, position
+                        self.claimed.update(chain.replaced)
+                        chains.append(chain)
+                        continue
+                self.anchors[binding.var] = (wl, weight, name, position, None)
+            elif self.op_name(binding) == "relax.matmul":
+                index, matmuls = matmuls, matmuls + 1
+                found = _matmul_workload(binding.value, binding.var)
+                if found is None:  # activations times activations (attention), or a dynamic shape: TVM's
+                    continue
+                wl, weight, shape = found
+                name = ((graph.matmul_names[index] if index < len(graph.matmul_names) else None)
+                        or f"matmul{index}.{wl.n * wl.h * wl.w}x{wl.ci}x{wl.co}")
+                self.anchors[binding.var] = (wl, weight, name, None, shape)
+        for binding in reversed(self.bindings):  # the last binding of a chain first: the longest chain
+            if binding.var not in self.claimed:
+                chain = self._chain_at(binding)
+                if chain is not None:
+                    self.claimed.update(chain.replaced)
+                    chains.append(chain)
+        chains.sort(key=lambda c: self.order[c.replaced[0]])
+        for i, chain in enumerate(chains):
+            chain.index = i
+        if skipped:
+            print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
+        if not_int8:
+            print(f"warning: {graph.label}: {len(not_int8)} quantized op(s) run in float32 between their "
+                  f"DequantizeLinear and QuantizeLinear (convtune has no int8 kernel for them; TVM computes them): "
+                  f"{'; '.join(not_int8)}", file=sys.stderr)
+        return chains
+
+    # -- a match, checked ---------------------------------------------------------------------------
+    def _var(self, expr):
+        """The var a matched expression is bound to (the match sees through bindings)."""
+        from tvm import relax
+
+        return expr if isinstance(expr, relax.Var) else self.var_of.get(expr)
+
+    def _single(self, var, user_var) -> bool:
+        """`var`'s one user is the binding of `user_var`, which no chain has taken."""
+        holders = self.users.get(var, [])
+        return (len(holders) == 1 and holders[0] is not None and holders[0].var.same_as(user_var)
+                and user_var not in self.claimed)
+
+    def _body(self, var):
+        """The anchor and its affine ops ending at `var`: (anchor var, [(op, values, var) ...]), or
+        None where it is no such body (not matched, an anchor the kernels cannot take, an op not
+        per-channel, a value with another user, a binding another chain took)."""
+        value = self.var2val.get(var)
+        if value is None or var in self.claimed:
+            return None
+        match = self.patterns["body"].extract_matched_expr(value, self.var2val)
+        if match is None:
+            return None
+        call = match.get(self.patterns["conv"])
+        anchor = self._var(call if call is not None else match.get(self.patterns["matmul"]))
+        if anchor is None or anchor not in self.anchors or anchor in self.claimed:
+            return None
+        wl = self.anchors[anchor][0]
+        steps, previous = [], anchor
+        for level in self.patterns["affine"]:  # innermost level (next to the anchor) first
+            call = next((match[p] for p in level if p in match), None)
+            if call is None:
                 continue
-            wl, weight, shape = found
-            name = ((graph.matmul_names[index] if index < len(graph.matmul_names) else None)
-                    or f"matmul{index}.{wl.n * wl.h * wl.w}x{wl.ci}x{wl.co}")
-            chain = ConvChain(len(chains), name, wl, binding.value.args[0], weight, None, None, [binding.var],
-                              binding.var, shape=shape)
+            step_var = self._var(call)
+            step = _affine_step(call, previous, wl)
+            if step_var is None or step is None or not self._single(previous, step_var):
+                return None
+            steps.append((step[0], step[1], step_var))
+            previous = step_var
+        return (anchor, steps) if previous.same_as(var) else None
+
+    def _chain_at(self, binding) -> ConvChain | None:
+        """The chain whose last binding is `binding`, or None."""
+        p = self.patterns
+        match = p["chain"].extract_matched_expr(binding.value, self.var2val)
+        if match is None:
+            return None
+        root = binding.var
+        # the activation: its kind, clip bounds, the vars it computes, the value it reads (head)
+        activation, clip, covered, head = "none", (0.0, 6.0), [], root
+        if p["relu"] in match:
+            activation, head, covered = "relu", self._operand(binding.value), [root]
+        elif p["clip"] in match:
+            lower = self._operand(binding.value)
+            head = self._operand(self.var2val[lower])
+            lo, hi = _scalar_operand(self.var2val[lower], head), _scalar_operand(binding.value, lower)
+            if lo is None or hi is None or lo > hi or not self._single(lower, root):
+                return None
+            activation, clip, covered = "clip", (lo, hi), [lower, root]
+        elif p["lower"] in match:
+            head = self._operand(binding.value)
+            if _scalar_operand(binding.value, head) != 0.0:
+                return None
+            activation, covered = "relu", [root]
+        elif p["hardswish"] in match or p["silu"] in match:
+            found = self._swish(binding)
+            if found is None:
+                return None
+            activation, head, covered = found
+        if head is None or head in self.claimed or (covered and not self._feeds(head, activation, covered)):
+            return None
+        # the residual add, then the anchor's body
+        residual, added = None, []
+        if p["residual"] in match and self._body(head) is None:
+            found = self._residual(head)
+            if found is None:
+                return None
+            body, residual = found
+            added = [head]
         else:
-            continue
-        epilogue = {"bias": False, "residual": False, "activation": "none", "clip": (0.0, 6.0)}
+            body = self._body(head)
+            if body is None:
+                return None
+        anchor, steps = body
+        return self._make(anchor, steps, residual, added + covered, activation, clip)
+
+    def _operand(self, call):
+        """The var a unary op or an op with one constant operand reads."""
+        return next((self._var(a) for a in call.args if not _is_constant(a)), None)
+
+    def _feeds(self, head, activation: str, covered: list) -> bool:
+        """The activation's first op is `head`'s one user (hardswish and silu: its two, the final
+        multiply one of them), and no chain has taken them."""
+        if activation not in ("hardswish", "silu"):
+            return self._single(head, covered[0])
+        holders = self.users.get(head, [])
+        return len(holders) == 2 and all(h is not None and h.var not in self.claimed
+                                         and any(h.var.same_as(v) for v in covered) for h in holders)
+
+    def _swish(self, binding):
+        """hardswish or silu ending at `binding` (the final multiply): (activation, head, vars)."""
+        from tvm import relax
+
+        a, b = binding.value.args
+        for head, factor in ((a, b), (b, a)):
+            head, factor = self._var(head), self._var(factor)
+            if head is None or factor is None:
+                continue
+            value = self.var2val.get(factor)
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.sigmoid":
+                if value.args[0].same_as(head) and self._single(factor, binding.var):
+                    return "silu", head, [factor, binding.var]
+                continue
+            # factor = (min(max(head + 3, 0), 6)) / 6, or * (1 / 6)
+            chain, previous = [], factor
+            for op in ("relax.divide|relax.multiply", "relax.minimum", "relax.maximum", "relax.add"):
+                value = self.var2val.get(previous)
+                if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") in op.split("|")):
+                    break
+                chain.append((previous, value))
+                previous = self._var(value.args[0])
+            if len(chain) != 4 or not previous.same_as(head):
+                continue
+            (scaled, scale), (six, upper), (zero, lower), (three, plus) = chain
+            factor6 = _scalar_operand(scale, six)
+            divides = scale.op.name == "relax.divide" and scale.args[0].same_as(six) and factor6 == 6.0
+            multiplies = scale.op.name == "relax.multiply" and factor6 is not None and abs(factor6 * 6.0 - 1.0) < 1e-6
+            if not ((divides or multiplies) and _scalar_operand(upper, zero) == 6.0
+                    and _scalar_operand(lower, three) == 0.0 and _scalar_operand(plus, head) == 3.0):
+                continue
+            if not (self._single(three, zero) and self._single(zero, six) and self._single(six, scaled)
+                    and self._single(scaled, binding.var)):
+                continue
+            return "hardswish", head, [three, zero, six, scaled, binding.var]
+        return None
+
+    def _residual(self, add_var):
+        """The body and the residual of the add `add_var`: the operand whose anchor comes first in
+        the graph, of those that are a body whose one user is the add, the other operand a
+        non-constant tensor of the output's shape."""
+        value = self.var2val[add_var]
+        found = []
+        for main, other in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+            main = self._var(main)
+            body = self._body(main) if main is not None else None
+            if body is None or not self._single(main, add_var) or _is_constant(other):
+                continue
+            wl, _, _, _, shape = self.anchors[body[0]]
+            if _shape(other.ty) == list(shape or wl.out_shape):
+                found.append((self.order[body[0]], body, other))
+        if not found:
+            return None
+        _, body, other = min(found, key=lambda f: f[0])
+        return body, other
+
+    def _make(self, anchor, steps, residual, after, activation, clip) -> ConvChain:
+        wl, weight, name, position, shape = self.anchors[anchor]
+        conv = self.var2val[anchor]
+        chain = ConvChain(0, name, wl, conv.args[0], weight, None, residual, [anchor] + [s[2] for s in steps] + after,
+                          (after or [s[2] for s in steps] or [anchor])[-1], shape=shape, position=position)
         # Per-channel affine ops right after the conv (its bias, a batch norm that TVM decomposed
         # into subtract / divide / multiply / add by constants) fold into its weight and a bias:
         # y = conv(x, w) * scale + shift = conv(x, w * scale) + shift, exact up to rounding.
-        scale = np.ones(wl.co, np.float64)
-        shift = np.zeros(wl.co, np.float64)
-        folded = False
-        nxt = only_user(chain.last)
-        while nxt is not None and op_name(nxt) in _AFFINE:
-            step = _affine_step(nxt.value, chain.last, wl)
-            if step is None:
-                break
-            op, value = step
-            if op == "relax.add":
-                shift = shift + value
-            elif op == "relax.subtract":
-                shift = shift - value
-            elif op == "relax.multiply":
-                scale, shift = scale * value, shift * value
-            else:
-                scale, shift = scale / value, shift / value
-            folded = True
-            chain.replaced.append(nxt.var)
-            chain.last = nxt.var
-            nxt = only_user(chain.last)
-        if folded:
+        bias = False
+        if steps:
+            scale = np.ones(wl.co, np.float64)
+            shift = np.zeros(wl.co, np.float64)
+            for op, value, _ in steps:
+                if op == "relax.add":
+                    shift = shift + value
+                elif op == "relax.subtract":
+                    shift = shift - value
+                elif op == "relax.multiply":
+                    scale, shift = scale * value, shift * value
+                else:
+                    scale, shift = scale / value, shift / value
             axis = -1 if wl.layout == "NHWC" else 0
-            shape = [1] * weight.ndim
-            shape[axis] = wl.co
-            chain.weight = (weight.astype(np.float64) * scale.reshape(shape)).astype(np.float32)
-            chain.bias, epilogue["bias"] = shift.astype(np.float32), True
-        if nxt is not None and op_name(nxt) == "relax.add":
-            other = _other_operand(nxt.value, chain.last)
-            if (other is not None and not _is_constant(other)
-                    and _shape(other.ty) == list(chain.shape or wl.out_shape)):
-                chain.residual, epilogue["residual"] = other, True
-                chain.replaced.append(nxt.var)
-                chain.last = nxt.var
-                nxt = only_user(chain.last)
-        if nxt is not None and op_name(nxt) == "relax.nn.relu":
-            epilogue["activation"] = "relu"
-            chain.replaced.append(nxt.var)
-            chain.last = nxt.var
-        elif nxt is not None and op_name(nxt) == "relax.maximum":
-            # clip(lo, hi) as the frontend writes it: maximum(x, lo), then minimum(., hi); or a
-            # ReLU written as maximum(x, 0)
-            lo = _scalar_operand(nxt.value, chain.last)
-            after = only_user(nxt.var)
-            hi = _scalar_operand(after.value, nxt.var) if after is not None and op_name(after) == "relax.minimum" else None
-            if lo is not None and hi is not None and lo <= hi:
-                epilogue["activation"], epilogue["clip"] = "clip", (lo, hi)
-                chain.replaced += [nxt.var, after.var]
-                chain.last = after.var
-            elif lo == 0.0:
-                epilogue["activation"] = "relu"
-                chain.replaced.append(nxt.var)
-                chain.last = nxt.var
-        elif nxt is None and chain.workload.dtype == "float32":
-            found = swish(chain.last)
-            if found is not None:
-                epilogue["activation"] = found[0]
-                chain.replaced += found[1]
-                chain.last = found[1][-1]
-        chain.workload = Workload(**{**wl.to_dict(), "epilogue": Epilogue(**epilogue)})
-        claimed.update(chain.replaced)
-        chains.append(chain)
-    if skipped:
-        print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
-    if not_int8:
-        print(f"warning: {graph.label}: {len(not_int8)} quantized op(s) run in float32 between their DequantizeLinear "
-              f"and QuantizeLinear (convtune has no int8 kernel for them; TVM computes them): {'; '.join(not_int8)}",
-              file=sys.stderr)
-    return chains
+            channel = [1] * weight.ndim
+            channel[axis] = wl.co
+            chain.weight = (weight.astype(np.float64) * scale.reshape(channel)).astype(np.float32)
+            chain.bias, bias = shift.astype(np.float32), True
+        epilogue = Epilogue(bias=bias, residual=residual is not None, activation=activation, clip=clip)
+        chain.workload = Workload(**{**wl.to_dict(), "epilogue": epilogue})
+        return chain
 
 
 def _int8_chain(q: QuantizedConv, wl: Workload, weight: np.ndarray, binding, bound: dict, only_user,
