@@ -42,6 +42,7 @@ import io
 import os
 import re
 import sys
+import warnings
 
 from schedules.workload import Workload
 
@@ -256,7 +257,9 @@ def _relax_from_onnx(label: str, model):
                                     "(its batch size) to fix it")
         shapes[value.name] = [d.dim_value for d in dims]
     try:
-        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+        with warnings.catch_warnings():  # its checker's and its renames' notes: nothing a user acts on
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"tvm\.relax\.frontend\.onnx")
+            return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
         raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
 
