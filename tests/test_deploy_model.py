@@ -25,7 +25,8 @@ from tuning.deploy.model import (  # noqa: E402
     random_model_inputs,
     replace_convs,
 )
-from tuning.graph import load_model, ops_module  # noqa: E402
+from tuning.graph import ops_module  # noqa: E402
+from tuning.model_import import load_model  # noqa: E402
 
 from .support.models import mlp_block, onnxruntime_outputs, small_resnet  # noqa: E402
 

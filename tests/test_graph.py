@@ -10,8 +10,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from tuning.graph import load_model  # noqa: E402
-from tuning.model_import import ModelError, load_network  # noqa: E402
+from tuning.model_import import ModelError, load_model, load_network  # noqa: E402
 
 from .support import models  # noqa: E402
 from .support.models import four_convs as tiny_search_onnx  # noqa: E402

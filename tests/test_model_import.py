@@ -607,7 +607,7 @@ def test_a_zoo_model_exports_beside_a_working_torchvision(tmp_path):
     import subprocess
     import sys
 
-    code = ("from tuning.graph import zoo_onnx; m = zoo_onnx('resnet18', 1); "
+    code = ("from tuning.model_import import zoo_onnx; m = zoo_onnx('resnet18', 1); "
             "print(sum(n.op_type == 'Conv' for n in m.graph.node))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

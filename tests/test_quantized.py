@@ -27,7 +27,7 @@ from tuning.deploy.model import (  # noqa: E402
     random_model_inputs,
     reference_outputs,
 )
-from tuning.graph import load_model  # noqa: E402
+from tuning.model_import import load_model  # noqa: E402
 from tuning.model_import import ModelError  # noqa: E402
 
 INPUT = (1, 3, 12, 12)

@@ -54,8 +54,7 @@ from .deploy.model import (
 )
 from .deploy.verify import verify as verify_kernel
 from .files import write_arrays_atomic
-from .graph import load_model
-from .model_import import load_network
+from .model_import import load_model, load_network
 from .networks import NETWORKS, network_layers
 from .networks import resolve as resolve_layer
 from .peak import cpu_model, target_peak
@@ -176,7 +175,7 @@ class Scope:
              options: SearchOptions = SearchOptions(), device: DeviceAddress = DeviceAddress(),
              say=_stderr) -> "Tuned":
         """Search the scope's schedules and record every trial. `algorithm` None: direct for a layer
-        or network (an int8 layer: auto, direct's compute being float32), auto for a model."""
+        or network (an int8 layer, a network with one: auto, direct's compute being float32), auto for a model."""
         if trials <= 0:
             raise UsageError(f"--trials: must be positive, got {trials}")
         if self.kind == "model":
@@ -187,8 +186,9 @@ class Scope:
             tune_model(graph, algorithm, target, logs, total, options=options, runner=runner)
             return Tuned(self, target, runner)
         if self.kind == "network":
-            algorithm = algorithm or "direct"
             layers = self.layers()
+            # a QDQ model's layers are int8: direct's compute is float32
+            algorithm = algorithm or ("auto" if any(l.workload.quantized for l in layers) else "direct")
             total = trials_total or trials * len(layers)
             runner = runner_for(device, target, options)
             say(f"tuning {len(layers)} distinct conv layers of {self.source} ({sum(l.count for l in layers)} in all) "

@@ -361,7 +361,7 @@ def _onnx_bytes(graph) -> bytes | None:
     if source["kind"] == "onnx":
         return open(source["path"], "rb").read()
     if source["kind"] == "zoo":
-        from .graph import zoo_onnx
+        from .model_import import zoo_onnx
 
         return zoo_onnx(source["name"], source.get("batch", 1)).SerializeToString()
     return None
@@ -375,7 +375,7 @@ def _torch_module(graph):
     if source["kind"] == "zoo":
         import torchvision
 
-        torch.manual_seed(0)  # tuning.graph.zoo_onnx builds the same weights
+        torch.manual_seed(0)  # tuning.model_import.zoo_onnx builds the same weights
         return getattr(torchvision.models, source["name"])(weights=None).eval()
     if source["kind"] == "pt2":
         from .model_import import load_exported_program

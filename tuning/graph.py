@@ -1,20 +1,23 @@
 """A whole model as a TVM Relax graph, and the conv chains in it that convtune's kernels replace.
 
-`load_model` reads an ONNX file, a torch.export program (.pt2) or a zoo architecture (torchvision,
-random weights, exported to ONNX in memory) with TVM's Relax frontends, and normalises it the way
-convtune's kernels want it:
+A model file becomes a Relax graph in one place, `tuning.model_import.load_model` (ONNX, torch.export
+.pt2, a zoo architecture); this module is what happens to the graph after that. `normalise` makes it
+the way convtune's kernels want it:
 
   1. batch norm folded into the preceding conv's weights and a bias (FoldBatchnormToConv2D; what is
-     left of batch norm is decomposed into arithmetic and constant-folded);
+     left of batch norm is decomposed into arithmetic and constant-folded), and a zero `pad` op
+     before a conv folded into the conv's padding (PyTorch's even-kernel "same");
   2. the convs converted to the kernels' layout (NHWC activations, HWIO weights by default: the
      layout the article and the tuned templates favour on CPUs), with one transpose at each end of
      the graph and none between layers (ConvertLayout carries the layout through pools and adds);
   3. constants folded, so weights and biases are plain constants.
 
-`conv_chains` then finds every `conv2d (+ bias) (+ residual add) (+ relu | clip)` chain whose
-intermediate values have no other user: each is one convtune workload with its epilogue. The same
-function serves `tune --model` (the workloads to tune) and `compile --model` (what to replace), so
-the two always agree on what a model's layers are.
+`conv_chains` then matches every `conv2d (+ per-channel affine ops: bias, batch norm) (+ residual
+add) (+ relu | clip | hardswish | silu)` chain whose intermediate values have no other user, with
+Relax's dataflow pattern language (`tvm.relax.dpl`, `chain_patterns`): each is one convtune workload
+with its epilogue. The same chains serve `convtune layers FILE` and `--network FILE` (their bare
+convs), `tune --model` (the workloads to tune) and `compile --model` (what to replace), so all of
+them agree on what a model's layers are.
 
 A quantized ONNX model (QDQ: QuantizeLinear / DequantizeLinear around float ops) has its quantized
 convs read off the file first (tuning/quantized.py); each becomes an int8 chain instead (uint8 or
@@ -24,7 +27,6 @@ input is the quantized tensor itself, so that int8 convs pass integers from one 
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,22 +35,8 @@ import numpy as np
 
 from schedules.workload import Epilogue, Workload, WorkloadError
 
-from .model_import import (
-    MODEL_SUFFIXES,
-    ModelError,
-    fix_batch,
-    same_pads,
-    load_exported_program,
-    onnx_module_path,
-    positional_name,
-    read_onnx,
-)
 from .networks import Layer, distinct_layers
-from .quantized import Quantization, QuantizedConv, read_quantization
-from .tables import safe_text
-
-MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
-ZOO_INPUT = (1, 3, 224, 224)
+from .quantized import Quantization, QuantizedConv
 
 
 @dataclass
@@ -73,6 +61,7 @@ class ConvChain:
     quant: QuantizedConv | None = None
     data_permute: tuple | None = None
     out_permute: tuple | None = None
+    position: int | None = None  # a conv's position among the file's convs (`ModelGraph.conv_names`)
 
     def kernel_inputs(self) -> dict[str, np.ndarray]:
         """The epilogue's arrays as the kernel takes them: bias (float32, or int32 for an int8
@@ -88,7 +77,10 @@ class ModelGraph:
     label: str  # what the user named: a file path or a zoo name
     mod: object  # tvm.IRModule, normalised (see the module docstring)
     layout: str
-    conv_names: list[str]  # readable names of the convs, in order
+    # The file's convs in its order: (readable name or None, `conv_key`). The frontends may emit
+    # them in another order (TVM's ONNX frontend does, around shape arithmetic): a chain takes the
+    # name of the first unnamed one of its shape. A bare name (no key): the graph's order.
+    conv_names: list
     source: dict  # how it was read: {"kind": "onnx"|"pt2"|"zoo", ...}
     trust_pickle: bool = False  # the user vouched for the pickles of its .pt2 (--trust-pickle)
     # The inputs' names as the file has them (`input.1`): Relax's parameters carry sanitised names
@@ -97,6 +89,10 @@ class ModelGraph:
     matmul_names: list[str] = field(default_factory=list)  # of the MatMul/Gemm nodes, in order
     output_names: list[str] | None = None  # the file's own (`y`, `logits`), for the sidecar and the user
     quantization: Quantization | None = None  # a QDQ model's quantized convs (tuning.quantized)
+    # What `convtune layers` says of the model's other convs: transposed ones (named in a warning),
+    # and those it refuses (a 1-D conv, a dtype other than float32), which TVM runs in a compiled model.
+    transposed: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
     _chains: list | None = None
 
     @property
@@ -123,186 +119,30 @@ class ModelGraph:
         return distinct_layers([Layer(c.name, c.workload) for c in self.chains()])
 
 
+def conv_key(x_shape, w_shape, stride, dilation, groups) -> tuple:
+    """What identifies a conv of a model file in its Relax graph, whatever the order the frontend
+    emits them in: NCHW input shape, OIHW weight shape, stride, dilation, groups."""
+    return (tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape), tuple(int(s) for s in stride),
+            tuple(int(d) for d in dilation), int(groups))
+
+
+def _workload_key(wl: Workload) -> tuple:
+    return conv_key((wl.n, wl.ci, wl.h, wl.w), (wl.co, wl.ci // wl.groups, wl.kh, wl.kw), wl.stride, wl.dilation,
+                    wl.groups)
+
+
+def positional_name(index: int, wl: Workload) -> str:
+    """A layer name from the conv's position in the model and its shape, for models that carry no
+    module path: `conv3.3x3s2.64-128` (the 4th conv: 3x3, stride 2, 64 -> 128 channels; `g4`: groups)."""
+    stride = "" if wl.stride == (1, 1) else (f"s{wl.stride[0]}" if wl.stride[0] == wl.stride[1]
+                                             else f"s{wl.stride[0]}x{wl.stride[1]}")
+    groups = f"g{wl.groups}" if wl.groups > 1 else ""
+    return f"conv{index}.{wl.kh}x{wl.kw}{stride}{groups}.{wl.ci}-{wl.co}"
+
+
 def _tensor_info(name: str, sinfo) -> dict:
     shape = [int(d) for d in sinfo.shape.values] if sinfo.shape is not None else None
     return {"name": name, "shape": shape, "dtype": str(sinfo.dtype)}
-
-
-# -- reading -----------------------------------------------------------------------------------
-def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
-               trust_pickle: bool = False) -> ModelGraph:
-    """A model file (.onnx, .pt2) or a zoo name, as a normalised Relax graph (see the docstring)."""
-    suffix = os.path.splitext(source)[1].lower()
-    input_names = output_names = quantization = None
-    if suffix == ".onnx":
-        model = read_onnx(source)
-        # Before TVM reads it: an int4 / float8 Q or DQ is refused naming its node, not as whatever
-        # the frontend raises; and constant folding would lose the integer weights.
-        quantization = read_quantization(model, source)
-        mod, names = _from_onnx(source, model, batch)
-        input_names = _onnx_input_names(model)
-        output_names = [safe_text(o.name) for o in model.graph.output]
-        kind = {"kind": "onnx", "path": os.path.abspath(source)}
-    elif suffix == ".pt2":
-        if batch is not None:
-            raise ModelError(source, "--batch applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        mod, names = _from_pt2(source, trust_pickle)
-        kind = {"kind": "pt2", "path": os.path.abspath(source)}
-    elif os.path.exists(source):
-        raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
-                                 f"{' or '.join(MODEL_SUFFIXES)}, or a zoo name ({', '.join(MODEL_ZOO)})")
-    elif source in MODEL_ZOO:
-        model = zoo_onnx(source, batch or 1)
-        mod, names = _from_onnx(source, model, None)
-        input_names = _onnx_input_names(model)
-        output_names = [o.name for o in model.graph.output]
-        kind = {"kind": "zoo", "name": source, "batch": batch or 1}
-    else:
-        raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
-                                  f"({', '.join(MODEL_SUFFIXES)})")
-    return ModelGraph(source, normalise(mod, layout), layout, names[0], kind, trust_pickle, input_names, names[1],
-                      output_names, quantization)
-
-
-def _onnx_input_names(model) -> list[str]:
-    """The graph inputs that are not initializers, in order: what the Relax frontend makes parameters."""
-    initializers = {i.name for i in model.graph.initializer}
-    return [v.name for v in model.graph.input if v.name not in initializers]
-
-
-def zoo_onnx(name: str, batch: int = 1):
-    """A torchvision architecture with random weights (no download), exported to ONNX in memory."""
-    try:
-        import torch
-    except ImportError:
-        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
-    import onnx
-
-    try:
-        import torchvision
-    except ImportError:
-        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
-    except RuntimeError:
-        # A torchvision whose C++ extension cannot load beside this torch (a CUDA wheel beside a CPU
-        # torch) fails on its operators' meta registrations; these two schemas are all the
-        # pure-Python architectures need. Only then: defined before a working extension loads, they
-        # make it abort the process on a duplicate registration.
-        try:
-            lib = torch.library.Library("torchvision", "DEF")
-            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _KEEP.append(lib)
-        except RuntimeError:
-            pass
-        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[module]
-        import torchvision
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None)
-    # Batch-norm statistics calibrated on random data: with the initial ones (mean 0, var 1) a
-    # random-weight network's activations shrink layer by layer to outputs of ~1e-14, where every
-    # comparison passes; a few training-mode passes give every layer unit-scale outputs.
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn((4,) + ZOO_INPUT[1:]))
-    model.eval()
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros((batch,) + ZOO_INPUT[1:]),), buffer, dynamo=False,
-                          input_names=["input"], output_names=["logits"], opset_version=17)
-    return onnx.load_from_string(buffer.getvalue())
-
-
-_KEEP: list = []  # the torch.library registration lives as long as the process
-
-
-def _from_onnx(label: str, model, batch: int | None):
-    from tvm.relax.frontend.onnx import from_onnx
-
-    if batch is not None:
-        import onnx
-
-        model = fix_batch(onnx, model, batch, label)
-    model = _explicit_same_pads(model)
-    initializers = {i.name for i in model.graph.initializer}
-    shapes = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if not all(d.HasField("dim_value") for d in dims):
-            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --model-batch N "
-                                    "(its batch size) to fix it")
-        shapes[value.name] = [d.dim_value for d in dims]
-    names, matmuls = [], []
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            path = onnx_module_path(node)  # from the file: escaped before anything prints it
-            names.append(safe_text(path) if path is not None else None)
-        elif node.op_type in ("MatMul", "Gemm"):
-            path = onnx_module_path(node)
-            matmuls.append(safe_text(path) if path is not None else None)
-    try:
-        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
-    except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
-        raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
-    return mod, (names, matmuls)
-
-
-def _explicit_same_pads(model):
-    """Convs with auto_pad SAME_UPPER / SAME_LOWER rewritten with the explicit pads they mean (as
-    `model_import` reads them), where ONNX's shape inference knows their input: TVM's frontend would
-    emit a pad op (in NCHW, a transpose each side) and an unpadded conv on the larger input, a
-    conv `layers FILE` does not list and a pass over the input the kernels do inline. The model
-    is copied; one whose shapes cannot be inferred is left as it is."""
-    import onnx
-
-    same = [n for n in model.graph.node if n.op_type == "Conv" and any(
-        a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
-    if not same:
-        return model
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a model shape inference cannot read: TVM's frontend pads it
-        return model
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = value.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for node in copy.graph.node:
-        if node.op_type != "Conv" or not node.input or node.input[0] not in shapes:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        mode = attrs.get("auto_pad", b"NOTSET")
-        x = shapes[node.input[0]]
-        w = weights.get(node.input[1]) if len(node.input) > 1 else None
-        if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(x) != 4 or w is None or len(w) != 4:
-            continue
-        kh, kw = attrs.get("kernel_shape", w[2:])
-        stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
-        upper = mode == b"SAME_UPPER"
-        (top, bottom), (left, right) = (same_pads(x[2], kh, stride[0], dilation[0], upper),
-                                        same_pads(x[3], kw, stride[1], dilation[1], upper))
-        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
-        del node.attribute[:]
-        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", [top, left, bottom, right])])
-    return copy
-
-
-def _from_pt2(path: str, trust_pickle: bool = False):
-    # Read (and vet) the archive first: without torch that is the one-line "needs torch" error,
-    # where TVM's frontend would raise a bare ImportError on import.
-    program = load_exported_program(path, trust_pickle)
-    from tvm.relax.frontend.torch import from_exported_program
-
-    mod = from_exported_program(program, keep_params_as_input=False)
-    return mod, ([], [])
 
 
 def normalise(mod, layout: str = "NHWC"):
@@ -311,6 +151,7 @@ def normalise(mod, layout: str = "NHWC"):
 
     mod = relax.transform.FoldConstant()(mod)  # ONNX Clip's NaN guards on constant bounds
     mod = _elementwise_as_ops(mod)
+    mod = _pads_into_convs(mod)
     mod = relax.transform.FoldBatchnormToConv2D()(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.FoldConstant()(mod)
@@ -318,6 +159,41 @@ def normalise(mod, layout: str = "NHWC"):
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _pads_into_convs(mod):
+    """`conv2d(pad(x))` with a zero pad of the spatial axes only as `conv2d(x)` with that padding
+    added to its own: PyTorch's "same" for an even kernel (torch.export: a pad op, then the conv),
+    so that the conv is the layer `convtune layers` lists and the kernel pads inline, not a pass
+    of its own over the input. Before ConvertLayout: the convs are the frontends' NCHW."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if getattr(call.op, "name", "") != "relax.nn.conv2d" or not isinstance(call.args[0], relax.Var):
+                return call
+            pad = self.lookup_binding(call.args[0])
+            attrs = call.attrs
+            if not (isinstance(pad, relax.Call) and getattr(pad.op, "name", "") == "relax.nn.pad"
+                    and str(attrs.data_layout) == "NCHW" and str(pad.attrs.pad_mode) == "constant"
+                    and float(pad.attrs.pad_value) == 0.0):
+                return call
+            width = [int(p) for p in pad.attrs.pad_width]
+            conv = [int(p) for p in attrs.padding]
+            if len(width) != 8 or any(width[:4]) or len(conv) != 4:
+                return call
+            padding = (conv[0] + width[4], conv[1] + width[6], conv[2] + width[5], conv[3] + width[7])
+            return relax.op.nn.conv2d(pad.args[0], call.args[1], strides=attrs.strides, padding=padding,
+                                      dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                                      kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                                      out_dtype=attrs.out_dtype)
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Fold(mod).visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
 
 
@@ -387,190 +263,363 @@ def _scalar(expr) -> float | None:
 
 
 # -- the conv chains ---------------------------------------------------------------------------
+# Epilogue ops after a conv (or a matmul by a constant) as Relax's dataflow patterns. A chain is
+# `anchor (+ affine)* (+ residual add) (+ activation)`, matched rooted at its last binding:
+#   affine: add / subtract / multiply / divide by a constant (its bias; a batch norm TVM decomposed);
+#   residual: add of another tensor of the output's shape;
+#   activation: relu; clip as the frontend writes it, minimum(maximum(x, lo), hi), or maximum(x, 0);
+#   hardswish x * (min(max(x + 3, 0), 6) / 6) (or * 1/6) and silu x * sigmoid(x), where one
+#   pattern object at both places makes them the same value.
+# What a pattern cannot say (per-channel constants, the constants' values, single users, shapes)
+# `_Chains` checks on the match.
+_MAX_AFFINE = 8  # affine ops after one conv (bias, decomposed batch norm: 5)
+
+
+def _chain_patterns() -> dict:
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    conv = is_op("relax.nn.conv2d")(wildcard(), wildcard())
+    matmul = is_op("relax.matmul")(wildcard(), wildcard())
+    anchor = conv | matmul
+    body, affine = anchor, []
+    for _ in range(_MAX_AFFINE):  # the anchor, then up to _MAX_AFFINE affine ops: one level each
+        steps = [is_op(op)(body, is_const()) for op in _AFFINE]
+        affine.append(steps)
+        body = anchor | steps[0] | steps[1] | steps[2] | steps[3]
+    residual = is_op("relax.add")(body, wildcard())
+    head = body | residual
+    relu = is_op("relax.nn.relu")(head)
+    lower = is_op("relax.maximum")(head, is_const())
+    clip = is_op("relax.minimum")(lower, is_const())
+    six = is_op("relax.minimum")(is_op("relax.maximum")(is_op("relax.add")(head, is_const()), is_const()), is_const())
+    scale = is_op("relax.divide")(six, is_const()) | is_op("relax.multiply")(six, is_const())
+    hardswish = is_op("relax.multiply")(head, scale)
+    silu = is_op("relax.multiply")(head, is_op("relax.sigmoid")(head))
+    chain = relu | clip | lower | hardswish | silu | head
+    return {"chain": chain, "body": body, "conv": conv, "matmul": matmul, "affine": affine, "residual": residual,
+            "relu": relu, "clip": clip, "lower": lower, "hardswish": hardswish, "silu": silu}
+
+
+_PATTERNS: dict = {}
+
+
+def chain_patterns() -> dict:
+    """The patterns, built once: "chain" (a whole chain, rooted at its last binding), "body" (the
+    anchor and its affine ops) and the parts `_Chains` reads a match by."""
+    if not _PATTERNS:
+        _PATTERNS.update(_chain_patterns())
+    return _PATTERNS
+
+
 def conv_chains(graph: ModelGraph) -> list[ConvChain]:
-    """Every conv of the graph's main function with the epilogue that follows it (see the module
-    docstring); a conv the kernels cannot take (another layout, a dynamic shape, a non-constant
-    weight) is left to TVM and named in a warning."""
-    from tvm import relax
+    """Every conv (and matmul by a constant) of the graph's main function with the epilogue that
+    follows it (see the module docstring); a conv the kernels cannot take (another layout, a
+    dynamic shape, a non-constant weight) is left to TVM and named in a warning."""
+    return _Chains(graph).find()
 
-    func = graph.mod["main"]
-    bindings = [b for block in func.body.blocks for b in block.bindings]
-    users: dict = {}
 
-    def count(expr, holder):
+class _Chains:
+    """The chains of one graph. The patterns are matched rooted at every binding, the last first, so
+    that each anchor gets its longest chain; where two chains could take one residual add, the
+    earlier conv takes it (the other's output is its residual), as a walk in the file's order would."""
+
+    def __init__(self, graph: ModelGraph):
+        from tvm import relax
+
+        self.graph = graph
+        self.func = graph.mod["main"]
+        self.bindings = [b for block in self.func.body.blocks for b in block.bindings]
+        self.var2val = relax.analysis.get_var2val(self.func)
+        self.binding_of = {b.var: b for b in self.bindings}
+        self.var_of = {b.value: b.var for b in self.bindings}
+        self.order = {b.var: i for i, b in enumerate(self.bindings)}
+        self.users: dict = {}
+        for binding in self.bindings:
+            self._count(binding.value, binding)
+        self._count(self.func.body.body, None)
+        self.claimed: set = set()  # vars a chain computes
+        self.anchors: dict = {}  # anchor var -> (workload, weight, name, position, shape) of a float anchor
+        self.patterns = chain_patterns()
+
+    def _count(self, expr, holder):
+        from tvm import relax
+
         if isinstance(expr, relax.Var):
-            users.setdefault(expr, []).append(holder)
+            self.users.setdefault(expr, []).append(holder)
         elif isinstance(expr, relax.Call):
             for arg in expr.args:
-                count(arg, holder)
+                self._count(arg, holder)
         elif isinstance(expr, relax.Tuple):
             for item in expr.fields:
-                count(item, holder)
+                self._count(item, holder)
         elif isinstance(expr, relax.TupleGetItem):
-            count(expr.tuple_value, holder)
+            self._count(expr.tuple_value, holder)
 
-    for binding in bindings:
-        count(binding.value, binding)
-    count(func.body.body, None)
-
-    claimed: set = set()  # bindings an earlier chain computes (a residual add joins two convs)
-
-    def only_user(var):
-        holders = users.get(var, [])
-        ok = len(holders) == 1 and holders[0] is not None and holders[0].var not in claimed
+    def only_user(self, var):
+        holders = self.users.get(var, [])
+        ok = len(holders) == 1 and holders[0] is not None and holders[0].var not in self.claimed
         return holders[0] if ok else None
 
+    @staticmethod
     def op_name(binding) -> str:
+        from tvm import relax
+
         value = binding.value
         return value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
 
-    def swish(var) -> tuple[str, list] | None:
-        """hardswish `x * (min(max(x + 3, 0), 6) / 6)` or silu `x * sigmoid(x)` of `var`, as the
-        ONNX frontend writes them (HardSwish; Sigmoid + Mul): `var` read twice, once by the
-        final multiply. (activation, the bindings it covers) or None."""
-        holders = users.get(var, [])
-        if len(holders) != 2 or any(h is None or h.var in claimed for h in holders):
-            return None
-        mul = next((h for h in holders if op_name(h) == "relax.multiply"), None)
-        other = next((h for h in holders if h is not mul), None)
-        if mul is None or other is None:
-            return None
-        if op_name(other) == "relax.sigmoid":
-            name, last, covered = "silu", other, [other.var]
-        else:
-            steps = [("relax.add", 3.0), ("relax.maximum", 0.0), ("relax.minimum", 6.0)]
-            covered, last, previous = [], other, var
-            for op, value in steps:
-                if last is None or op_name(last) != op or _scalar_operand(last.value, previous) != value:
-                    return None
-                covered.append(last.var)
-                previous, last = last.var, only_user(last.var)
-            # / 6, or * (1 / 6) as an exporter may write it
-            if last is None:
-                return None
-            factor = _scalar_operand(last.value, previous)
-            divides = op_name(last) == "relax.divide" and last.value.args[0].same_as(previous) and factor == 6.0
-            multiplies = op_name(last) == "relax.multiply" and factor is not None and abs(factor * 6.0 - 1.0) < 1e-6
-            if not (divides or multiplies):
-                return None
-            covered.append(last.var)
-            name = "hardswish"
-        factor = _other_operand(mul.value, var)  # the multiply must be var times what `last` computed
-        if only_user(last.var) is not mul or factor is None or not factor.same_as(last.var):
-            return None
-        return name, covered + [mul.var]
+    # -- the anchors, in the graph's order: names, workloads, int8 chains ----------------------------
+    def find(self) -> list[ConvChain]:
+        graph = self.graph
+        chains, skipped = [], []
+        quantized = graph.quantization.convs if graph.quantization is not None else {}
+        not_int8 = list(graph.quantization.float_ops) if graph.quantization is not None else []
+        unnamed = list(range(len(graph.conv_names)))  # the file's convs no chain has taken the name of
 
-    chains, skipped = [], []
-    bound = {b.var: b.value for b in bindings}
-    quantized = graph.quantization.convs if graph.quantization is not None else {}
-    not_int8 = list(graph.quantization.float_ops) if graph.quantization is not None else []
-    convs = matmuls = 0
-    for binding in bindings:
-        if op_name(binding) == "relax.nn.conv2d":
-            index, convs = convs, convs + 1
-            conv = binding.value
-            try:
-                wl, weight = _conv_workload(graph.layout, conv)
-            except (WorkloadError, ValueError) as err:
-                skipped.append(f"conv {index}: {err}")
-                continue
-            name = (graph.conv_names[index] if index < len(graph.conv_names) else None) or positional_name(index, wl)
-            if index in quantized:
+        def name_of(index: int, wl: Workload) -> tuple[str, int]:
+            """The file's name for the conv (`conv_names`), else its position and shape; and its position."""
+            entries = graph.conv_names
+            if entries and isinstance(entries[0], tuple):
+                key = _workload_key(wl)
+                position = next((i for i in unnamed if entries[i][1] == key), None)
+                if position is None:
+                    return positional_name(index, wl), index
+                unnamed.remove(position)
+                return entries[position][0] or positional_name(position, wl), position
+            return (entries[index] if index < len(entries) else None) or positional_name(index, wl), index
+
+        convs = matmuls = 0
+        bound = {b.var: b.value for b in self.bindings}
+        for binding in self.bindings:
+            if self.op_name(binding) == "relax.nn.conv2d":
+                index, convs = convs, convs + 1
                 try:
-                    chain = _int8_chain(quantized[index], wl, weight, binding, bound, only_user, op_name)
+                    wl, weight = _conv_workload(graph.layout, binding.value)
                 except (WorkloadError, ValueError) as err:
-                    not_int8.append(f"Conv {quantized[index].node!r} ({err})")
-                else:
-                    chain.index, chain.name = len(chains), name
-                    claimed.update(chain.replaced)
-                    chains.append(chain)
+                    skipped.append(f"conv {index}: {err}")
                     continue
-            chain = ConvChain(len(chains), name, wl, conv.args[0], weight, None, None, [binding.var], binding.var)
-        elif op_name(binding) == "relax.matmul":
-            index, matmuls = matmuls, matmuls + 1
-            found = _matmul_workload(binding.value, binding.var)
-            if found is None:  # activations times activations (attention), or a dynamic shape: TVM's
+                name, position = name_of(index, wl)
+                if position in quantized:  # by its position among the file's convs
+                    try:
+                        chain = _int8_chain(quantized[position], wl, weight, binding, bound, self.only_user,
+                                            self.op_name)
+                    except (WorkloadError, ValueError) as err:
+                        not_int8.append(f"Conv {quantized[position].node!r} ({err})")
+                    else:
+                        chain.name, chain.position = name, position
+                        self.claimed.update(chain.replaced)
+                        chains.append(chain)
+                        continue
+                self.anchors[binding.var] = (wl, weight, name, position, None)
+            elif self.op_name(binding) == "relax.matmul":
+                index, matmuls = matmuls, matmuls + 1
+                found = _matmul_workload(binding.value, binding.var)
+                if found is None:  # activations times activations (attention), or a dynamic shape: TVM's
+                    continue
+                wl, weight, shape = found
+                name = ((graph.matmul_names[index] if index < len(graph.matmul_names) else None)
+                        or f"matmul{index}.{wl.n * wl.h * wl.w}x{wl.ci}x{wl.co}")
+                self.anchors[binding.var] = (wl, weight, name, None, shape)
+        for binding in reversed(self.bindings):  # the last binding of a chain first: the longest chain
+            if binding.var not in self.claimed:
+                chain = self._chain_at(binding)
+                if chain is not None:
+                    self.claimed.update(chain.replaced)
+                    chains.append(chain)
+        chains.sort(key=lambda c: self.order[c.replaced[0]])
+        for i, chain in enumerate(chains):
+            chain.index = i
+        if skipped:
+            print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
+        if not_int8:
+            print(f"warning: {graph.label}: {len(not_int8)} quantized op(s) run in float32 between their "
+                  f"DequantizeLinear and QuantizeLinear (convtune has no int8 kernel for them; TVM computes them): "
+                  f"{'; '.join(not_int8)}", file=sys.stderr)
+        return chains
+
+    # -- a match, checked ---------------------------------------------------------------------------
+    def _var(self, expr):
+        """The var a matched expression is bound to (the match sees through bindings)."""
+        from tvm import relax
+
+        return expr if isinstance(expr, relax.Var) else self.var_of.get(expr)
+
+    def _single(self, var, user_var) -> bool:
+        """`var`'s one user is the binding of `user_var`, which no chain has taken."""
+        holders = self.users.get(var, [])
+        return (len(holders) == 1 and holders[0] is not None and holders[0].var.same_as(user_var)
+                and user_var not in self.claimed)
+
+    def _body(self, var):
+        """The anchor and its affine ops ending at `var`: (anchor var, [(op, values, var) ...]), or
+        None where it is no such body (not matched, an anchor the kernels cannot take, an op not
+        per-channel, a value with another user, a binding another chain took)."""
+        value = self.var2val.get(var)
+        if value is None or var in self.claimed:
+            return None
+        match = self.patterns["body"].extract_matched_expr(value, self.var2val)
+        if match is None:
+            return None
+        call = match.get(self.patterns["conv"])
+        anchor = self._var(call if call is not None else match.get(self.patterns["matmul"]))
+        if anchor is None or anchor not in self.anchors or anchor in self.claimed:
+            return None
+        wl = self.anchors[anchor][0]
+        steps, previous = [], anchor
+        for level in self.patterns["affine"]:  # innermost level (next to the anchor) first
+            call = next((match[p] for p in level if p in match), None)
+            if call is None:
                 continue
-            wl, weight, shape = found
-            name = ((graph.matmul_names[index] if index < len(graph.matmul_names) else None)
-                    or f"matmul{index}.{wl.n * wl.h * wl.w}x{wl.ci}x{wl.co}")
-            chain = ConvChain(len(chains), name, wl, binding.value.args[0], weight, None, None, [binding.var],
-                              binding.var, shape=shape)
+            step_var = self._var(call)
+            step = _affine_step(call, previous, wl)
+            if step_var is None or step is None or not self._single(previous, step_var):
+                return None
+            steps.append((step[0], step[1], step_var))
+            previous = step_var
+        return (anchor, steps) if previous.same_as(var) else None
+
+    def _chain_at(self, binding) -> ConvChain | None:
+        """The chain whose last binding is `binding`, or None."""
+        p = self.patterns
+        match = p["chain"].extract_matched_expr(binding.value, self.var2val)
+        if match is None:
+            return None
+        root = binding.var
+        # the activation: its kind, clip bounds, the vars it computes, the value it reads (head)
+        activation, clip, covered, head = "none", (0.0, 6.0), [], root
+        if p["relu"] in match:
+            activation, head, covered = "relu", self._operand(binding.value), [root]
+        elif p["clip"] in match:
+            lower = self._operand(binding.value)
+            head = self._operand(self.var2val[lower])
+            lo, hi = _scalar_operand(self.var2val[lower], head), _scalar_operand(binding.value, lower)
+            if lo is None or hi is None or lo > hi or not self._single(lower, root):
+                return None
+            activation, clip, covered = "clip", (lo, hi), [lower, root]
+        elif p["lower"] in match:
+            head = self._operand(binding.value)
+            if _scalar_operand(binding.value, head) != 0.0:
+                return None
+            activation, covered = "relu", [root]
+        elif p["hardswish"] in match or p["silu"] in match:
+            found = self._swish(binding)
+            if found is None:
+                return None
+            activation, head, covered = found
+        if head is None or head in self.claimed or (covered and not self._feeds(head, activation, covered)):
+            return None
+        # the residual add, then the anchor's body
+        residual, added = None, []
+        if p["residual"] in match and self._body(head) is None:
+            found = self._residual(head)
+            if found is None:
+                return None
+            body, residual = found
+            added = [head]
         else:
-            continue
-        epilogue = {"bias": False, "residual": False, "activation": "none", "clip": (0.0, 6.0)}
+            body = self._body(head)
+            if body is None:
+                return None
+        anchor, steps = body
+        return self._make(anchor, steps, residual, added + covered, activation, clip)
+
+    def _operand(self, call):
+        """The var a unary op or an op with one constant operand reads."""
+        return next((self._var(a) for a in call.args if not _is_constant(a)), None)
+
+    def _feeds(self, head, activation: str, covered: list) -> bool:
+        """The activation's first op is `head`'s one user (hardswish and silu: its two, the final
+        multiply one of them), and no chain has taken them."""
+        if activation not in ("hardswish", "silu"):
+            return self._single(head, covered[0])
+        holders = self.users.get(head, [])
+        return len(holders) == 2 and all(h is not None and h.var not in self.claimed
+                                         and any(h.var.same_as(v) for v in covered) for h in holders)
+
+    def _swish(self, binding):
+        """hardswish or silu ending at `binding` (the final multiply): (activation, head, vars)."""
+        from tvm import relax
+
+        a, b = binding.value.args
+        for head, factor in ((a, b), (b, a)):
+            head, factor = self._var(head), self._var(factor)
+            if head is None or factor is None:
+                continue
+            value = self.var2val.get(factor)
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.sigmoid":
+                if value.args[0].same_as(head) and self._single(factor, binding.var):
+                    return "silu", head, [factor, binding.var]
+                continue
+            # factor = (min(max(head + 3, 0), 6)) / 6, or * (1 / 6)
+            chain, previous = [], factor
+            for op in ("relax.divide|relax.multiply", "relax.minimum", "relax.maximum", "relax.add"):
+                value = self.var2val.get(previous)
+                if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") in op.split("|")):
+                    break
+                chain.append((previous, value))
+                previous = self._var(value.args[0])
+            if len(chain) != 4 or not previous.same_as(head):
+                continue
+            (scaled, scale), (six, upper), (zero, lower), (three, plus) = chain
+            factor6 = _scalar_operand(scale, six)
+            divides = scale.op.name == "relax.divide" and scale.args[0].same_as(six) and factor6 == 6.0
+            multiplies = scale.op.name == "relax.multiply" and factor6 is not None and abs(factor6 * 6.0 - 1.0) < 1e-6
+            if not ((divides or multiplies) and _scalar_operand(upper, zero) == 6.0
+                    and _scalar_operand(lower, three) == 0.0 and _scalar_operand(plus, head) == 3.0):
+                continue
+            if not (self._single(three, zero) and self._single(zero, six) and self._single(six, scaled)
+                    and self._single(scaled, binding.var)):
+                continue
+            return "hardswish", head, [three, zero, six, scaled, binding.var]
+        return None
+
+    def _residual(self, add_var):
+        """The body and the residual of the add `add_var`: the operand whose anchor comes first in
+        the graph, of those that are a body whose one user is the add, the other operand a
+        non-constant tensor of the output's shape."""
+        value = self.var2val[add_var]
+        found = []
+        for main, other in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+            main = self._var(main)
+            body = self._body(main) if main is not None else None
+            if body is None or not self._single(main, add_var) or _is_constant(other):
+                continue
+            wl, _, _, _, shape = self.anchors[body[0]]
+            if _shape(other.ty) == list(shape or wl.out_shape):
+                found.append((self.order[body[0]], body, other))
+        if not found:
+            return None
+        _, body, other = min(found, key=lambda f: f[0])
+        return body, other
+
+    def _make(self, anchor, steps, residual, after, activation, clip) -> ConvChain:
+        wl, weight, name, position, shape = self.anchors[anchor]
+        conv = self.var2val[anchor]
+        chain = ConvChain(0, name, wl, conv.args[0], weight, None, residual, [anchor] + [s[2] for s in steps] + after,
+                          (after or [s[2] for s in steps] or [anchor])[-1], shape=shape, position=position)
         # Per-channel affine ops right after the conv (its bias, a batch norm that TVM decomposed
         # into subtract / divide / multiply / add by constants) fold into its weight and a bias:
         # y = conv(x, w) * scale + shift = conv(x, w * scale) + shift, exact up to rounding.
-        scale = np.ones(wl.co, np.float64)
-        shift = np.zeros(wl.co, np.float64)
-        folded = False
-        nxt = only_user(chain.last)
-        while nxt is not None and op_name(nxt) in _AFFINE:
-            step = _affine_step(nxt.value, chain.last, wl)
-            if step is None:
-                break
-            op, value = step
-            if op == "relax.add":
-                shift = shift + value
-            elif op == "relax.subtract":
-                shift = shift - value
-            elif op == "relax.multiply":
-                scale, shift = scale * value, shift * value
-            else:
-                scale, shift = scale / value, shift / value
-            folded = True
-            chain.replaced.append(nxt.var)
-            chain.last = nxt.var
-            nxt = only_user(chain.last)
-        if folded:
+        bias = False
+        if steps:
+            scale = np.ones(wl.co, np.float64)
+            shift = np.zeros(wl.co, np.float64)
+            for op, value, _ in steps:
+                if op == "relax.add":
+                    shift = shift + value
+                elif op == "relax.subtract":
+                    shift = shift - value
+                elif op == "relax.multiply":
+                    scale, shift = scale * value, shift * value
+                else:
+                    scale, shift = scale / value, shift / value
             axis = -1 if wl.layout == "NHWC" else 0
-            shape = [1] * weight.ndim
-            shape[axis] = wl.co
-            chain.weight = (weight.astype(np.float64) * scale.reshape(shape)).astype(np.float32)
-            chain.bias, epilogue["bias"] = shift.astype(np.float32), True
-        if nxt is not None and op_name(nxt) == "relax.add":
-            other = _other_operand(nxt.value, chain.last)
-            if (other is not None and not _is_constant(other)
-                    and _shape(other.ty) == list(chain.shape or wl.out_shape)):
-                chain.residual, epilogue["residual"] = other, True
-                chain.replaced.append(nxt.var)
-                chain.last = nxt.var
-                nxt = only_user(chain.last)
-        if nxt is not None and op_name(nxt) == "relax.nn.relu":
-            epilogue["activation"] = "relu"
-            chain.replaced.append(nxt.var)
-            chain.last = nxt.var
-        elif nxt is not None and op_name(nxt) == "relax.maximum":
-            # clip(lo, hi) as the frontend writes it: maximum(x, lo), then minimum(., hi); or a
-            # ReLU written as maximum(x, 0)
-            lo = _scalar_operand(nxt.value, chain.last)
-            after = only_user(nxt.var)
-            hi = _scalar_operand(after.value, nxt.var) if after is not None and op_name(after) == "relax.minimum" else None
-            if lo is not None and hi is not None and lo <= hi:
-                epilogue["activation"], epilogue["clip"] = "clip", (lo, hi)
-                chain.replaced += [nxt.var, after.var]
-                chain.last = after.var
-            elif lo == 0.0:
-                epilogue["activation"] = "relu"
-                chain.replaced.append(nxt.var)
-                chain.last = nxt.var
-        elif nxt is None and chain.workload.dtype == "float32":
-            found = swish(chain.last)
-            if found is not None:
-                epilogue["activation"] = found[0]
-                chain.replaced += found[1]
-                chain.last = found[1][-1]
-        chain.workload = Workload(**{**wl.to_dict(), "epilogue": Epilogue(**epilogue)})
-        claimed.update(chain.replaced)
-        chains.append(chain)
-    if skipped:
-        print(f"warning: {graph.label}: {len(skipped)} conv(s) left to TVM: {'; '.join(skipped)}", file=sys.stderr)
-    if not_int8:
-        print(f"warning: {graph.label}: {len(not_int8)} quantized op(s) run in float32 between their DequantizeLinear "
-              f"and QuantizeLinear (convtune has no int8 kernel for them; TVM computes them): {'; '.join(not_int8)}",
-              file=sys.stderr)
-    return chains
+            channel = [1] * weight.ndim
+            channel[axis] = wl.co
+            chain.weight = (weight.astype(np.float64) * scale.reshape(channel)).astype(np.float32)
+            chain.bias, bias = shift.astype(np.float32), True
+        epilogue = Epilogue(bias=bias, residual=residual is not None, activation=activation, clip=clip)
+        chain.workload = Workload(**{**wl.to_dict(), "epilogue": epilogue})
+        return chain
 
 
 def _int8_chain(q: QuantizedConv, wl: Workload, weight: np.ndarray, binding, bound: dict, only_user,

@@ -1,55 +1,152 @@
-"""A user's model -> its conv layers: ONNX files and PyTorch programs (torch.export), or a zoo name.
+"""The one model front end: a model file (or a zoo architecture) read once into a Relax graph, and
+the conv layers every command takes from it.
 
-Every 2-D convolution of the model becomes a `Layer(name, workload, count)`; layers with the same
-shape are merged into one (the first one's name) whose `count` says how often the model runs it,
-so a network is a weighted set of distinct tuning tasks, as in the built-in zoo.
+`load_model` reads an ONNX file, a torch.export program (.pt2) or a zoo architecture (torchvision,
+random weights, exported to ONNX in memory) with TVM's Relax frontends into a `ModelGraph`
+(tuning/graph.py: normalised, its conv chains matched). `compile --model` and `tune --model` use
+the graph; `convtune layers FILE` and `tune/compile --network FILE` use `load_network` /
+`conv_layers`: the same graph's conv chains without their epilogues (the bare convs), so all of
+them list the same convs. A layer is `Layer(name, workload, count)`; layers with the same shape
+are merged into one (the first one's name) whose `count` says how often the model runs it.
 
-- ONNX (`pip install onnx`): shapes come from `onnx.shape_inference` with data propagation; what
-  it leaves unknown (legacy exports: shapes computed from `Shape` at run time) is recovered by
-  folding the shape arithmetic into constants, then, with onnxruntime installed, by running the
-  model once on zeros. `pads` are ONNX's (x1_begin, x2_begin, x1_end, x2_end) = our (top, left,
-  bottom, right); `auto_pad` SAME_UPPER / SAME_LOWER / VALID are resolved to explicit pads as
-  ONNX defines them.
+What the frontends alone would not give, read here off the file before TVM sees it:
+
+- ONNX (`pip install onnx`): a symbolic batch fixed (`batch=`, `--model-batch N`); static shapes
+  from `onnx.shape_inference` with data propagation, and what it leaves unknown (legacy exports:
+  shapes computed from `Shape` at run time) recovered by folding the shape arithmetic into
+  constants, then, with onnxruntime installed, by running the model once on zeros; a conv whose
+  shape stays dynamic is refused, every one named, with the fix. `auto_pad` SAME_UPPER /
+  SAME_LOWER are rewritten as the explicit pads ONNX defines (TVM's frontend would emit a pad op
+  and an unpadded conv on the larger input). `pads` are ONNX's (x1_begin, x2_begin, x1_end,
+  x2_end) = our (top, left, bottom, right).
 - PyTorch (`pip install torch==2.13.0`): an `nn.Module` with example inputs, an ExportedProgram, or
-  a `.pt2` file written by `torch.export.save`; `aten.conv2d` / `aten.convolution` nodes, shapes from
-  the nodes' fake tensors (`node.meta["val"]`).
+  a `.pt2` file written by `torch.export.save` (refused when it carries pickles that could run
+  code, unless trusted); dynamic shapes refused naming the conv.
 
 Names: the PyTorch module path wherever the model carries it (`features.1.block.0.0`: torch.export's
 module stack, the legacy ONNX exporter's `/features/features.1/block/block.0/block.0.0/Conv`, the
 dynamo exporter's name scopes), so two exports of one model name their layers alike; else a
-hand-given ONNX node name; else position and shape (`conv3.3x3s2.64-128`).
+hand-given ONNX node name; else position and shape (`conv3.3x3s2.64-128`). `layers` prefixes them
+with the network (the file's base name): `resnet18.layer1.0.conv1`.
 
 Both are NCHW models; the workloads take the layout asked for (NHWC by default, like the zoo):
 the layer is the same convolution, laid out the way the deployed kernel will see it.
-Refused with a message: a missing optional package (with its pip command), a 1-D/3-D conv,
-shapes that stay dynamic (every such layer named, with the fix), a dtype other than float32.
+`layers` refuses, with a message: a missing optional package (with its pip command), a 1-D/3-D
+conv, a dtype other than float32 (a compiled model leaves those convs to TVM).
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import sys
+import warnings
 
-from schedules.workload import Workload, WorkloadError
+from schedules.workload import Workload
 
-from .networks import NETWORKS, Layer, distinct_layers, network_layers
+from .graph import ModelGraph, conv_key, normalise
+from .networks import NETWORKS, Layer, ModelError, distinct_layers, network_layers
+from .quantized import read_quantization
 from .tables import safe_text
+
+__all__ = ["MODEL_SUFFIXES", "MODEL_ZOO", "ModelError", "conv_layers", "from_onnx", "from_torch", "load_model",
+           "load_network", "zoo_onnx"]
 
 ONNX_PIP = "pip install onnx"
 TORCH_PIP = "pip install torch==2.13.0"
 MODEL_SUFFIXES = (".onnx", ".pt2")
+MODEL_ZOO = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision architectures, weights=None
+ZOO_INPUT = (1, 3, 224, 224)
 
 
-class ModelError(WorkloadError):
-    """A model convtune cannot read; `field` names the model (or file), the message says why."""
+# -- the entry points --------------------------------------------------------------------------------
+def load_model(source: str, layout: str = "NHWC", batch: int | None = None,
+               trust_pickle: bool = False) -> ModelGraph:
+    """A model file (.onnx, .pt2) or a zoo name (MODEL_ZOO), as a normalised Relax graph."""
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix == ".onnx":
+        model = read_onnx(source)
+        return _onnx_graph(source, model, layout, batch, {"kind": "onnx", "path": os.path.abspath(source)})
+    if suffix == ".pt2":
+        if batch is not None:
+            raise ModelError(source, "--model-batch applies to ONNX models; a .pt2 program has its shapes fixed "
+                                     "at export")
+        program = load_exported_program(source, trust_pickle)
+        return _program_graph(source, program, layout, {"kind": "pt2", "path": os.path.abspath(source)}, trust_pickle)
+    if os.path.exists(source):
+        raise ModelError(source, f"unknown model format {suffix or '(no suffix)'!r}; give "
+                                 f"{' or '.join(MODEL_SUFFIXES)} (torch.export.save), or a zoo name "
+                                 f"({', '.join(MODEL_ZOO)})")
+    if source in MODEL_ZOO:
+        return _onnx_graph(source, zoo_onnx(source, batch or 1), layout, None,
+                           {"kind": "zoo", "name": source, "batch": batch or 1})
+    raise ModelError("model", f"{source!r} is neither a zoo model ({', '.join(MODEL_ZOO)}) nor a model file "
+                              f"({', '.join(MODEL_SUFFIXES)})")
+
+
+def load_network(name_or_file: str, layout: str = "NHWC", batch: int | None = None,
+                 trust_pickle: bool = False) -> list[Layer]:
+    """The distinct conv layers of a zoo network (`resnet18`: tuning/networks.py) or a model file
+    (`model.onnx`, `model.pt2`: its graph's convs, `conv_layers`)."""
+    suffix = os.path.splitext(name_or_file)[1].lower()
+    if suffix in MODEL_SUFFIXES or os.path.exists(name_or_file):
+        return conv_layers(load_model(name_or_file, layout, batch, trust_pickle))
+    if name_or_file not in NETWORKS:
+        raise ModelError("network", f"{name_or_file!r} is neither a zoo network ({', '.join(NETWORKS)}) "
+                                    f"nor a model file ({', '.join(MODEL_SUFFIXES)})")
+    return network_layers(name_or_file, layout)
+
+
+def conv_layers(graph: ModelGraph, network: str | None = None) -> list[Layer]:
+    """What `convtune layers` lists of a model: its conv chains' convs without their epilogues
+    (the matmuls a compiled model also runs as 1x1 convs are not listed), named `<network>.<name>`
+    (network: the file's base name), merged by shape; refused where `layers` refuses a conv."""
+    if graph.unsupported:
+        raise ModelError(graph.label, graph.unsupported[0])
+    network = network or os.path.splitext(os.path.basename(graph.label))[0]
+    convs = sorted((c for c in graph.chains() if c.shape is None), key=lambda c: c.position)  # the file's order
+    found = [(f"{network}.{c.name}", c.workload.bare) for c in convs]
+    noun = "2-D convolution" if graph.source.get("kind") == "pt2" else "Conv node"
+    return _layers(graph.label, found, graph.transposed, noun)
+
+
+def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
+    """The conv layers of an ONNX model (a path or a ModelProto). `batch` fixes a symbolic batch
+    dimension of the graph inputs (ONNX exports often leave it dynamic)."""
+    if isinstance(model, str):
+        return conv_layers(load_model(model, layout, batch), network)
+    onnx = _import_onnx()
+    label = network or model.graph.name or "model"
+    check_opset(onnx, label, model)
+    return conv_layers(_onnx_graph(label, model, layout, batch, {"kind": "onnx"}), network or label)
+
+
+def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC",
+               network: str | None = None, trust_pickle: bool = False) -> list[Layer]:
+    """The conv layers of an `nn.Module` (exported here with `example_inputs`), a
+    `torch.export.ExportedProgram`, or a `.pt2` file path (`torch.export.save`)."""
+    torch = import_torch()
+    if isinstance(program, str):
+        return conv_layers(load_model(program, layout, trust_pickle=trust_pickle), network)
+    label = network or type(program).__name__
+    if isinstance(program, torch.nn.Module):
+        if example_inputs is None:
+            raise ModelError(label, "a torch module needs example inputs to be exported (their shapes fix the layers)")
+        network = network or type(program).__name__.lower()
+        try:
+            program = torch.export.export(program, tuple(example_inputs))
+        except Exception as err:  # noqa: BLE001
+            raise ModelError(label, f"torch.export failed: {err}") from None
+    graph = _program_graph(label, program, layout, {"kind": "pt2"})
+    return conv_layers(graph, network or "model")
 
 
 def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], conv: str) -> list[Layer]:
     """The convolutions a model reader found, as distinct layers; transposed ones are named and left out.
     A name that two different shapes share (a module run at two sizes) gets `_2`, `_3`, ... on the later ones."""
-    # Names come from the model file: escaped here, once, before anything prints them.
+    # Names come from the model file: escaped here before anything prints them.
     label, skipped = safe_text(label), [safe_text(name) for name in skipped]
     if skipped:
         print(f"warning: {label}: transposed convolutions are not tuned: {', '.join(skipped)}", file=sys.stderr)
@@ -65,28 +162,6 @@ def _layers(label: str, found: list[tuple[str, Workload]], skipped: list[str], c
     return unique
 
 
-def positional_name(index: int, wl: Workload) -> str:
-    """A layer name from the conv's position in the model and its shape, for models that carry no
-    module path: `conv3.3x3s2.64-128` (the 4th conv: 3x3, stride 2, 64 -> 128 channels; `g4`: groups)."""
-    stride = "" if wl.stride == (1, 1) else (f"s{wl.stride[0]}" if wl.stride[0] == wl.stride[1]
-                                             else f"s{wl.stride[0]}x{wl.stride[1]}")
-    groups = f"g{wl.groups}" if wl.groups > 1 else ""
-    return f"conv{index}.{wl.kh}x{wl.kw}{stride}{groups}.{wl.ci}-{wl.co}"
-
-
-def _workload(model: str, node: str, x_shape, w_shape, stride, pad, dilation, groups, layout) -> Workload:
-    n, ci, h, w = x_shape
-    co, cig, kh, kw = w_shape
-    if cig * groups != ci:
-        raise ModelError(model, f"{node}: weight {tuple(w_shape)} with groups={groups} does not fit "
-                                f"{ci} input channels")
-    try:
-        return Workload(n=n, h=h, w=w, ci=ci, co=co, kh=kh, kw=kw, stride=tuple(stride), pad=tuple(pad),
-                        dilation=tuple(dilation), groups=groups, layout=layout)
-    except WorkloadError as err:
-        raise ModelError(model, f"{node}: {err}") from None
-
-
 def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
     """ONNX auto_pad SAME_*: output ceil(size / stride); the odd pixel goes at the end (UPPER) or the start."""
     out = -(-size // stride)
@@ -96,6 +171,131 @@ def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tup
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
+def _onnx_graph(label: str, model, layout: str, batch: int | None, source: dict) -> ModelGraph:
+    """An ONNX ModelProto as a ModelGraph: its quantized convs read (before TVM folds the integer
+    weights away), the batch fixed, the convs' shapes made static and checked, names read, SAME
+    pads made explicit; then TVM's frontend and `normalise`."""
+    onnx = _import_onnx()
+    # Before TVM reads it: an int4 / float8 Q or DQ is refused naming its node, not as whatever
+    # the frontend raises; and constant folding would lose the integer weights.
+    quantization = read_quantization(model, label)
+    if batch is not None:
+        model = fix_batch(onnx, model, batch, label)
+    shapes, names, matmuls, transposed, unsupported = _read_convs(onnx, label, model)
+    model = _explicit_same_pads(onnx, model, shapes)
+    mod = _relax_from_onnx(label, model)
+    return ModelGraph(label, normalise(mod, layout), layout, names, source, False, _onnx_input_names(model), matmuls,
+                      [safe_text(o.name) for o in model.graph.output], quantization, transposed, unsupported)
+
+
+def _read_convs(onnx, label: str, model):
+    """The Conv nodes as the model front end needs them before TVM reads the model: (static shapes
+    of every conv input: value -> dims; the 2-D convs' (name, `conv_key`) in file order, the name
+    None where the file says nothing; the MatMul / Gemm nodes' names; the transposed convs; what `layers` refuses).
+
+    Shapes: ONNX's shape inference with data propagation; where a conv input is still unknown
+    (shapes computed at run time: a `Slice` whose bounds come from `Shape`, a `Resize` sized from
+    `Shape`), the shape arithmetic is folded into constants and inferred again, and as a last
+    resort the model is run once on zeros with onnxruntime (when installed) to read them. A conv
+    whose shape stays dynamic is refused (all of them named, with the fix)."""
+    inferred = _infer(onnx, label, model)
+    shapes = _onnx_shapes(inferred.graph)
+    convs = [n for n in inferred.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    missing = [v for n in convs for v in n.input[:2] if _static(shapes.get(v)) is None]
+    if missing:
+        shapes.update(_recover_shapes(onnx, label, inferred, shapes, list(dict.fromkeys(missing))))
+    graph = inferred.graph
+    unknown = {n.domain for n in graph.node if n.domain not in ("", "ai.onnx")}
+    names, matmuls, transposed, unsupported, dynamic = [], [], [], [], []
+    static: dict[str, list[int]] = {}
+    for node in graph.node:
+        if node.op_type == "ConvTranspose":
+            transposed.append(safe_text(node.name or node.output[0]))
+        if node.op_type in ("MatMul", "Gemm"):
+            path = onnx_module_path(node)
+            matmuls.append(safe_text(path) if path is not None else None)
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        where = f"Conv {(node.name or node.output[0] or f'Conv_{len(names) + len(dynamic)}')!r}"
+        try:
+            x_shape = _onnx_shape(where, "input", node.input[0], shapes, unknown)
+            w_shape = _onnx_shape(where, "weight", node.input[1], shapes, unknown)
+        except _NoShape as err:
+            dynamic.append(str(err))
+            continue
+        static[node.input[0]] = x_shape
+        if len(x_shape) != 4:
+            unsupported.append(f"{where} is a {len(x_shape) - 2}-D convolution (input {tuple(x_shape)}); "
+                               "convtune tunes 2-D convolutions only")
+            continue
+        dtype = shapes[node.input[0]][1]
+        if dtype != onnx.TensorProto.FLOAT:
+            unsupported.append(f"{where} computes in {onnx.helper.tensor_dtype_to_np_dtype(dtype)}; "
+                               "convtune tunes float32 convolutions")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        path = onnx_module_path(node)  # from the file: escaped before anything prints it
+        names.append((safe_text(path) if path is not None else None,
+                      conv_key(x_shape, w_shape, attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]),
+                               attrs.get("group", 1))))
+    if dynamic:
+        raise ModelError(label, _dynamic_refusal(onnx, graph, shapes, dynamic))
+    return static, names, matmuls, transposed, unsupported
+
+
+def _relax_from_onnx(label: str, model):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            raise ModelError(label, f"input {value.name!r} has a symbolic shape {shown}; give --model-batch N "
+                                    "(its batch size) to fix it")
+        shapes[value.name] = [d.dim_value for d in dims]
+    try:
+        with warnings.catch_warnings():  # its checker's and its renames' notes: nothing a user acts on
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"tvm\.relax\.frontend\.onnx")
+            return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
+        raise ModelError(label, f"TVM's ONNX frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
+
+
+def _explicit_same_pads(onnx, model, shapes: dict):
+    """Convs with auto_pad SAME_UPPER / SAME_LOWER rewritten with the explicit pads they mean
+    (`shapes`: the convs' static input shapes): TVM's frontend would emit a pad op (in NCHW, a
+    transpose each side) and an unpadded conv on the larger input, a pass over the input the
+    kernels do inline. The model is copied when a conv changes."""
+    same = [n for n in model.graph.node if n.op_type == "Conv" and any(
+        a.name == "auto_pad" and a.s in (b"SAME_UPPER", b"SAME_LOWER") for a in n.attribute)]
+    if not same:
+        return model
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type != "Conv" or not node.input or node.input[0] not in shapes:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        mode = attrs.get("auto_pad", b"NOTSET")
+        x = shapes[node.input[0]]
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(x) != 4 or w is None or len(w) != 4:
+            continue
+        kh, kw = attrs.get("kernel_shape", w[2:])
+        stride, dilation = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+        upper = mode == b"SAME_UPPER"
+        (top, bottom), (left, right) = (same_pads(x[2], kh, stride[0], dilation[0], upper),
+                                        same_pads(x[3], kw, stride[1], dilation[1], upper))
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [onnx.helper.make_attribute("pads", [top, left, bottom, right])])
+    return copy
+
+
 def _import_onnx():
     try:
         import onnx  # noqa: PLC0415 - an optional extra
@@ -126,80 +326,6 @@ def check_opset(onnx, label: str, model) -> None:
             raise ModelError(label, f"uses ONNX opset {opset.version}, newer than the {known} the installed onnx "
                                     f"{onnx.__version__} knows; export with opset_version <= {known} "
                                     "(or upgrade onnx and onnxruntime)")
-
-
-def from_onnx(model, layout: str = "NHWC", batch: int | None = None, network: str | None = None) -> list[Layer]:
-    """The conv layers of an ONNX model (a path or a ModelProto). `batch` fixes a symbolic batch
-    dimension of the graph inputs (ONNX exports often leave it dynamic).
-
-    Shapes: ONNX's shape inference with data propagation; where a conv input is still unknown
-    (shapes computed at run time: a `Slice` whose bounds come from `Shape`, a `Resize` sized from
-    `Shape`), the shape arithmetic is folded into constants and inferred again, and as a last
-    resort the model is run once on zeros with onnxruntime (when installed) to read them."""
-    onnx = _import_onnx()
-    label = model if isinstance(model, str) else (network or model.graph.name or "model")
-    if isinstance(model, str):
-        model = read_onnx(model)
-        network = network or os.path.splitext(os.path.basename(label))[0]
-    network = network or label
-    if batch is not None:
-        model = fix_batch(onnx, model, batch, label)
-    inferred = _infer(onnx, label, model)
-    shapes = _onnx_shapes(inferred.graph)
-    convs = [n for n in inferred.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
-    missing = [v for n in convs for v in n.input[:2] if _static(shapes.get(v)) is None]
-    if missing:
-        shapes.update(_recover_shapes(onnx, label, inferred, shapes, list(dict.fromkeys(missing))))
-    graph = inferred.graph
-    unknown = {n.domain for n in graph.node if n.domain not in ("", "ai.onnx")}
-    found, skipped, dynamic = [], [], []
-    for node in graph.node:
-        if node.op_type == "ConvTranspose":
-            skipped.append(node.name or node.output[0])
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
-            continue
-        name = node.name or node.output[0] or f"Conv_{len(found) + len(dynamic)}"
-        where = f"Conv {name!r}"
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        try:
-            x_shape = _onnx_shape(where, "input", node.input[0], shapes, unknown)
-            w_shape = _onnx_shape(where, "weight", node.input[1], shapes, unknown)
-        except _NoShape as err:
-            dynamic.append(str(err))
-            continue
-        if len(x_shape) != 4:
-            raise ModelError(label, f"{where} is a {len(x_shape) - 2}-D convolution (input {tuple(x_shape)}); "
-                                    "convtune tunes 2-D convolutions only")
-        dtype = shapes[node.input[0]][1]
-        if dtype != onnx.TensorProto.FLOAT:
-            raise ModelError(label, f"{where} computes in {onnx.helper.tensor_dtype_to_np_dtype(dtype)}; "
-                                    "convtune tunes float32 convolutions")
-        kh, kw = attrs.get("kernel_shape", w_shape[2:])
-        if (kh, kw) != tuple(w_shape[2:]):
-            raise ModelError(label, f"{where}: kernel_shape {(kh, kw)} disagrees with its weight {tuple(w_shape)}")
-        stride = list(attrs.get("strides", [1, 1]))
-        dilation = list(attrs.get("dilations", [1, 1]))
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            upper = auto_pad == "SAME_UPPER"
-            (top, bottom), (left, right) = (
-                same_pads(x_shape[2], kh, stride[0], dilation[0], upper),
-                same_pads(x_shape[3], kw, stride[1], dilation[1], upper))
-            pad = (top, left, bottom, right)
-        elif auto_pad == "VALID":
-            pad = (0, 0, 0, 0)
-        elif auto_pad == "NOTSET":
-            pad = tuple(attrs.get("pads", [0, 0, 0, 0]))  # (top, left, bottom, right) in ONNX's order
-        else:
-            raise ModelError(label, f"{where}: unknown auto_pad {auto_pad!r}")
-        groups = int(attrs.get("group", 1))
-        wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, groups, layout)
-        readable = onnx_module_path(node) or positional_name(len(found) + len(dynamic), wl)
-        found.append((f"{network}.{readable}", wl))
-    if dynamic:
-        raise ModelError(label, _dynamic_refusal(onnx, graph, shapes, dynamic))
-    return _layers(label, found, skipped, "Conv node")
 
 
 class _NoShape(Exception):
@@ -473,6 +599,13 @@ def fix_batch(onnx, model, batch: int, label: str = "model"):
     return model
 
 
+def _onnx_input_names(model) -> list[str]:
+    """The graph inputs that are not initializers, in order: what the Relax frontend makes parameters."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in initializers]
+
+
+
 # -- PyTorch -----------------------------------------------------------------------------------------
 def import_torch():
     try:
@@ -550,67 +683,58 @@ def load_exported_program(path: str, trust_pickle: bool = False):
         raise ModelError(path, f"not a torch.export program (.pt2 from torch.export.save): {message}") from None
 
 
-def from_torch(program, example_inputs: tuple | None = None, layout: str = "NHWC",
-               network: str | None = None, trust_pickle: bool = False) -> list[Layer]:
-    """The conv layers of an `nn.Module` (exported here with `example_inputs`), a
-    `torch.export.ExportedProgram`, or a `.pt2` file path (`torch.export.save`)."""
+def _program_graph(label: str, program, layout: str, source: dict, trust_pickle: bool = False) -> ModelGraph:
+    """A torch.export program as a ModelGraph: its convs checked and named off the program's
+    nodes (TVM's frontend keeps their order, not their module paths), then TVM's frontend."""
+    names, transposed, unsupported = _read_program_convs(label, program)
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        mod = from_exported_program(program, keep_params_as_input=False)
+    except Exception as err:  # noqa: BLE001 - the frontend raises whatever an op converter raises
+        raise ModelError(label, f"TVM's PyTorch frontend cannot read it: {str(err).splitlines()[0][:300]}") from None
+    return ModelGraph(label, normalise(mod, layout), layout, names, source, trust_pickle,
+                      transposed=transposed, unsupported=unsupported)
+
+
+def _read_program_convs(label: str, program):
+    """(the 2-D convs' (module path, `conv_key`) in order, the path None at the root; the transposed convs; what
+    `layers` refuses) of an ExportedProgram; ModelError for a conv whose shape is dynamic."""
     torch = import_torch()
-    label = program if isinstance(program, str) else (network or type(program).__name__)
-    if isinstance(program, str):
-        program = load_exported_program(program, trust_pickle)
-        network = network or os.path.splitext(os.path.basename(label))[0]
-    elif isinstance(program, torch.nn.Module):
-        if example_inputs is None:
-            raise ModelError(label, "a torch module needs example inputs to be exported (their shapes fix the layers)")
-        network = network or type(program).__name__.lower()
-        try:
-            program = torch.export.export(program, tuple(example_inputs))
-        except Exception as err:  # noqa: BLE001
-            raise ModelError(label, f"torch.export failed: {err}") from None
-    network = network or "model"
     aten = torch.ops.aten
     conv2d = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default, aten._convolution.default}
     other_dims = {aten.conv1d.default: 1, aten.conv1d.padding: 1, aten.conv3d.default: 3, aten.conv3d.padding: 3}
-    found, skipped = [], []
+    names, transposed, unsupported = [], [], []
     for node in program.graph.nodes:
         if node.op != "call_function":
             continue
-        where = f"{_module_name(node)} ({node.target})"
+        where = safe_text(f"{_module_name(node)} ({node.target})")
         if node.target in other_dims:
-            raise ModelError(label, f"{where} is a {other_dims[node.target]}-D convolution; "
-                                    "convtune tunes 2-D convolutions only")
+            unsupported.append(f"{where} is a {other_dims[node.target]}-D convolution; "
+                               "convtune tunes 2-D convolutions only")
+            continue
         if str(node.target).startswith("aten.conv_transpose"):
-            skipped.append(where)
+            transposed.append(where)
             continue
         if node.target not in conv2d:
             continue
         args = _bind(node)
         if args.get("transposed"):
-            skipped.append(where)
+            transposed.append(where)
             continue
         x_shape = _torch_shape(label, where, "input", args["input"])
         w_shape = _torch_shape(label, where, "weight", args["weight"])
         if len(x_shape) != 4:
-            raise ModelError(label, f"{where} is a {len(x_shape) - 2}-D convolution (input {tuple(x_shape)}); "
-                                    "convtune tunes 2-D convolutions only")
+            unsupported.append(f"{where} is a {len(x_shape) - 2}-D convolution (input {tuple(x_shape)}); "
+                               "convtune tunes 2-D convolutions only")
+            continue
         dtype = args["input"].meta["val"].dtype
         if dtype != torch.float32:
-            raise ModelError(label, f"{where} computes in {dtype}; convtune tunes float32 convolutions")
-        stride, dilation = _pair(args["stride"]), _pair(args["dilation"])
-        padding = args["padding"]
-        if isinstance(padding, str):  # aten.conv2d.padding: "same" / "valid"
-            if padding == "valid":
-                pad = (0, 0, 0, 0)
-            else:  # PyTorch's "same": total (k-1)*d, the odd pixel at the end
-                (top, bottom), (left, right) = (_split(dilation[0] * (w_shape[2] - 1)),
-                                                _split(dilation[1] * (w_shape[3] - 1)))
-                pad = (top, left, bottom, right)
-        else:
-            ph, pw = _pair(padding)
-            pad = (ph, pw, ph, pw)
-        wl = _workload(label, where, x_shape, w_shape, stride, pad, dilation, int(args["groups"]), layout)
-        found.append((f"{network}.{_module_path(node) or positional_name(len(found), wl)}", wl))
-    return _layers(label, found, skipped, "2-D convolution")
+            unsupported.append(f"{where} computes in {dtype}; convtune tunes float32 convolutions")
+        path = _module_path(node)
+        names.append((safe_text(path) if path is not None else None,
+                      conv_key(x_shape, w_shape, _pair(args["stride"]), _pair(args["dilation"]), args["groups"])))
+    return names, transposed, unsupported
 
 
 def _bind(node) -> dict:
@@ -624,6 +748,11 @@ def _bind(node) -> dict:
         elif arg.has_default_value():
             out[arg.name] = arg.default_value
     return out
+
+
+def _pair(value) -> tuple[int, int]:
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return (int(value[0]), int(value[-1]))
 
 
 def _module_path(node) -> str | None:
@@ -647,30 +776,49 @@ def _torch_shape(label, where, role, value) -> list[int]:
     return dims
 
 
-def _pair(value) -> tuple[int, int]:
-    value = list(value) if isinstance(value, (list, tuple)) else [value]
-    return (int(value[0]), int(value[-1]))
+# -- the zoo: torchvision architectures, random weights -----------------------------------------------
+def zoo_onnx(name: str, batch: int = 1):
+    """A torchvision architecture with random weights (no download), exported to ONNX in memory."""
+    try:
+        import torch
+    except ImportError:
+        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
+    import onnx
+
+    try:
+        import torchvision
+    except ImportError:
+        raise ModelError(name, "zoo models are built with torchvision: pip install -e '.[bench]'") from None
+    except RuntimeError:
+        # A torchvision whose C++ extension cannot load beside this torch (a CUDA wheel beside a CPU
+        # torch) fails on its operators' meta registrations; these two schemas are all the
+        # pure-Python architectures need. Only then: defined before a working extension loads, they
+        # make it abort the process on a duplicate registration.
+        try:
+            lib = torch.library.Library("torchvision", "DEF")
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            _KEEP.append(lib)
+        except RuntimeError:
+            pass
+        for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[module]
+        import torchvision
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None)
+    # Batch-norm statistics calibrated on random data: with the initial ones (mean 0, var 1) a
+    # random-weight network's activations shrink layer by layer to outputs of ~1e-14, where every
+    # comparison passes; a few training-mode passes give every layer unit-scale outputs.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn((4,) + ZOO_INPUT[1:]))
+    model.eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros((batch,) + ZOO_INPUT[1:]),), buffer, dynamo=False,
+                          input_names=["input"], output_names=["logits"], opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
 
 
-def _split(total: int) -> tuple[int, int]:
-    return total // 2, total - total // 2
-
-
-# -- one entry point ---------------------------------------------------------------------------------
-def load_network(name_or_file: str, layout: str = "NHWC", batch: int | None = None,
-                 trust_pickle: bool = False) -> list[Layer]:
-    """A zoo network (`resnet18`), an ONNX file (`model.onnx`) or a torch.export file (`model.pt2`)."""
-    suffix = os.path.splitext(name_or_file)[1].lower()
-    if suffix == ".onnx":
-        return from_onnx(name_or_file, layout, batch=batch)
-    if suffix == ".pt2":
-        if batch is not None:
-            raise ModelError(name_or_file, "batch= applies to ONNX models; a .pt2 program has its shapes fixed at export")
-        return from_torch(name_or_file, layout=layout, trust_pickle=trust_pickle)
-    if os.path.exists(name_or_file):
-        raise ModelError(name_or_file, f"unknown model format {suffix or '(no suffix)'!r}; "
-                                       f"give {' or '.join(MODEL_SUFFIXES)} (torch.export.save), or a zoo name")
-    if name_or_file not in NETWORKS:
-        raise ModelError("network", f"{name_or_file!r} is neither a zoo network ({', '.join(NETWORKS)}) "
-                                    f"nor a model file ({', '.join(MODEL_SUFFIXES)})")
-    return network_layers(name_or_file, layout)
+_KEEP: list = []  # the torch.library registration lives as long as the process

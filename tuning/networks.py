@@ -1,7 +1,7 @@
 """The built-in zoo: every conv layer of common CNNs at 224x224, batch 1, as workloads.
 
 Layers with identical shapes inside a stage are listed once with their `count`, so a network
-is a weighted set of distinct tuning tasks.
+is a weighted set of distinct tuning tasks. (A model file's layers: tuning/model_import.py.)
 """
 
 from __future__ import annotations
@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schedules.workload import Workload, WorkloadError, parse_spec
+
+
+class ModelError(WorkloadError):
+    """A model convtune cannot read; `field` names the model (or file), the message says why."""
 
 
 @dataclass(frozen=True)

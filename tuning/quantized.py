@@ -18,8 +18,9 @@ conv's output becomes:
   dequantized  anything else (a float op, a graph output): the int32 accumulator times
                x_scale * w_scale, float32 (the Quant `out=float32`), and the float graph goes on.
 
-`tuning.graph` matches them to the Relax convs by their position (the frontend keeps the file's
-conv order) and checks each against the Relax graph before replacing it. A quantized conv that
+`tuning.graph` matches them to the Relax convs by their position among the file's convs (each
+Relax conv found by its shape: `ModelGraph.conv_names`) and checks each against the Relax graph
+before replacing it. A quantized conv that
 does not fit (uint8 weights, a weight zero point, a float bias) stays TVM's float conv and is
 named in the one warning, with the other quantized ops TVM runs as float (a quantized Add, pools).
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model_import import ModelError
+from .networks import ModelError
 from .tables import safe_text
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

@@ -13,8 +13,7 @@ from tvm import relax
 
 from schedules.workload import Workload
 
-from ...graph import zoo_onnx
-from ...model_import import import_torch, load_exported_program
+from ...model_import import import_torch, load_exported_program, zoo_onnx
 from ...target import LibraryError, Target
 from ...task import Task
 from ..kernel import load_sidecar_json
