@@ -282,7 +282,8 @@ def register_tile(dot: Dot, machine: Machine, pixels: int, vectors: int) -> tupl
     """(R pixels, V channel vectors) of the accumulator tile, R | pixels, V | vectors. It must fit
     the registers with what each step also holds: R*V accumulators + V weight vectors + 1 broadcast
     pixel group (+ 1 vpmaddwd product before its vpaddd; vpdpbusd accumulates in place). Among
-    those: the most accumulators (multiply-adds per step), then the fewest loads (R + V).
+    those: the most accumulators (multiply-adds per step), then the fewest loads (R + V), then
+    more rows (a narrower channel tile fits more layers: Machine.register_tile's tie-break).
     A VNNI vector on AVX-VNNI (16 lanes as two ymm halves) counts twice."""
     width = 2 if dot.corrected and has_vnni(machine) == "avxvnni" else 1
     extra = 1 if dot.corrected else 2
@@ -291,7 +292,7 @@ def register_tile(dot: Dot, machine: Machine, pixels: int, vectors: int) -> tupl
         for vecs in (v for v in divisors(vectors) if v <= 4):
             if (rows * vecs + vecs) * width + extra > machine.registers:
                 continue
-            if (rows * vecs, -(rows + vecs)) > (best[0] * best[1], -(best[0] + best[1])):
+            if (rows * vecs, -(rows + vecs), rows) > (best[0] * best[1], -(best[0] + best[1]), best[0]):
                 best = (rows, vecs)
     return best
 

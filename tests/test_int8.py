@@ -113,16 +113,22 @@ def test_quant_inputs_of_the_wrong_shape_are_refused_in_one_line(name, value, wh
 
 
 def test_float32_templates_refuse_int8_layers():
+    from schedules.machine import Machine
+
     wl = parse_spec("h=14,ci=32,co=32,k=3,pad=1,dtype=int8")
     for name, alg in ALGORITHMS.items():
         reason = alg.supports(wl)
-        assert (reason is None) == (name == "direct-int8"), (name, reason)
+        assert (reason is None) == (name in ("direct-int8", "im2col-int8", "im2col-int8-vnni")), (name, reason)
     dw = parse_spec("h=14,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8")
     assert [a.name for a in ALGORITHMS.values() if a.supports(dw) is None] == ["depthwise-int8"]
     assert untuned_algorithm(dw) == "depthwise-int8"  # MobileNet's depthwise layers run int8 too
     with pytest.raises(Unsupported, match="dtype int8 not supported"):
         Task(wl, "direct")
-    assert [t.algorithm for t in tasks_for(wl, "auto")] == ["direct-int8"]
+    # auto: the VNNI member only where vpdpbusd exists
+    avx2 = Machine.from_target({"kind": "llvm", "mcpu": "znver2"}, 2, host=False)
+    vnni = Machine.from_target({"kind": "llvm", "mcpu": "sapphirerapids"}, 2, host=False)
+    assert [t.algorithm for t in tasks_for(wl, "auto", avx2)] == ["direct-int8", "im2col-int8"]
+    assert [t.algorithm for t in tasks_for(wl, "auto", vnni)] == ["direct-int8", "im2col-int8", "im2col-int8-vnni"]
     assert untuned_algorithm(wl) in INT8_ALGORITHMS
     with pytest.raises(Unsupported, match="dtype float32 not supported"):
         Task(parse_spec("h=14,ci=32,co=32,k=3,pad=1"), "direct-int8")
