@@ -53,7 +53,8 @@ skipped); `conv2d(data, weight, quant args.., out)` all in one call.
 
 Template (outermost first): batch x pixel blocks x channel blocks in parallel; K blocks; cache rows;
 cache columns; K strip; the register tile of R pixels (unrolled) x V vectors (unrolled) x the
-tensorized step. After the K blocks the block's tile is finished (bias, requantize / dequantize,
+tensorized step. By default one K block (`k_strip`: the whole K while the tile's weight panels fit
+half the L2), so the accumulators stay in registers for the whole reduction. After the K blocks the block's tile is finished (bias, requantize / dequantize,
 zero-point correction) and stored while in cache.
 Knobs: `tile_m` (M = OH*OW pixels: blocks, cache rows, register rows), `tile_n` (N = CO vectors:
 blocks, cache columns, register vectors), `tile_k` (K groups: blocks, strip), `unroll` (im2col's).
@@ -83,6 +84,7 @@ from .template import (
     Unsupported,
     divisors,
     has_block,
+    largest_divisor,
     phase,
     quant_placeholders,
     quantized_epilogue,
@@ -308,6 +310,18 @@ def cache_rows(wl: Workload, dot: Dot, rows: int, machine: Machine) -> int:
     return max(4, (machine.l2 // 2) // (max(rows, 1) * row_bytes))
 
 
+def k_strip(wl: Workload, dot: Dot, vectors: int, machine: Machine) -> int:
+    """The default K strip (in groups): all of K while the register tile's weight panels over it
+    fit half the L2, else the largest divisor of K that does. Not an L1-sized strip (im2col.py's
+    256): with more than one K block LLVM unrolls the cache-row loop inside it and keeps every
+    row's accumulators live across the K blocks, spilling them in the innermost loop (Zen 2,
+    h=28,ci=128,co=128,k=3: a strip of 96 pairs spilled 4 of 8 accumulators per step; the whole K,
+    576 pairs, none). The panels then stream from L2: one load per R multiply-adds."""
+    per_group = vectors * dot.lanes * dot.group * (2 if dot.weight_dtype == "int16" else 1)
+    budget = machine.l2 // 2 if machine.l2 > 0 else 128 * 1024
+    return largest_divisor(k_groups(wl, dot), max(1, budget // per_group))
+
+
 def _copy_loops(sch: s_tir.Schedule, block: str, spatial: int, run: int | None = None) -> None:
     """A copy stage: parallel over its outer `spatial` loops, the rest vectorised in pieces of at
     most 32 elements; `run` splits the fused rest first (the im2col's one-tap channel runs)."""
@@ -339,8 +353,7 @@ def _schedule(dot: Dot):
         rows, vecs = register_tile(dot, machine, wl.oh * wl.ow, panels(wl, dot))
         m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(rows, cache_rows(wl, dot, rows, machine)))
         n0, n1, n2 = knobs.split("tile_n", cb, 3, max_inner=4, prefer=(vecs, 1))
-        # a K strip of about 256 inputs: its weight panels and the tile's rows stay in L1
-        k0, k1 = knobs.split("tile_k", rk, 2, max_inner=k_groups(wl, dot), prefer=(256 // dot.group,))
+        k0, k1 = knobs.split("tile_k", rk, 2, max_inner=k_groups(wl, dot), prefer=(k_strip(wl, dot, vecs, machine),))
         sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, i, rj)
         blocks = sch.fuse(n, m0, n0)
         sch.parallel(blocks)
