@@ -137,7 +137,9 @@ def packed_shape(wl: Workload, dot: Dot) -> tuple[int, ...]:
 
 
 def col_shape(wl: Workload, dot: Dot) -> tuple[int, ...]:
-    return (wl.n, wl.oh * wl.ow, k_groups(wl, dot), dot.group)
+    """[N, OH*OW, KH*KW taps, CI groups, group]: in memory the [N, M, K] matrix, the tap kept as
+    an axis of its own so that the copy's index needs no division of the vectorised lane."""
+    return (wl.n, wl.oh * wl.ow, taps(wl), groups_per_tap(wl, dot), dot.group)
 
 
 def skips_copy(wl: Workload, dot: Dot) -> bool:
@@ -151,8 +153,8 @@ def col_bytes(wl: Workload, dot: Dot) -> int:
     """Bytes of the materialised im2col matrix (0 when the copy is skipped)."""
     if skips_copy(wl, dot):
         return 0
-    n, m, k, g = col_shape(wl, dot)
-    return n * m * k * g * (2 if dot.col_dtype == "int16" else 1)
+    n, m, t, k, g = col_shape(wl, dot)
+    return n * m * t * k * g * (2 if dot.col_dtype == "int16" else 1)
 
 
 def zero_point(wl: Workload, dot: Dot, x_zero_point: te.Tensor):
@@ -162,15 +164,14 @@ def zero_point(wl: Workload, dot: Dot, x_zero_point: te.Tensor):
 
 
 def col_compute(wl: Workload, dot: Dot, data: te.Tensor, x_zero_point: te.Tensor) -> te.Tensor:
-    """The unfolded input [N, OH*OW, K groups, group]: vpmaddwd's data - zp (int16, 0 in the
-    padding), or vpdpbusd's raw bytes (s8 + 128; the shifted zero point in the padding)."""
+    """The unfolded input [N, OH*OW, taps, CI groups, group]: vpmaddwd's data - zp (int16, 0 in
+    the padding), or vpdpbusd's raw bytes (s8 + 128; the shifted zero point in the padding)."""
     (sh, sw), (dh, dw) = wl.stride, wl.dilation
     t, l = wl.pad[0], wl.pad[1]
-    per_tap = groups_per_tap(wl, dot)
     zp = zero_point(wl, dot, x_zero_point)
 
-    def value(n, p, kg, j):
-        tap, c = kg // per_tap, kg % per_tap * dot.group + j
+    def value(n, p, tap, cg, j):
+        c = cg * dot.group + j
         iy = p // wl.ow * sh + tap // wl.kw * dh - t
         ix = p % wl.ow * sw + tap % wl.kw * dw - l
         inside = tirx.all(iy >= 0, iy < wl.h, ix >= 0, ix < wl.w, c < wl.ci)
@@ -209,15 +210,19 @@ def wsum_compute(wl: Workload, dot: Dot, weight: te.Tensor) -> te.Tensor:
 
 def gemm_compute(wl: Workload, dot: Dot, data: te.Tensor, col: te.Tensor | None, packed: te.Tensor) -> te.Tensor:
     """gemm[n, p, cb, i] (int32) = sum over K groups of A * B, output channel cb * lanes + i."""
-    rk = te.reduce_axis((0, k_groups(wl, dot)), name="rk")
+    per_tap = groups_per_tap(wl, dot)
+    rt = te.reduce_axis((0, taps(wl)), name="rt")
+    rc = te.reduce_axis((0, per_tap), name="rc")
     rj = te.reduce_axis((0, dot.group), name="rj")
 
-    def a(n, p, k, j):
+    def a(n, p, j):
         if col is not None:
-            return col[n, p, k, j]
-        return data[n, p // wl.w, p % wl.w, k * dot.group + j]  # the input as it lies (skips_copy)
+            return col[n, p, rt, rc, j]
+        return data[n, p // wl.w, p % wl.w, rc * dot.group + j]  # the input as it lies (skips_copy)
+    # (the schedule fuses rt, rc into one K loop: rt * per_tap + rc is the packed weight's k group)
     return te.compute((wl.n, wl.oh * wl.ow, panels(wl, dot), dot.lanes), lambda n, p, cb, i: te.sum(
-        a(n, p, rk, rj).astype("int32") * packed[cb, rk, i, rj].astype("int32"), axis=[rk, rj]), name="gemm")
+        a(n, p, rj).astype("int32") * packed[cb, rt * per_tap + rc, i, rj].astype("int32"), axis=[rt, rc, rj]),
+        name="gemm")
 
 
 def _functions(dot: Dot):
@@ -322,20 +327,34 @@ def k_strip(wl: Workload, dot: Dot, vectors: int, machine: Machine) -> int:
     return largest_divisor(k_groups(wl, dot), max(1, budget // per_group))
 
 
-def _copy_loops(sch: s_tir.Schedule, block: str, spatial: int, run: int | None = None) -> None:
+def _copy_loops(sch: s_tir.Schedule, block: str, spatial: int) -> None:
     """A copy stage: parallel over its outer `spatial` loops, the rest vectorised in pieces of at
-    most 32 elements; `run` splits the fused rest first (the im2col's one-tap channel runs)."""
+    most 32 elements."""
     if not has_block(sch, block):
         return
     loops = sch.get_loops(sch.get_sblock(block))
     sch.parallel(sch.fuse(*loops[:spatial]))
     inner = sch.fuse(*loops[spatial:])
-    if run is not None and int(sch.get(inner).extent) > run:
-        inner = sch.split(inner, [None, run])[1]
     extent = int(sch.get(inner).extent)
     width = next(w for w in (32, 16, 8, 4, 2, 1) if extent % w == 0)
     if width > 1:
         sch.vectorize(sch.split(inner, [None, width])[1] if extent > width else inner)
+
+
+def _schedule_im2col(sch: s_tir.Schedule, wl: Workload, dot: Dot) -> None:
+    """[n, pixels | taps | channel groups, group], parallel over (n, pixel); a tap's channels, one
+    contiguous run of one input pixel behind one padding test, are the vectorised loop (with the
+    tap folded into the k-group axis the lane index went through a division by KW * CI groups,
+    and the copy became byte gathers: vpinsrb / vpextrb)."""
+    if not has_block(sch, "im2col"):
+        return
+    n, p, _, cg, j = sch.get_loops(sch.get_sblock("im2col"))
+    sch.parallel(sch.fuse(n, p))
+    run = sch.fuse(cg, j)
+    extent = groups_per_tap(wl, dot) * dot.group
+    width = next(w for w in (32, 16, 8, 4, 2, 1) if extent % w == 0)
+    if width > 1:
+        sch.vectorize(sch.split(run, [None, width])[1] if extent > width else run)
 
 
 def _schedule(dot: Dot):
@@ -343,16 +362,19 @@ def _schedule(dot: Dot):
         _copy_loops(sch, "pack", 2)  # [panels, k groups | lanes, group]
         if has_block(sch, "wsum"):
             sch.parallel(sch.get_loops(sch.get_sblock("wsum"))[0])
-        # [n, pixels | k groups, group]: one tap's channels are a contiguous run of one pixel
-        _copy_loops(sch, "im2col", 2, groups_per_tap(wl, dot) * dot.group)
+        _schedule_im2col(sch, wl, dot)
         if not has_block(sch, "gemm"):  # pack_weight: the copies alone
             return
         machine = knobs.machine
         gemm = sch.get_sblock("gemm")
-        n, m, cb, i, rk, rj = sch.get_loops(gemm)
+        n, m, cb, i, rt, rc, rj = sch.get_loops(gemm)
+        rk = sch.fuse(rt, rc)  # the K groups, tap-major as the packed weight has them
         rows, vecs = register_tile(dot, machine, wl.oh * wl.ow, panels(wl, dot))
         m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=8, prefer=(rows, cache_rows(wl, dot, rows, machine)))
-        n0, n1, n2 = knobs.split("tile_n", cb, 3, max_inner=4, prefer=(vecs, 1))
+        # cache columns: a block writes at least 32 channels per pixel where CO allows (see the
+        # write-back below)
+        columns = max(1, -(-32 // (vecs * dot.lanes)))
+        n0, n1, n2 = knobs.split("tile_n", cb, 3, max_inner=4, prefer=(vecs, columns))
         k0, k1 = knobs.split("tile_k", rk, 2, max_inner=k_groups(wl, dot), prefer=(k_strip(wl, dot, vecs, machine),))
         sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, i, rj)
         blocks = sch.fuse(n, m0, n0)
@@ -379,12 +401,12 @@ def _schedule(dot: Dot):
             sch.tensorize(i, intrinsic)
         sch.unroll(m2)
         sch.unroll(n2)
-        last = sch.get_loops(out)[-1]
-        extent = sch.get(last).extent
-        if isinstance(extent, tirx.IntImm):
-            width = next(w for w in (16, 8, 4, 2, 1) if int(extent) % w == 0)
-            if width > 1:
-                sch.vectorize(sch.split(last, [None, width])[1])
+        # The write-back is left to LLVM's loop vectorizer: TVM's scalarises the requantize
+        # (tirx.nearbyint has no vector form in its vectorizer; direct-int8's write-back is the same).
+        # LLVM vectorises the contiguous channel loop when it is long (32 and more); a loop of 16 it
+        # unrolls first and then vectorises the pixel loop, with gathers and byte scatters
+        # (vpinsrd / vpextrb): hence the 32-channel default above, and no TVM unrolling here.
+        sch.annotate(sch.get_loops(out)[-2], "pragma_auto_unroll_max_step", 0)
         knobs.unroll()
     return schedule
 
