@@ -281,7 +281,7 @@ def instruction(dot: Dot, machine: Machine) -> str | None:
         return None
     if dot.corrected:
         return {"avx512": int8_intrinsics.VNNI_VPDPBUSD_16x4,
-                "avxvnni": int8_intrinsics.AVXVNNI_VPDPBUSD_8x4}.get(has_vnni(machine))
+                "avxvnni": int8_intrinsics.AVXVNNI_VPDPBUSD_16x4}.get(has_vnni(machine))
     return int8_intrinsics.AVX2_PMADDWD_8x2 if machine.isa in ("avx2", "avx512") else None
 
 
@@ -393,11 +393,7 @@ def _schedule(dot: Dot):
             sch.vectorize(i)
         init = sch.decompose_reduction(gemm, k0)
         sch.vectorize(sch.get_loops(init)[-1])
-        if intrinsic == int8_intrinsics.AVXVNNI_VPDPBUSD_8x4:  # 16 lanes as two ymm steps
-            i0, i1 = sch.split(i, [2, 8])
-            sch.tensorize(i1, intrinsic)
-            sch.unroll(i0)
-        elif intrinsic is not None:
+        if intrinsic is not None:  # (AVX-VNNI: the 16 lanes as two ymm vpdpbusd, one intrinsic)
             sch.tensorize(i, intrinsic)
         sch.unroll(m2)
         sch.unroll(n2)
