@@ -12,14 +12,14 @@ target (the prepare phase is built for a generic host and its output fed to the 
 the group of inputs one instruction reduces is fixed by the member, not chosen per machine:
 
   im2col-int8       groups of 2 int16 (vpmaddwd, AVX2 and AVX-512 without VNNI).
-                    col  = [N, OH*OW, KH*KW*CI/2, 2] int16, data - x_zero_point (the widening is
+                    col  = [N, OH*OW, KH*KW, CI/2, 2] int16, data - x_zero_point (the widening is
                            the copy: a 1x1 stride-1 layer's col is its input as it lies, widened,
                            no larger than direct-int8's widened input; other layers KH*KW times it).
                     B    = [CO/8, KH*KW*CI/2, 8, 2] int16, packed once (prepare).
                     step = vpbroadcastd (a pixel's pair) + vpmaddwd + vpaddd: 16 multiply-adds.
   im2col-int8-vnni  groups of 4 bytes (vpdpbusd: AVX512-VNNI zmm, 64 u8 x s8 products into 16
                     int32 lanes, no 16-bit intermediate; AVX-VNNI: the same on two ymm halves).
-                    col  = [N, OH*OW, KH*KW*CI/4, 4] uint8: the raw data (u8), or data + 128 (s8
+                    col  = [N, OH*OW, KH*KW, CI/4, 4] uint8: the raw data (u8), or data + 128 (s8
                            data, an xor of the sign bit: vpdpbusd's first operand is unsigned),
                            the zero point in the padding. A u8s8 1x1 stride-1 unpadded layer with
                            CI % 4 == 0 reads its NHWC input in place: no copy at all.
@@ -54,17 +54,18 @@ skipped); `conv2d(data, weight, quant args.., out)` all in one call.
 Template (outermost first): batch x pixel blocks x channel blocks in parallel; K blocks; cache rows;
 cache columns; K strip; the register tile of R pixels (unrolled) x V vectors (unrolled) x the
 tensorized step. By default one K block (`k_strip`: the whole K while the tile's weight panels fit
-half the L2), so the accumulators stay in registers for the whole reduction. After the K blocks the block's tile is finished (bias, requantize / dequantize,
-zero-point correction) and stored while in cache.
+half the L2), so the accumulators stay in registers for the whole reduction, and cache columns of
+at least 32 channels (the write-back's vector loop). After the K blocks the block's tile is
+finished (zero-point correction, bias, requantize / dequantize) and stored while in cache.
 Knobs: `tile_m` (M = OH*OW pixels: blocks, cache rows, register rows), `tile_n` (N = CO vectors:
 blocks, cache columns, register vectors), `tile_k` (K groups: blocks, strip), `unroll` (im2col's).
 Default register tile, from the register budget (`register_tile`): the R*V accumulators, V weight
 vectors, one broadcast pixel group and (vpmaddwd only) one product before its vpaddd must all fit,
 or LLVM spills accumulators inside the reduction loop:
-  AVX2 (16 ymm, vpmaddwd):   R*V + V + 2 <= 16 -> 6x2 (12 chains) where 6 | M, else 4x2 / 7x1 ..
-  AVX-512 (32 zmm, vpdpbusd, accumulating in place): R*V + V + 1 <= 32 -> 6x4 (24 chains; a
-  vpdpbusd has 5 cycles of latency and 1-2 issue per cycle on Intel: 10 independent accumulators
-  keep it busy).
+  AVX2 (16 ymm, vpmaddwd):   R*V + V + 2 <= 16 -> 6x2 (12 accumulators) where 6 | M, else 4x2 ..
+  AVX-512 (32 zmm, vpdpbusd, accumulating in place): R*V + V + 1 <= 32 -> 6x4 (24) where 6 | M,
+  else 4x4 (16; 8x4 would need 37).
+  AVX-VNNI (16 ymm, a 16-lane vector is two): 2 (R*V + V) + 1 <= 16 -> 2x2.
 Limits: int8 / s8s8 layers, NHWC, groups = 1; any stride, dilation, (asymmetric) padding, batch,
 odd CI, CO not a multiple of the vector.
 """
