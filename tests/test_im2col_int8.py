@@ -213,6 +213,11 @@ def test_avx2_builds_to_vpmaddwd(spec):
     asm = _asm("im2col-int8", {"kind": "llvm", "mcpu": "znver2"}, spec)
     assert len(re.findall(r"\bvpmaddwd\s+\S+, %ymm", asm)) >= 8
     assert "vpmaddubsw" not in asm
+    # the run function's copy and write-back are vector loads and stores, not element gathers and
+    # byte scatters (what a division of the lane index or a 16-channel write-back loop gave)
+    run = asm[asm.index("conv2d_packed_compute_:"):]
+    run = run[:re.search(r"\n[A-Za-z_][\w.]*:\n", run[1:]).start() + 1]
+    assert "vpmaddwd" in run and not re.search(r"vpinsr[bdw]|vpextr[bdw]", run)
 
 
 @pytest.mark.parametrize("mcpu,encoding", [
