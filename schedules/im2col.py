@@ -12,12 +12,13 @@ For a 1x1, stride-1, unpadded layer the input already is that matrix: there is n
 (in NCHW, when OH*OW fills whole vectors; see below).
 
 Phases: `pack_weight(weight, packed)` once; `conv2d_packed(data, packed, col, out)` per input.
-`col` is the whole im2col matrix, a workspace argument so that it lives across calls (a freshly
-allocated matrix would page-fault on every call, very expensive on these VMs); it is absent when
-the copy is skipped. `conv2d(data, weight, out)` does it all in one call, with internal buffers.
-The matrix is materialised up front, as Caffe does (the article's memory cost); unfolding it per
-M block under the GEMM's loop is not possible here: TVM will not compute_at a block that writes a
-function argument.
+Where the matrix is materialised whole, as Caffe does (NCHW; NHWC layers whose weight outweighs
+their input), `col` is a workspace argument so that it lives across calls (a freshly allocated
+matrix would page-fault on every call, very expensive on these VMs; TVM will not compute_at a
+block that writes a function argument). NHWC layers whose input outweighs their weight unfold
+each parallel M block's rows just before its GEMM into a small internal buffer that stays in
+cache (`col_per_block`: 56 x 56 x 64 3x3, 59 -> 82 GFLOP/s, 1 thread, Zen 2): no `col` argument.
+It is absent too when the copy is skipped. `conv2d(data, weight, out)` does it all in one call.
 
 The GEMM in its own terms: C[M, N] = A[M, K] x B[K, N], N the output's contiguous axis (vectors),
 M broadcast into the rows of a register tile:
@@ -49,7 +50,8 @@ VECTOR = (16, 8)  # vector widths of the N axis: AVX-512 (two AVX2 registers), o
 NCHW_ROWS = 4  # output channels per NCHW weight panel: the rows one panel adds to the tile
 
 # Raise when the template or its default config changes: older records are then set aside.
-TEMPLATE_VERSION = 3  # 2: weight-heavy layers default to one M block (cache_rows); 3: up to 14 rows for M without a small factor
+TEMPLATE_VERSION = 4  # 2: weight-heavy layers default to one M block (cache_rows); 3: up to 14 rows for M without a small factor; 4: NHWC M padded to whole 6-row tiles
+ROW_TILE = 6  # NHWC: the GEMM's M (pixels) is computed in whole tiles of this many rows; see gemm_rows
 
 
 def weight_panel(wl: Workload) -> int:
@@ -87,17 +89,67 @@ def skips_copy(wl: Workload) -> bool:
     return wl.layout == "NHWC" or pixel_vector(wl)[1] == wl.oh
 
 
+def row_tile(wl: Workload) -> int:
+    """NHWC: the register rows the GEMM's M is padded to whole multiples of (see gemm_rows), or 1
+    (no padding) where N is one vector wide.
+
+    The micro-kernel that keeps the FMA units busy on AVX2 is 6 rows x 2 vectors: 12 accumulators,
+    2 weight vectors loaded once per k and reused by every row, 1 broadcast = 15 of 16 registers.
+    12 independent FMA chains cover a 5-cycle FMA latency on 2 units (Zen 2: 10 in flight; 4 x 2 =
+    8 chains stall 20% of the time), and it loads 8 values per 12 FMAs, inside 2 loads a cycle
+    (7 x 2 with the weights read from memory loads 21 per 14 FMAs: load-bound). MLAS's SGEMM
+    kernel is this 6 x 16 tile. Where N is one 8-wide vector and nothing wider divides it (CO a
+    multiple of 8 but not of 16 or 24: SqueezeNet's classifier, 1000), every row costs a load
+    anyway: up to 14 rows of the unpadded M (13 x 13 = 169: 13 rows, 71 GFLOP/s, against 64 for
+    12 rows of 180 padded ones, 1 thread, Zen 2)."""
+    n = weight_panels(wl) * weight_panel(wl)
+    return ROW_TILE if any(n % w == 0 for w in (16, 24, 32)) else 1
+
+
+def gemm_rows(wl: Workload) -> int:
+    """NHWC: the GEMM's M, the pixel count rounded up to whole register tiles (row_tile).
+
+    CNN pixel counts have no factor 3 (56 x 56 = 2^6 x 7^2, 28 x 28, 14 x 14, 7 x 7), so a perfect
+    tiling never offers 6 rows: the GEMM runs over a few extra rows instead, which re-read the last
+    pixel (a clamped index, hoisted out of the k loop: no test in it) and are never copied out.
+    Up to 4 tiles per cache block when that costs <= 1% extra rows: 56 x 56 -> 3144 (+0.3%),
+    28 x 28 -> 792 (+1.0%), 14 x 14 -> 198, 7 x 7 -> 54 (+10%, still ahead of 7 rows x 2 vectors
+    with the weights read from memory: 44 against 35 GFLOP/s on 7 x 7 512 -> 512 3x3, Zen 2)."""
+    pixels, tile = wl.oh * wl.ow, row_tile(wl)
+    if pixels % tile == 0:
+        return pixels
+    for unit in (4 * tile, 2 * tile, tile):
+        rows = -(-pixels // unit) * unit
+        if unit == tile or rows - pixels <= pixels // 100:
+            return rows
+
+
+def col_per_block(wl: Workload) -> bool:
+    """NHWC layers whose input matrix outweighs the weight (CO <= OH*OW, the early and middle
+    stages): each parallel M block unfolds its own rows of `col` just before its GEMM, into a
+    buffer of a few rows x K that stays in cache, instead of the whole matrix written to memory
+    and read back (56 x 56 x 64 3x3: 7.2 MB each way a call). The block's N loop then covers all
+    of N (the copy is made once per row), so the parallelism comes from the M blocks, which such
+    layers have plenty of. Weight-heavy layers keep the whole matrix up front: their parallelism
+    is across N blocks, each of which would unfold the rows again."""
+    return wl.layout == "NHWC" and not skips_copy(wl) and wl.co <= wl.oh * wl.ow
+
+
 def col_shape(wl: Workload) -> tuple[int, int, int]:
     if wl.layout == "NHWC":
-        return (wl.n, wl.oh * wl.ow, gemm_k(wl))
+        return (wl.n, gemm_rows(wl), gemm_k(wl))
     return (wl.n, gemm_k(wl), pixel_vector(wl)[1] * wl.ow)
 
 
 def im2col_bytes(wl: Workload) -> int:
-    """Bytes of the materialised im2col matrix, 0 when the copy is skipped."""
+    """Bytes of the whole im2col matrix (the article's figure: OH*OW x KH*KW*IC, or the NCHW
+    padded one), 0 when the copy is skipped. Unfolded per block (col_per_block), a call holds only
+    a block's rows of it at a time."""
     if skips_copy(wl):
         return 0
     n, rows, cols = col_shape(wl)
+    if wl.layout == "NHWC":
+        rows = wl.oh * wl.ow  # without gemm_rows' padded rows
     return n * rows * cols * 4
 
 
@@ -108,8 +160,11 @@ def im2col_compute(wl: Workload, data: te.Tensor) -> te.Tensor:
     if wl.layout == "NHWC":
         # Padding is tested per (pixel, r, s): uniform over the vector of channels it guards.
         t, l = wl.pad[0], wl.pad[1]
+        last = wl.oh * wl.ow - 1
 
         def value(n, p, k):  # k = (r, s, c): the HWIO weight's row order
+            if gemm_rows(wl) > last + 1:  # the padded rows (gemm_rows) repeat the last pixel
+                p = tirx.min(p, last)
             r, s, c = k // (wl.kw * wl.ci), k // wl.ci % wl.kw, k % wl.ci
             iy = (p // wl.ow) * sh + r * dh - t
             ix = (p % wl.ow) * sw + s * dw - l
@@ -156,9 +211,14 @@ def gemm_compute(wl: Workload, data: te.Tensor, packed: te.Tensor, col: te.Tenso
     channels = weight_panels(wl) * nb
     rk = te.reduce_axis((0, gemm_k(wl)), name="rk")
     if wl.layout == "NHWC":
-        def a(n, p, k):
-            return col[n, p, k] if col is not None else data[n, p // wl.w, p % wl.w, k]
-        gemm = te.compute((wl.n, wl.oh * wl.ow, channels),
+        last = wl.oh * wl.ow - 1
+
+        def a(n, p, k):  # rows past the last pixel (gemm_rows' padding) re-read it
+            if col is not None:
+                return col[n, p, k]
+            p = p if gemm_rows(wl) == last + 1 else tirx.min(p, last)
+            return data[n, p // wl.w, p % wl.w, k]
+        gemm = te.compute((wl.n, gemm_rows(wl), channels),
                           lambda n, p, c: te.sum(a(n, p, rk) * packed[c // nb, rk, c % nb], axis=rk), name="gemm")
         return te.compute(wl.out_shape, lambda n, y, x, c: gemm[n, y * wl.ow + x, c], name="conv2d")
 
@@ -179,7 +239,9 @@ def functions(wl: Workload) -> dict[str, Phase]:
 
     col = None if skips_copy(wl) else im2col_compute(wl, data)
     run_fused, out = epilogue(wl, gemm_compute(wl, data, packed_arg, col))
-    workspace = {} if col is None else {"col": col}
+    # The whole matrix is a workspace argument, so that it lives across calls (see above); unfolded
+    # per block (col_per_block) it is a small internal buffer of each block.
+    workspace = {} if col is None or col_per_block(wl) else {"col": col}
     return {
         "conv2d": phase("conv2d", data=data, weight=weight, **fused, out=one_shot),
         "pack_weight": phase("pack_weight", weight=weight, packed=packed),
@@ -240,24 +302,16 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
         n, m, c, k = sch.get_loops(gemm)
         panel = weight_panel(wl)
         o, vector = sch.split(c, [None, panel], preserve_unit_iters=True)
-        # Register tile: m2 pixels x n2 panels, from the machine's register budget.
-        rows, width = register_tile(knobs.machine, wl.n * wl.oh * wl.ow, weight_panels(wl) * panel, step=panel)
-        # Up to 8 register rows, unless the pixel count has no factor from 2 to 8 (13 x 13 = 169:
-        # SqueezeNet's late layers): then up to 14, so that 13 rows x 1 vector (14 registers) is a
-        # candidate rather than 1 x 1 (1x1 conv 512 -> 1000 at 13x13: 33 GFLOP/s, Zen 3).
-        max_rows = 8 if any((wl.oh * wl.ow) % d == 0 for d in range(2, 9)) else 14
-        if rows == 1 and knobs.machine.isa in ("avx2", "avx512"):
-            # M prime to the tile the budget allows (49 = 7 x 7 pixels, 16-wide panels on AVX2:
-            # 7 x 2 accumulators + 2 weight vectors + 1 broadcast = 17 > 16 registers). An x86 FMA
-            # reads its weight vector straight from memory (L1), so accumulators + the broadcast
-            # are what must fit: 7 rows instead of 1 (ConvNeXt's 7x7 MLP: 2.5x, Zen 3).
-            vectors = -(-panel // knobs.machine.lanes)  # one panel wide
-            fits = [d for d in range(2, max_rows + 1)
-                    if (wl.oh * wl.ow) % d == 0 and d * vectors + 1 <= knobs.machine.registers]
-            rows, width = (max(fits), panel) if fits else (rows, width)
+        # Register tile: m2 pixels x n2 panels, from the machine's register budget; M is padded to
+        # whole row tiles (gemm_rows), so AVX2 gets 6 x 16 and AVX-512 6 x 64 where N allows.
+        max_rows = 8 if row_tile(wl) > 1 else 14  # one vector wide: a row per accumulator, 14 + 2
+        rows, width = register_tile(knobs.machine, gemm_rows(wl), weight_panels(wl) * panel, step=panel,
+                                    max_rows=max_rows)
         m0, m1, m2 = knobs.split("tile_m", m, 3, max_inner=max_rows,
                                  prefer=(rows, cache_rows(wl, rows, knobs.machine)))
-        n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(max(1, width // panel), 1))
+        n2_panels = max(1, width // panel)
+        n1_panels = weight_panels(wl) // n2_panels if col_per_block(wl) else 1  # see col_per_block
+        n0, n1, n2 = knobs.split("tile_n", o, 3, max_inner=4, prefer=(n2_panels, n1_panels))
         k0, k1 = knobs.split("tile_k", k, 2, max_inner=k_extent, prefer=(256,))
         sch.reorder(n, m0, n0, k0, m1, n1, k1, m2, n2, vector)
         outer, unrolled = [n, m0, n0], [m2, n2]
@@ -279,10 +333,16 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
         outer, unrolled = [n, n0, m0], [m2, row, n2]
         sch.transform_block_layout(out, lambda b, c, y, x: (b, c, y * wl.ow + x))
 
-    if has_block(sch, "im2col"):
+    if has_block(sch, "im2col") and not col_per_block(wl):
         schedule_im2col(sch, wl)
     blocks = sch.fuse(*outer)
     sch.parallel(blocks)
+    if has_block(sch, "im2col") and col_per_block(wl):
+        unfold = sch.get_sblock("im2col")
+        sch.compute_at(unfold, blocks, preserve_unit_loops=True)
+        # columns (r, s, c): runs of IC contiguous channels of one input pixel
+        _, c = sch.split(sch.get_loops(unfold)[-1], [None, wl.ci], preserve_unit_iters=True)
+        _vectorize_inner(sch, c, wl.ci)
     # One block's GEMM tile is complete after its K loop: copy its valid part (padding dropped)
     # into the output while it is in cache.
     sch.reverse_compute_at(out, blocks, preserve_unit_loops=True)

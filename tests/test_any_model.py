@@ -87,7 +87,13 @@ def test_verify_reports_topk_for_a_classifier(mlp_path, tmp_path, capsys):
     ("h=28,w=28,ci=192,co=96,k=1", 32, "im2col"),
     ("h=3136,w=1,ci=96,co=384,k=1", 16, "im2col"),  # a matmul's rows
     ("h=28,w=28,ci=32,co=32,k=3,pad=1,groups=32", 16, "depthwise"),
-    ("h=28,w=28,ci=64,co=128,k=1,stride=2", 16, "indirect"),  # strided 1x1: the rule as before
+    ("h=28,w=28,ci=64,co=128,k=1,stride=2", 16, "im2col"),  # strided 1x1 (was indirect before 6 x 16)
+    ("h=56,w=56,ci=64,co=128,k=3,pad=1,stride=2", 16, "im2col"),
+    ("h=28,w=28,ci=64,co=128,k=3,pad=1,stride=2", 32, "spatial-pack"),
+    ("h=56,w=56,ci=64,co=64,k=3,pad=1", 16, "winograd-f4"),
+    ("h=14,w=14,ci=256,co=256,k=3,pad=1", 16, "winograd-f2"),  # F4 pads 14 to 16 (50 against 104 GFLOP/s)
+    ("h=7,w=7,ci=512,co=512,k=3,pad=1", 16, "im2col"),
+    ("h=224,w=224,ci=3,co=64,k=7,pad=3,stride=2", 16, "direct"),
 ])
 def test_untuned_rule(spec, registers, expected):
     isa = "avx2" if registers == 16 else "avx512"
@@ -145,16 +151,19 @@ def test_max_pools_run_parallel_and_vectorised(target, shape, window, stride, pa
     np.testing.assert_array_equal(out.numpy(), want)  # a max is exact
 
 
-def test_im2col_takes_thirteen_rows_where_the_pixels_have_no_small_factor(target):
-    """13 x 13 = 169 pixels: 13 register rows x one vector, not 1 x 1 (SqueezeNet's classifier
-    1x1 conv 512 -> 1000: 33 -> 98 GFLOP/s untuned, Zen 3); a 14 x 14 map keeps its 7-row tile."""
+def test_im2col_pads_the_pixels_to_whole_register_tiles(target):
+    """Pixel counts without a factor 3 (14 x 14 = 196) are computed as whole 6-row tiles (198) for a
+    6 x 16 micro-kernel; a one-vector-wide N (CO = 1000, SqueezeNet's classifier on 13 x 13 = 169
+    pixels) stays unpadded with 13 rows; the padded rows are never copied out (the output is exact)."""
+    from schedules.im2col import gemm_rows
     from tuning.task import Task
 
     avx2 = Machine.from_target({"kind": "llvm", "mcpu": "haswell"}, 2, host=False)
-    odd = Task(parse_spec("h=13,w=13,ci=512,co=1000,k=1"), "im2col", avx2).default_config()
-    assert odd["tile_m"][-1] == 13
-    even = Task(parse_spec("h=14,w=14,ci=64,co=64,k=1"), "im2col", avx2).default_config()
-    assert even["tile_m"][-1] <= 8
+    odd = parse_spec("h=13,w=13,ci=512,co=1000,k=1")
+    assert gemm_rows(odd) == 169 and Task(odd, "im2col", avx2).default_config()["tile_m"][-1] == 13
+    even = parse_spec("h=14,w=14,ci=64,co=64,k=1")
+    assert gemm_rows(even) == 198 and Task(even, "im2col", avx2).default_config()["tile_m"][-1] == 6
+    assert gemm_rows(parse_spec("h=56,w=56,ci=64,co=64,k=1")) == 3144  # 4 tiles a block, +0.3%
 
 
 def test_without_records_a_large_weight_is_timed_cold_against_im2col(target, tmp_path):

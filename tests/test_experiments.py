@@ -141,7 +141,7 @@ def test_layout(out):
 
 def test_im2col_memory(out):
     p = run_tiny("im2col-memory", out)
-    rows = {(r["k"], r["stride"]): r for r in p["rows"]}
+    rows = {(r["k"], r["stride"]): r for r in p["rows"] if r["layout"] == "NCHW"}  # the whole matrix
     one, three = rows[(1, 1)], rows[(3, 1)]
     assert one["copy_skipped"] and one["im2col_bytes"] == 0 and one["im2col"]["col_argument_bytes"] == 0
     assert three["ratio"] == pytest.approx(9.0)  # same padding, stride 1: KH*KW copies
@@ -152,6 +152,10 @@ def test_im2col_memory(out):
     assert growth >= 0.9 * three["im2col_bytes"], (growth, three["im2col_bytes"])
     assert growth > one["im2col"]["rss"]["growth_bytes"] + 0.5 * three["im2col_bytes"]
     assert p["rss_method"]
+    # NHWC unfolds a block's rows at a time: no workspace argument, an allocation of a few rows
+    nhwc = {(r["k"], r["stride"]): r for r in p["rows"] if r["layout"] == "NHWC"}[(3, 1)]
+    assert nhwc["unfolded_per_block"] and nhwc["im2col"]["col_argument_bytes"] == 0
+    assert 0 < nhwc["im2col"]["one_shot_allocations"]["im2col"] < nhwc["im2col_bytes"] / 8
 
 
 def test_spatial_pack(out):
@@ -188,7 +192,7 @@ def test_indirect(out):
     assert [r["ci"] for r in sweep] == sorted(r["ci"] for r in sweep)
     for r in sweep:
         assert r["declared_indirection_bytes"] == r["indirection_bytes"]
-        assert r["declared_col_bytes"] == r["im2col_bytes"]
+        assert r["declared_col_bytes"] == (0 if r["unfolded_per_block"] else r["im2col_bytes"])
     ratios = [r["im2col_over_indirection"] for r in sweep]
     assert ratios == sorted(ratios) and ratios[-1] > 0.9 * sweep[-1]["ci"]  # about IC times smaller
     assert len(p["layers"]) == 2 and all(l["indirect_speedup_over_im2col"] > 0 for l in p["layers"])

@@ -6,10 +6,13 @@ from schedules.workload import parse_spec
 
 
 def test_im2col_phases():
-    """The 1x1 stride-1 layer has no im2col workspace; others pass it to the run function."""
+    """The 1x1 stride-1 layer has no im2col workspace, nor a layer unfolded per block (CO <= OH*OW in
+    NHWC); a weight-heavy one passes the whole matrix to the run function."""
     algorithm = get_algorithm("im2col")
     assert algorithm.run_function == "conv2d_packed"
-    for spec, run_args in (("h=8,ci=8,co=16,k=3,pad=1", ["data", "packed", "col", "out"]),
+    for spec, run_args in (("h=4,ci=8,co=32,k=3,pad=1", ["data", "packed", "col", "out"]),
+                           ("h=8,ci=8,co=16,k=3,pad=1", ["data", "packed", "out"]),
+                           ("h=8,ci=8,co=16,k=3,pad=1,layout=NCHW", ["data", "packed", "col", "out"]),
                            ("h=8,ci=8,co=16,k=1", ["data", "packed", "out"])):
         fns = algorithm.functions(parse_spec(spec))
         assert list(fns) == ["conv2d", "pack_weight", "conv2d_packed"]

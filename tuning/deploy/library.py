@@ -128,23 +128,25 @@ def default_record(store: LayerRecords, task: Task, target: Target) -> Record | 
 def untuned_algorithm(wl: Workload, machine=None) -> str:
     """The algorithm whose DEFAULT config is fastest for a layer of this kind on this kind of
     machine: what `compile --algorithm auto` builds for a layer without records. The rule is read
-    off the untuned survey (scripts/untuned_survey.py: every conv layer of ResNet-18 and
+    off the untuned surveys (scripts/untuned_survey.py: every conv layer of ResNet-18 and
     MobileNet-v1, every algorithm's default config, oneDNN and MLAS in the same run; AVX-512 and
-    AVX2 builds on the same Zen 4; docs/bench/untuned-*.json, docs/performance.md). The register
-    file decides most of it: with 32 vector registers (AVX-512, NEON) register tiles are large
-    enough for spatial-pack's packed tiles and im2col's one big GEMM; with 16 (AVX2) the
-    indirection buffer's M x N micro-kernel and direct's own tile do better.
+    AVX2 builds on the same Zen 4; docs/bench/untuned-*.json, docs/performance.md), and for 16
+    registers again after im2col's 6 x 16 micro-kernel and per-block unfolding (AMD EPYC Zen 2,
+    one thread, ResNet-18's layers, `convtune bench LAYER --algorithm A --threads 1 --no-rivals
+    --in-process`, 2026-12-06: im2col 69-83 GFLOP/s on every 3x3 and 1x1 layer, indirect 61-69, direct and spatial pack 48-70;
+    Winograd F4 188 / 153 effective on 56x56 / 28x28, F2 104 on 14x14 where F4 pads 14 to 16
+    and reaches 50; on 7x7 im2col 47, F4 37, F2 21).
 
       depthwise                          depthwise    (the only template that vectorises channels alone)
       3x3 stride 1, >= 28x28 output      winograd-f4  (AVX-512 3.1-3.9x, AVX2 1.8-2.3x the rivals)
-      3x3 stride 1, 14x14 .. 27x27       winograd-f2 on 32 registers, winograd-f4 on 16
-      3x3 stride 1, < 14x14              im2col on 32 registers, winograd-f2 on 16
-      <= 7x7 output otherwise            im2col on 32 registers, direct on 16
+      3x3 stride 1, 14x14 .. 27x27       winograd-f2
+      3x3 stride 1, < 14x14              im2col
+      <= 7x7 output otherwise            im2col
       a 7x7+ stem on 3-4 channels        spatial-pack on 32 registers, direct on 16
       1x1 stride 1 (pointwise, matmul)   im2col       (its GEMM needs no copy; spatial pack's and
                                                        direct's defaults fall to 3-10 GFLOP/s when
                                                        CO is not a multiple of their channel tile)
-      anything else with groups = 1      spatial-pack on 32 registers, indirect on 16
+      anything else with groups = 1      spatial-pack on 32 registers, im2col on 16
       grouped, not depthwise             grouped      (direct's vectors straddle groups: gathers)
     An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through.
 
@@ -180,16 +182,16 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
         if winograd and side >= 28:
             candidates.append("winograd-f4")
         elif winograd and side >= 14:
-            candidates.append("winograd-f2" if wide else "winograd-f4")
+            candidates.append("winograd-f2")
         elif winograd:
-            candidates.append("im2col" if wide else "winograd-f2")
+            candidates.append("im2col")
         if (wl.kh, wl.kw, wl.stride) == (1, 1, (1, 1)):
             candidates.append("im2col")
         if wl.oh * wl.ow <= 49:
-            candidates.append("im2col" if wide else "direct")
+            candidates.append("im2col")
         if not wide and wl.ci <= 4 and wl.kh >= 7:
             candidates.append("direct")
-        candidates += ["spatial-pack"] if wide else ["indirect", "spatial-pack"]
+        candidates += ["spatial-pack"] if wide else ["im2col", "spatial-pack"]
     candidates += ["grouped", "direct"]
     return next(name for name in candidates if get_algorithm(name).supports(wl) is None)
 

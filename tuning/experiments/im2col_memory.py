@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import tvm
 
-from schedules.im2col import im2col_bytes, skips_copy
+from schedules.im2col import col_per_block, im2col_bytes, skips_copy
 from schedules.spatial_pack import allocated_buffers
 from schedules.workload import parse_spec
 
@@ -41,7 +41,10 @@ KERNELS = {"tiny": (1, 3), "default": (1, 3, 5, 7), "full": (1, 3, 5, 7)}
 STRIDES = {"tiny": (1,), "default": (1, 2), "full": (1, 2)}
 BASE = {"tiny": ["h=32,w=32,ci=32,co=16"], "default": ["h=56,w=56,ci=64,co=64"],
         "full": ["h=56,w=56,ci=64,co=64", "h=28,w=28,ci=128,co=128"]}
-LAYOUTS = {"tiny": ("NHWC",), "default": ("NHWC",), "full": ("NHWC", "NCHW")}
+# NCHW first: Caffe's layout, in which convtune unfolds the whole matrix as the article describes;
+# NHWC layers whose input outweighs their weight unfold a block's rows at a time
+# (schedules.im2col.col_per_block): their rows show what that saves.
+LAYOUTS = {"tiny": ("NCHW", "NHWC"), "default": ("NCHW", "NHWC"), "full": ("NCHW", "NHWC")}
 BYTES = {"float32": 4, "int32": 4}
 MMAP_THRESHOLD = 64 << 10
 
@@ -85,7 +88,7 @@ def describe_layer(ctx: Context, wl, workdir: str) -> tuple[dict, dict[str, str]
     row = {"spec": wl.spec, "layout": wl.layout, "k": wl.kh, "stride": wl.stride[0], "pad": wl.pad[0],
            "input_bytes": input_bytes, "output_bytes": math.prod(wl.out_shape) * BYTES[wl.dtype],
            "im2col_bytes": col, "ratio": col / input_bytes, "kh_kw": wl.kh * wl.kw,
-           "copy_skipped": skips_copy(wl)}
+           "copy_skipped": skips_copy(wl), "unfolded_per_block": col_per_block(wl)}
     libraries = {}
     for algorithm in ("im2col", "direct"):
         choice = Choice(Task(wl, algorithm), None, None)

@@ -52,7 +52,7 @@ def memory_row(wl) -> dict:
     declared_col = _declared_bytes(im2col_module.functions(wl)["conv2d_packed"].args, ("col",))
     return {"ci": wl.ci, "spec": wl.spec, "input_bytes": input_bytes, "im2col_bytes": col,
             "indirection_bytes": ind, "declared_indirection_bytes": table + zero_row,
-            "declared_col_bytes": declared_col, "im2col_over_indirection": col / ind,
+            "declared_col_bytes": declared_col, "unfolded_per_block": im2col_module.col_per_block(wl), "im2col_over_indirection": col / ind,
             "indirection_over_input": ind / input_bytes, "im2col_over_input": col / input_bytes}
 
 
