@@ -10,7 +10,7 @@ import importlib
 
 from .template import Algorithm, Unsupported
 
-MODULES = ("direct", "im2col", "spatial_pack", "winograd", "indirect", "depthwise", "grouped", "direct_int8", "depthwise_int8")
+MODULES = ("direct", "im2col", "spatial_pack", "winograd", "indirect", "depthwise", "grouped", "direct_int8", "depthwise_int8", "im2col_int8")
 
 
 def _load() -> dict[str, Algorithm]:

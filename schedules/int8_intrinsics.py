@@ -16,6 +16,7 @@ of every lane is contiguous ([.., ic/k, lanes, k]: one vector load).
   vnni_vpdpbusd_16x4 A uint8 x4, B int8 [16, 4] -> vpdpbusd zmm (AVX512-VNNI): 64 u8*s8 products
                      summed into 16 int32 lanes per instruction, exact (no 16-bit intermediate).
   avxvnni_vpdpbusd_8x4  the same on ymm (AVX-VNNI, or AVX512-VNNI with VL).
+  avxvnni_vpdpbusd_16x4 16 lanes as two ymm vpdpbusd (AVX-VNNI): the zmm step's shape on a ymm-only CPU.
 
 Why not vpmaddubsw (u8 x s8 -> s16 pair sums, then vpmaddwd by ones), the pre-VNNI int8 idiom and
 TVM's `dot_16x4_avx512`: its pair sum saturates at int16. 255 * 127 * 2 = 64770 > 32767, so
@@ -113,11 +114,41 @@ def _vnni(lanes: int, llvm_intrinsic: str):
     return desc, impl
 
 
+AVXVNNI_VPDPBUSD_16x4 = "convtune_avxvnni_vpdpbusd_16x4"
+
+
+def _avxvnni_16x4():
+    """16 int32 lanes on AVX-VNNI (ymm only): two vpdpbusd ymm, one per half. What
+    im2col-int8-vnni tensorizes into there (its packed weight has 16-lane panels, the zmm width)."""
+    desc, _ = _vnni(16, "llvm.x86.avx512.vpdpbusd.512")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(quad, 8), dtype="uint8x32")
+            C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([0], dtype="int32x8"), a,
+                B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+            C[T.ramp(T.int32(8), 1, 8)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([8], dtype="int32x8"), a,
+                B.vload([8, 0], dtype="int8x32"), dtype="int32x8")
+
+    return desc, impl
+
+
 def register() -> None:
     """Register every intrinsic of this module (a no-op when already registered)."""
     entries = [(AVX2_PMADDWD_8x2, _pmaddwd_8x2_desc, _pmaddwd_8x2_impl),
                (VNNI_VPDPBUSD_16x4, *_vnni(16, "llvm.x86.avx512.vpdpbusd.512")),
-               (AVXVNNI_VPDPBUSD_8x4, *_vnni(8, "llvm.x86.avx512.vpdpbusd.256"))]
+               (AVXVNNI_VPDPBUSD_8x4, *_vnni(8, "llvm.x86.avx512.vpdpbusd.256")),
+               (AVXVNNI_VPDPBUSD_16x4, *_avxvnni_16x4())]
     for name, desc, impl in entries:
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, desc, impl)

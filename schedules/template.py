@@ -319,6 +319,10 @@ class Algorithm:
     # the workload dtypes its compute takes (schedules.workload.DTYPES): float32 templates refuse
     # int8 layers, so `--algorithm auto` offers a quantized layer only the int8-capable ones
     dtypes: tuple[str, ...] = ("float32",)
+    # machine -> None, or why `--algorithm auto` and the untuned rule leave it out on that machine
+    # (it builds and is correct there, but without the instruction it is built around: the VNNI
+    # member of im2col-int8 on a CPU without vpdpbusd). Asked for by name it is still built.
+    machine_check: Callable[[Machine], str | None] | None = None
 
     def __post_init__(self):
         # Every caller (search spaces, replay, default configs) schedules through this field: the
@@ -343,6 +347,10 @@ class Algorithm:
         except Unsupported as err:
             return str(err)
         return None
+
+    def suits(self, machine: Machine | None = None) -> bool:
+        """Whether `auto` offers it on `machine` (default: this host); see `machine_check`."""
+        return self.machine_check is None or self.machine_check(machine or host_machine()) is None
 
     def require(self, wl: Workload) -> None:
         reason = self.supports(wl)

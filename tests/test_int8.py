@@ -114,16 +114,22 @@ def test_quant_inputs_of_the_wrong_shape_are_refused_in_one_line(name, value, wh
 
 
 def test_float32_templates_refuse_int8_layers():
+    from schedules.machine import Machine
+
     wl = parse_spec("h=14,ci=32,co=32,k=3,pad=1,dtype=int8")
     for name, alg in ALGORITHMS.items():
         reason = alg.supports(wl)
-        assert (reason is None) == (name == "direct-int8"), (name, reason)
+        assert (reason is None) == (name in ("direct-int8", "im2col-int8", "im2col-int8-vnni")), (name, reason)
     dw = parse_spec("h=14,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8")
     assert [a.name for a in ALGORITHMS.values() if a.supports(dw) is None] == ["depthwise-int8"]
     assert untuned_algorithm(dw) == "depthwise-int8"  # MobileNet's depthwise layers run int8 too
     with pytest.raises(Unsupported, match="dtype int8 not supported"):
         Task(wl, "direct")
-    assert [t.algorithm for t in tasks_for(wl, "auto")] == ["direct-int8"]
+    # auto: the VNNI member only where vpdpbusd exists
+    avx2 = Machine.from_target({"kind": "llvm", "mcpu": "znver2"}, 2, host=False)
+    vnni = Machine.from_target({"kind": "llvm", "mcpu": "sapphirerapids"}, 2, host=False)
+    assert [t.algorithm for t in tasks_for(wl, "auto", avx2)] == ["direct-int8", "im2col-int8"]
+    assert [t.algorithm for t in tasks_for(wl, "auto", vnni)] == ["direct-int8", "im2col-int8", "im2col-int8-vnni"]
     assert untuned_algorithm(wl) in INT8_ALGORITHMS
     with pytest.raises(Unsupported, match="dtype float32 not supported"):
         Task(parse_spec("h=14,ci=32,co=32,k=3,pad=1"), "direct-int8")
@@ -352,3 +358,47 @@ def test_the_onnxruntime_int8_rival_computes_the_same_layer(spec, weight_bits):
     np.testing.assert_array_equal(got, want)
     if "s8s8" in spec:  # QLinearConv writes its input's type: int8 data to uint8 has no rival, not a wrong one
         assert onnxruntime_int8_call(parse_spec(spec.replace("out=int8", "out=uint8")), data, weight, 1) == {}
+
+
+@pytest.mark.parametrize("spec", [
+    "h=10,w=9,ci=32,co=16,k=3,pad=1,dtype=int8,out=uint8,bias=1",
+    "n=2,h=9,w=11,ci=16,co=24,k=3,stride=2,pad=0x1x2x1,dtype=int8,out=uint8,scale=channel,bias=1,act=relu",
+    "h=12,ci=8,co=16,k=3,pad=2,dilation=2,dtype=int8,out=uint8,scale=channel",
+    "h=28,w=28,ci=64,co=256,k=1,dtype=int8,out=uint8,scale=channel,bias=1",  # 1x1
+    "h=14,ci=32,co=32,k=3,pad=1,groups=32,dtype=int8,out=uint8,bias=1,act=relu",  # depthwise
+])
+def test_the_pytorch_int8_rival_computes_the_same_layer(spec):
+    """bench's PyTorch int8 rival (torch.ao's x86 engine) is bit-identical to the exact reference
+    (7-bit weights: its AVX2 kernels saturate int16 pair sums as MLAS's do), bias and relu included;
+    layers one quantized conv cannot say get no rival rather than a wrong one."""
+    pytest.importorskip("torch")
+    from schedules.reference import epilogue_inputs, quantized_reference, random_inputs
+    from tuning.bench import torch_int8_call
+
+    wl = parse_spec(spec)
+    data, weight = random_inputs(wl)
+    weight = (weight.astype(np.int16) >> 1).astype(np.int8)
+    got = torch_int8_call(wl, data, weight, 1)["torch-int8"]().int_repr().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(got, quantized_reference(wl, data, weight, **epilogue_inputs(wl)))
+    for other in ("dtype=s8s8,out=int8", "out=int32", "out=float32", "out=uint8,act=relu6"):
+        changed = parse_spec(re.sub(r"dtype=int8,out=uint8(,scale=channel)?(,bias=1)?(,act=relu)?", f"dtype=int8,{other}"
+                                    if not other.startswith("dtype") else other, spec))
+        assert torch_int8_call(changed, *random_inputs(changed), 1) == {}, changed.spec
+
+
+def test_bench_times_both_int8_rivals(tmp_path):
+    """The wiring, not the numbers: an int8 layer's bench row has ORT's and PyTorch's int8 convs
+    beside convtune's (in this process, and as the fresh-process runner builds each contender)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from tuning.bench import RIVALS, _contender_call, bench_layer
+
+    from .support.checks import host_target
+
+    wl = parse_spec("h=8,ci=16,co=16,k=1,dtype=int8,out=uint8,bias=1")
+    row = bench_layer("l", wl, host_target(), str(tmp_path), "im2col-int8", rounds=1, min_repeat_ms=1.0)
+    assert {"convtune", "onnxruntime", "torch-int8"} <= set(row["results"]) and "torch-int8" in RIVALS
+    assert row["algorithm"] == "im2col-int8" and row["best_rival"] in ("onnxruntime", "torch-int8")
+    call, settings = _contender_call("torch-int8", wl, 1, None)
+    call()
+    assert settings["torch_quantized_engine"] == "x86"

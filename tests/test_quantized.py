@@ -171,8 +171,15 @@ def test_compile_model_builds_int8_kernels_and_verifies(tmp_path, capsys):
 
     side = json.load(open(library[:-3] + ".json")) if False else json.load(open(str(tmp_path / "q.json")))
     rows = {r["name"]: r for r in side["layers"]}
+    from schedules.im2col_int8 import has_vnni
+    from schedules.machine import host_machine
+
+    # the untuned rule: im2col-int8 for the 1x1 conv, direct-int8 for the 3x3 ones; on a VNNI
+    # host the vpdpbusd member for every groups=1 conv
+    gemm = "im2col-int8-vnni" if has_vnni(host_machine()) else None
     assert {n: r["algorithm"] for n, r in rows.items()} == {
-        "conv1": "direct-int8", "depthwise": "depthwise-int8", "pointwise": "direct-int8", "conv4": "direct-int8"}
+        "conv1": gemm or "direct-int8", "depthwise": "depthwise-int8", "pointwise": gemm or "im2col-int8",
+        "conv4": gemm or "direct-int8"}
     assert all(r["workload"]["dtype"] == "int8" and r["workload"]["quant"]["out"] == "uint8" for r in rows.values())
     assert side["quantized"]["int8_layers"] == 4 and side["quantized"]["float_ops"] == ["Add 'residual'"]
     capsys.readouterr()
@@ -196,9 +203,15 @@ def test_the_int8_kernels_read_the_quantized_tensors(tmp_path, target):
                and "convtune_l" in c.args[0].name_hint]
     assert len(kernels) == 4
     assert all(str(c.args[1].fields[0].ty.dtype) == "uint8" for c in kernels)
-    # the weight: int8, or direct-int8's prepared panels of it widened to int16 (vpmaddwd's operand)
-    assert [str(c.args[1].fields[1].ty.dtype) for c in kernels] == ["int16", "int8", "int16", "int16"]
-    assert all(str(c.ty.dtype) == "uint8" for c in kernels)  # requantized in the kernel
+    # the weight: int8, or direct-int8's / im2col-int8's prepared panels of it widened to int16
+    # (vpmaddwd's operand)
+    from schedules.im2col_int8 import has_vnni
+    from schedules.machine import host_machine
+
+    wide = "int8" if has_vnni(host_machine()) else "int16"  # the VNNI member packs int8 quads
+    assert [str(c.args[1].fields[1].ty.dtype) for c in kernels] == [wide, "int8", wide, wide]
+    # requantized in the kernel (a kernel with a workspace, im2col-int8's col, returns (col, out))
+    assert all(str(getattr(c.ty, "dtype", None) or c.ty.fields[-1].dtype) == "uint8" for c in kernels)
     # conv1 -> depthwise -> pointwise: their tensors pass straight through (the residual reads conv1's too)
     assert ops.count("relax.permute_dims") == 5  # x_q in; conv1 and pointwise out (to the add); add in; y out
     assert ops.count("relax.dequantize") == 3  # the add's two inputs and the output

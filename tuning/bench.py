@@ -56,7 +56,9 @@ class Timing:
 
 
 # -- rivals ------------------------------------------------------------------------------------------
-RIVALS = ("torch-nchw", "torch-channels_last", "onnxruntime")  # production libraries: oneDNN twice, MLAS
+# production libraries: oneDNN twice, MLAS; for int8 layers MLAS's QLinearConv and PyTorch's
+# quantized conv (torch.ao's x86 engine: FBGEMM / oneDNN)
+RIVALS = ("torch-nchw", "torch-channels_last", "onnxruntime", "torch-int8")
 def torch_calls(wl: Workload, data: np.ndarray, weight: np.ndarray, threads: int) -> dict:
     """PyTorch's CPU conv2d (oneDNN), NCHW and channels_last; {} when torch is not installed."""
     try:
@@ -163,6 +165,66 @@ def onnxruntime_int8_call(wl: Workload, data: np.ndarray, weight: np.ndarray, th
     return {"onnxruntime": lambda: session.run(None, feed)}
 
 
+def torch_int8_call(wl: Workload, data: np.ndarray, weight: np.ndarray, threads: int) -> dict:
+    """PyTorch's int8 conv (torch.ao's quantized engine "x86": FBGEMM / oneDNN) on the same layer,
+    same numbers: `quantized.conv2d` (or `conv2d_relu`) on a quint8 channels_last input with
+    x_scale 1, the int8 weight with w_scale the layer's multiplier (per tensor or per channel, zero
+    point 0), y_scale 1 and the layer's y_zero_point: the same requantize. The int32 bias goes in
+    as PyTorch takes it, float bias * w_scale (bit-identical to the reference on the layers of
+    tests/test_im2col_int8.py). {} where one op cannot say the layer: the engine takes uint8
+    activations only (dtype=int8, not s8s8) and writes quint8 (out=uint8); relu is the only fused
+    activation; or without torch. Like MLAS, its AVX2 kernels multiply with vpmaddubsw and
+    saturate int16 pair sums: with full-range weights some outputs differ from the definition (with
+    7-bit weights none do); it is timed as it is. Asymmetric padding: the input padded once with the
+    zero point outside the timed call (the quantized zero)."""
+    if not _torch_int8_applies(wl):
+        return {}
+    try:
+        import torch  # noqa: PLC0415 - optional rivals
+    except ImportError:
+        return {}
+    import warnings  # noqa: PLC0415
+
+    if "x86" not in torch.backends.quantized.supported_engines:
+        return {}
+    torch.backends.quantized.engine = "x86"
+    torch.set_num_threads(threads)
+    extra = quant_inputs(wl)
+    zp = int(extra["x_zero_point"][0])
+    x = data.transpose(0, 3, 1, 2)  # NHWC -> NCHW view (channels_last below: NHWC in memory again)
+    t, l, b, r = wl.pad
+    if (t, l) != (b, r):
+        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=zp)
+        t = l = 0
+    w = torch.from_numpy(np.ascontiguousarray(weight.transpose(3, 2, 0, 1)))  # HWIO -> OIHW
+    scale = np.asarray(extra["scale"], np.float64)
+    with warnings.catch_warnings():  # quantized tensors are deprecated (still PyTorch's int8 conv)
+        warnings.simplefilter("ignore")
+        xq = torch._make_per_tensor_quantized_tensor(torch.from_numpy(np.ascontiguousarray(x)), 1.0, zp)
+        xq = xq.contiguous(memory_format=torch.channels_last)
+        if wl.quant.scale == "channel":
+            wq = torch._make_per_channel_quantized_tensor(w, torch.from_numpy(scale),
+                                                          torch.zeros(wl.co, dtype=torch.int64), 0)
+        else:
+            wq = torch._make_per_tensor_quantized_tensor(w, float(scale[0]), 0)
+        bias = (torch.from_numpy((extra["bias"].astype(np.float64) * scale).astype(np.float32))
+                if wl.epilogue.bias else None)
+        packed = torch.ops.quantized.conv2d_prepack(wq, bias, list(wl.stride), [t, l], list(wl.dilation), wl.groups)
+    op = torch.ops.quantized.conv2d_relu if wl.epilogue.activation == "relu" else torch.ops.quantized.conv2d
+    y_zp = int(extra["y_zero_point"][0])
+
+    def call():
+        return op(xq, packed, 1.0, y_zp)
+
+    return {"torch-int8": call}
+
+
+def _torch_int8_applies(wl: Workload) -> bool:
+    """Whether one PyTorch quantized conv computes the layer (see torch_int8_call)."""
+    return (wl.quantized and wl.dtype == "int8" and wl.quant.out == "uint8" and wl.layout == "NHWC"
+            and wl.epilogue.activation in ("none", "relu") and not wl.epilogue.residual)
+
+
 def numpy_im2col_call(wl: Workload, data: np.ndarray, weight: np.ndarray):
     """im2col with numpy, GEMM with numpy's BLAS (NHWC view of the layer)."""
     x = data if wl.layout == "NHWC" else data.transpose(0, 2, 3, 1).copy()
@@ -205,8 +267,9 @@ def bench_layer(name: str, wl: Workload, target: Target, logs: str, algorithm: s
     kernel.prepare(tensors)
     ours = kernel.timer(tensors, number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
     calls = {"convtune": lambda: ours()[0]}
-    if rivals and wl.quantized:  # ORT's int8 conv; oneDNN's (torch.ao) is not wired yet
+    if rivals and wl.quantized:  # ORT's int8 conv and PyTorch's (torch.ao), where one op computes the layer
         calls.update(onnxruntime_int8_call(wl, data, weight, target.threads))
+        calls.update(torch_int8_call(wl, data, weight, target.threads))
     elif rivals:
         calls.update(torch_calls(wl, data, weight, target.threads))
         calls.update(onnxruntime_call(wl, data, weight, target.threads))
@@ -570,7 +633,7 @@ def format_model_bench(result: dict) -> str:
 # contenders alternating; the spread across processes is reported, not averaged away.
 PROCESS_SECONDS = 1.5  # timing budget of one process
 SPREAD_FLAG = 1.3  # processes of one contender further apart than this are flagged
-PROCESS_CONTENDERS = ("convtune", *RIVALS, "numpy-im2col")
+PROCESS_CONTENDERS = ("convtune", "torch-nchw", "torch-channels_last", "onnxruntime", "numpy-im2col")  # float32
 
 
 def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
@@ -588,6 +651,11 @@ def _contender_call(key: str, wl: Workload, threads: int, library: str | None):
         run, args = kernel.module[kernel.run_function], [tensors[a["name"]] for a in kernel.args(kernel.run_function)]
         settings = pool_settings()
         return (lambda: run(*args)), {"tvm_threads": settings["threads"], "tvm_binding": settings["binding"]}
+    if key == "torch-int8":
+        call = torch_int8_call(wl, data, weight, threads)[key]
+        import torch  # noqa: PLC0415
+
+        return call, {"torch_threads": torch.get_num_threads(), "torch_quantized_engine": torch.backends.quantized.engine}
     if key.startswith("torch"):
         import torch  # noqa: PLC0415
 
@@ -674,8 +742,9 @@ def bench_layer_processes(name: str, wl: Workload, target: Target, logs: str, al
     library = os.path.join(folder, "layer.so")
     export(choice, target, library, layer_name=name, warn=False)
     keys = ["convtune"]
-    if rivals and wl.quantized:  # ORT's int8 conv (QLinearConv / ConvInteger) where one node says it
+    if rivals and wl.quantized:  # ORT's int8 conv (QLinearConv / ConvInteger) and PyTorch's where one op says it
         keys += ["onnxruntime"] if _available("onnxruntime") and _int8_rival_applies(wl) else []
+        keys += ["torch-int8"] if _available("torch-int8") and _torch_int8_applies(wl) else []
     elif rivals:
         keys += [k for k in PROCESS_CONTENDERS[1:] if _available(k)]
     medians, settings, _ = _alternate_processes(
@@ -782,7 +851,7 @@ def _model_rival_available(key: str, graph) -> bool:
 def _available(key: str) -> bool:
     import importlib.util  # noqa: PLC0415
 
-    need = {"torch-nchw": "torch", "torch-channels_last": "torch", "onnxruntime": "onnxruntime",
+    need = {"torch-nchw": "torch", "torch-channels_last": "torch", "torch-int8": "torch", "onnxruntime": "onnxruntime",
             "numpy-im2col": "numpy"}[key]
     return importlib.util.find_spec(need) is not None and (key != "onnxruntime" or importlib.util.find_spec("onnx"))
 

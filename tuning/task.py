@@ -130,7 +130,10 @@ def tasks_for(wl: Workload, algorithm: str, machine: Machine | None = None) -> l
         return found
     if algorithm == GENERATED:
         return [Task(wl, GENERATED, machine)]
-    members = list(ALGORITHMS.values()) if algorithm == "auto" else family(algorithm)
+    # auto: the templates built around an instruction this machine lacks are left out (they are
+    # still built when asked for by name)
+    members = ([a for a in ALGORITHMS.values() if a.suits(machine)] if algorithm == "auto"
+               else family(algorithm))
     fits = [a for a in members if a.supports(wl) is None]
     if not fits:
         reasons = "; ".join(a.supports(wl) for a in members)

@@ -148,13 +148,31 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
                                                        CO is not a multiple of their channel tile)
       anything else with groups = 1      spatial-pack on 32 registers, im2col on 16
       grouped, not depthwise             grouped      (direct's vectors straddle groups: gathers)
-    An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through."""
-    wide = (machine.registers if machine is not None else host_machine().registers) >= 32
-    if wl.quantized:  # int8 / s8s8: the int8 templates (float32 templates refuse the layer)
-        fits = [a.name for a in ALGORITHMS.values() if a.supports(wl) is None]
+    An algorithm that does not support the layer (Winograd and indirect in NCHW) falls through.
+
+    int8 / s8s8 layers (the float32 templates refuse them), reasoned, not yet measured (no VNNI
+    CPU has been available; the AVX2 comparison's commands are in docs/performance.md):
+      depthwise                          depthwise-int8    (the only int8 template for it)
+      a VNNI CPU (vpdpbusd), groups = 1  im2col-int8-vnni  (64 u8 x s8 products per instruction
+                                                            where vpmaddwd does 32 + a vpaddd)
+      1x1                                im2col-int8       (the col matrix is the input widened,
+                                                            a quarter of it at stride 2, where
+                                                            direct-int8 widens all of it; the
+                                                            GEMM's register rows come from the
+                                                            flat OH*OW pixels, not OW's divisors)
+      anything else                      direct-int8       (no KH*KW-fold copy of the input)"""
+    machine = machine or host_machine()
+    wide = machine.registers >= 32
+    if wl.quantized:
+        fits = [a for a in ALGORITHMS.values() if a.supports(wl) is None]
         if not fits:
             raise Unsupported("auto", f"no int8 template fits {wl.spec}")
-        return fits[0]
+        names = [a.name for a in fits if a.suits(machine)] or [a.name for a in fits]
+        pointwise = (wl.kh, wl.kw) == (1, 1)
+        for name in ("depthwise-int8", "im2col-int8-vnni", "im2col-int8" if pointwise else "direct-int8"):
+            if name in names:
+                return name
+        return names[0]
     candidates = []
     if wl.is_depthwise:
         candidates.append("depthwise")
