@@ -194,8 +194,10 @@ def default_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 
 
 def concat_axis(sch: s_tir.Schedule, block) -> tuple[int, list[int]] | None:
-    """(axis, each input's extent along it) when `block` concatenates the buffers it reads into
-    the one it writes."""
+    """(axis, each input's extent along it) when `block` concatenates buffers it reads into the
+    one it writes, maybe with elementwise work fused after it (DenseNet's concat, batch norm,
+    relu): the inputs are the reads shaped as the output but along one axis, whose extents there
+    add up to the output's; the other reads (per-channel constants) are left as they are."""
     stmt = sch.get(block)
     if len(stmt.writes) != 1 or len(stmt.reads) < 2 or len(stmt.iter_vars) != len(sch.get_loops(block)):
         return None
@@ -204,12 +206,11 @@ def concat_axis(sch: s_tir.Schedule, block) -> tuple[int, list[int]] | None:
         target = [int(d) for d in stmt.writes[0].source.shape]
     except TypeError:  # a symbolic extent
         return None
-    if any(len(shape) != len(target) for shape in shapes):
-        return None
     for axis in range(len(target)):
-        others = all(shape[:axis] + shape[axis + 1:] == target[:axis] + target[axis + 1:] for shape in shapes)
-        if others and sum(shape[axis] for shape in shapes) == target[axis]:
-            return axis, [shape[axis] for shape in shapes]
+        parts = [shape[axis] for shape in shapes if len(shape) == len(target) and shape[axis] < target[axis]
+                 and shape[:axis] + shape[axis + 1:] == target[:axis] + target[axis + 1:]]
+        if len(parts) >= 2 and sum(parts) == target[axis]:
+            return axis, parts
     return None
 
 
@@ -237,14 +238,6 @@ def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule 
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
     except Exception:  # noqa: BLE001 - no root block: leave the function alone
         return None
-    concat = concat_axis(sch, blocks[0]) if len(blocks) == 1 else None
-    if concat is not None:
-        try:
-            schedule_concat(sch, *concat, threads)
-            return sch
-        except Exception:  # noqa: BLE001 - a nest loop_partition refuses: the generic schedule
-            sch = s_tir.Schedule(func)
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
     params = list(func.params)
     for block in blocks[:-1]:
         try:
@@ -253,6 +246,15 @@ def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule 
                 sch.compute_inline(block)
         except Exception:  # noqa: BLE001 - a reduction or an unsafe inline: it stays a block
             pass
+    remaining = sch.get_child_blocks(sch.get_sblock("root"))
+    concat = concat_axis(sch, remaining[0]) if len(remaining) == 1 else None
+    if concat is not None:
+        saved = sch.copy()
+        try:
+            schedule_concat(sch, *concat, threads)
+            return sch
+        except Exception:  # noqa: BLE001 - a nest loop_partition refuses: the generic schedule
+            sch = saved
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         try:
             iters = sch.get(block).iter_vars
