@@ -68,6 +68,17 @@ def _winograd(m: int) -> Spec:
                 canonical=RESNET_LAYER1, layouts=("NHWC",))
 
 
+# int8: exact (tolerance 0) against the integer reference; u8 and s8 data, int32 / requantized /
+# dequantized outputs, CO below and across whole 8-channel vectors, odd CI (a half channel pair)
+INT8_LAYERS = (
+    "h=9,w=7,ci=5,co=6,k=3,dtype=int8",
+    "h=10,ci=8,co=16,k=3,pad=1,dtype=int8",
+    "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1,dtype=s8s8",
+    "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0,dtype=int8,out=uint8,scale=channel,bias=1,act=relu",
+    "h=12,ci=6,co=6,k=3,pad=2,dilation=2,dtype=s8s8,out=int8",
+    "n=2,h=7,ci=16,co=20,k=1,dtype=int8,out=float32,scale=channel,bias=1",
+)
+
 SPECS = {
     "direct": Spec(
         layers=COMMON + (
@@ -133,31 +144,16 @@ SPECS = {
         random_layers=("h=10,ci=32,co=64,k=3,pad=1,groups=4", "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=1,groups=3"),
         seeds=(1, 2, 3), canonical="h=56,ci=128,co=128,k=3,pad=1,groups=32", layouts=("NHWC",)),
     **{f"winograd-f{m}": _winograd(m) for m in (2, 4, 6)},
-    # int8: exact (tolerance 0) against the integer reference; u8 and s8 data, int32 / requantized /
-    # dequantized outputs, CO below and across whole 8-channel vectors, odd CI (a half channel pair)
+    # int8: INT8_LAYERS
     "direct-int8": Spec(
-        layers=(
-            "h=9,w=7,ci=5,co=6,k=3,dtype=int8",
-            "h=10,ci=8,co=16,k=3,pad=1,dtype=int8",
-            "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1,dtype=s8s8",
-            "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0,dtype=int8,out=uint8,scale=channel,bias=1,act=relu",
-            "h=12,ci=6,co=6,k=3,pad=2,dilation=2,dtype=s8s8,out=int8",
-            "n=2,h=7,ci=16,co=20,k=1,dtype=int8,out=float32,scale=channel,bias=1",
-        ),
+        layers=INT8_LAYERS,
         random_layers=("h=10,ci=8,co=32,k=3,pad=1,dtype=int8",
                        "h=11,w=13,ci=12,co=24,k=3,stride=2,pad=0x1x1x2,dtype=s8s8,out=uint8,bias=1"),
         seeds=(1, 2, 3), canonical="h=56,ci=64,co=64,k=3,pad=1,dtype=int8", layouts=("NHWC",)),
     # im2col + GEMM int8: the VNNI member runs here without vpdpbusd (LLVM's vectorised products),
     # so its arithmetic (raw bytes, the zero point corrected per channel) is checked on any host
     **{name: Spec(
-        layers=(
-            "h=9,w=7,ci=5,co=6,k=3,dtype=int8",
-            "h=10,ci=8,co=16,k=3,pad=1,dtype=int8",
-            "h=11,w=13,ci=4,co=8,k=3,stride=2,pad=1,dtype=s8s8",
-            "h=9,w=8,ci=4,co=24,k=3,pad=0x1x2x0,dtype=int8,out=uint8,scale=channel,bias=1,act=relu",
-            "h=12,ci=6,co=6,k=3,pad=2,dilation=2,dtype=s8s8,out=int8",
-            "n=2,h=7,ci=16,co=20,k=1,dtype=int8,out=float32,scale=channel,bias=1",
-        ),
+        layers=INT8_LAYERS,
         random_layers=("h=10,ci=8,co=32,k=3,pad=1,dtype=int8",
                        "h=11,w=13,ci=12,co=24,k=1,stride=2,dtype=s8s8,out=uint8,bias=1"),
         seeds=(1, 2, 3), canonical="h=28,ci=128,co=128,k=1,dtype=int8", layouts=("NHWC",))

@@ -34,9 +34,9 @@ def _tiny_network(path):
 
 
 def _tiny_search(path):
-    from .test_search_progress import tiny_onnx
+    from .support.models import four_convs
 
-    tiny_onnx(path)
+    four_convs(path)
     return path
 
 
@@ -53,7 +53,7 @@ def _aspp(path):
 
 
 def _qdq_float(path):
-    from .test_qdq import float_model
+    from .test_quantized import float_model
 
     return float_model(path)
 
@@ -62,7 +62,7 @@ def _qdq_hand_written(path):
     import numpy as np
     from onnx import numpy_helper
 
-    from .test_qdq import _int8_weight, _qdq_model
+    from .test_quantized import _int8_weight, _qdq_model
 
     return _qdq_model(path, _int8_weight(), numpy_helper.from_array(np.full(3, 0.1, np.float32), "ws"),
                       numpy_helper.from_array(np.zeros(3, np.int8), "wz"),
@@ -74,7 +74,7 @@ def _qdq_quantized(kind, per_channel):
         pytest.importorskip("onnxruntime")
         from pathlib import Path
 
-        from .test_qdq import quantized_model
+        from .test_quantized import quantized_model
 
         return quantized_model(Path(os.path.dirname(path)), kind, per_channel)
 
