@@ -132,8 +132,9 @@ def untuned_algorithm(wl: Workload, machine=None) -> str:
     MobileNet-v1, every algorithm's default config, oneDNN and MLAS in the same run; AVX-512 and
     AVX2 builds on the same Zen 4; docs/bench/untuned-*.json, docs/performance.md), and for 16
     registers again after im2col's 6 x 16 micro-kernel and per-block unfolding (AMD EPYC Zen 2,
-    one thread, ResNet-18's layers, `convtune bench LAYER --algorithm A --threads 1 --no-rivals
-    --in-process`, 2026-12-06: im2col 69-83 GFLOP/s on every 3x3 and 1x1 layer, indirect 61-69, direct and spatial pack 48-70;
+    one thread, ResNet-18's layers, each default built in-process and timed with TVM's timer, the
+    measurement `convtune bench LAYER --algorithm A --threads 1 --no-rivals` makes, 2026-12-06:
+    im2col 69-83 GFLOP/s on every 3x3 and 1x1 layer, indirect 61-69, direct and spatial pack 48-70;
     Winograd F4 188 / 153 effective on 56x56 / 28x28, F2 104 on 14x14 where F4 pads 14 to 16
     and reaches 50; on 7x7 im2col 47, F4 37, F2 21).
 
