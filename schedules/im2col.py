@@ -135,6 +135,12 @@ def col_per_block(wl: Workload) -> bool:
     return wl.layout == "NHWC" and not skips_copy(wl) and wl.co <= wl.oh * wl.ow
 
 
+def _pixel(wl: Workload, p):
+    """GEMM row p as a pixel: gemm_rows' padded rows re-read the last one (a clamped index)."""
+    last = wl.oh * wl.ow - 1
+    return p if gemm_rows(wl) == last + 1 else tirx.min(p, last)
+
+
 def col_shape(wl: Workload) -> tuple[int, int, int]:
     if wl.layout == "NHWC":
         return (wl.n, gemm_rows(wl), gemm_k(wl))
@@ -160,11 +166,9 @@ def im2col_compute(wl: Workload, data: te.Tensor) -> te.Tensor:
     if wl.layout == "NHWC":
         # Padding is tested per (pixel, r, s): uniform over the vector of channels it guards.
         t, l = wl.pad[0], wl.pad[1]
-        last = wl.oh * wl.ow - 1
 
         def value(n, p, k):  # k = (r, s, c): the HWIO weight's row order
-            if gemm_rows(wl) > last + 1:  # the padded rows (gemm_rows) repeat the last pixel
-                p = tirx.min(p, last)
+            p = _pixel(wl, p)
             r, s, c = k // (wl.kw * wl.ci), k // wl.ci % wl.kw, k % wl.ci
             iy = (p // wl.ow) * sh + r * dh - t
             ix = (p % wl.ow) * sw + s * dw - l
@@ -211,12 +215,10 @@ def gemm_compute(wl: Workload, data: te.Tensor, packed: te.Tensor, col: te.Tenso
     channels = weight_panels(wl) * nb
     rk = te.reduce_axis((0, gemm_k(wl)), name="rk")
     if wl.layout == "NHWC":
-        last = wl.oh * wl.ow - 1
-
-        def a(n, p, k):  # rows past the last pixel (gemm_rows' padding) re-read it
+        def a(n, p, k):  # col's rows are gemm_rows' already
             if col is not None:
                 return col[n, p, k]
-            p = p if gemm_rows(wl) == last + 1 else tirx.min(p, last)
+            p = _pixel(wl, p)
             return data[n, p // wl.w, p % wl.w, k]
         gemm = te.compute((wl.n, gemm_rows(wl), channels),
                           lambda n, p, c: te.sum(a(n, p, rk) * packed[c // nb, rk, c % nb], axis=rk), name="gemm")
@@ -264,15 +266,20 @@ def schedule_pack(sch: s_tir.Schedule, wl: Workload) -> None:
         sch.vectorize(j)
 
 
+def _vectorize_channel_runs(sch: s_tir.Schedule, cols, wl: Workload) -> None:
+    """NHWC im2col columns (r, s, c): runs of IC contiguous channels of one input pixel."""
+    _, c = sch.split(cols, [None, wl.ci], preserve_unit_iters=True)
+    _vectorize_inner(sch, c, wl.ci)
+
+
 def schedule_im2col(sch: s_tir.Schedule, wl: Workload) -> None:
     """The whole matrix up front, in parallel over its rows, vectorised along its contiguous axis."""
     schedule_pad(sch, wl)
     block = sch.get_sblock("im2col")
     n, rows, cols = sch.get_loops(block)
     sch.parallel(sch.fuse(n, rows))
-    if wl.layout == "NHWC":  # columns (r, s, c): runs of IC contiguous channels of one input pixel
-        _, c = sch.split(cols, [None, wl.ci], preserve_unit_iters=True)
-        _vectorize_inner(sch, c, wl.ci)
+    if wl.layout == "NHWC":
+        _vectorize_channel_runs(sch, cols, wl)
     else:  # columns: pixels; one output row is a (strided) run of one padded input row
         _, x = sch.split(cols, [None, wl.ow], preserve_unit_iters=True)
         if wl.ow <= 64:
@@ -340,9 +347,7 @@ def schedule_gemm(sch: s_tir.Schedule, wl: Workload, knobs: Knobs) -> None:
     if has_block(sch, "im2col") and col_per_block(wl):
         unfold = sch.get_sblock("im2col")
         sch.compute_at(unfold, blocks, preserve_unit_loops=True)
-        # columns (r, s, c): runs of IC contiguous channels of one input pixel
-        _, c = sch.split(sch.get_loops(unfold)[-1], [None, wl.ci], preserve_unit_iters=True)
-        _vectorize_inner(sch, c, wl.ci)
+        _vectorize_channel_runs(sch, sch.get_loops(unfold)[-1], wl)
     # One block's GEMM tile is complete after its K loop: copy its valid part (padding dropped)
     # into the output while it is in cache.
     sch.reverse_compute_at(out, blocks, preserve_unit_loops=True)

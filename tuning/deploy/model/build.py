@@ -214,14 +214,13 @@ def concat_axis(sch: s_tir.Schedule, block) -> tuple[int, list[int]] | None:
     return None
 
 
-def schedule_concat(sch: s_tir.Schedule, axis: int, extents: list[int], threads: int) -> None:
+def schedule_concat(sch: s_tir.Schedule, block, axis: int, extents: list[int]) -> None:
     """A concatenation, one copy loop per input. Legalised, it is one loop over the output whose
     every element picks its input through a chain of selects (DenseNet-121 concatenates up to 32
     feature maps: every element tested 32 times, vectors of loads from every input blended, 118 ms
     an inference, 1 thread, Zen 2). The loop along the concatenated axis is partitioned at the
     inputs' boundaries, where each part's select folds away into a plain copy that LLVM vectorises;
     the loops outside it run in parallel."""
-    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
     loops = sch.get_loops(block)
     outer = loops[:axis]
     sch.loop_partition(loops[axis], extents[:-1])  # the last part takes the rest
@@ -251,7 +250,7 @@ def loop_nest_schedule(func: tvm.tirx.PrimFunc, threads: int) -> s_tir.Schedule 
     if concat is not None:
         saved = sch.copy()
         try:
-            schedule_concat(sch, *concat, threads)
+            schedule_concat(sch, remaining[0], *concat)
             return sch
         except Exception:  # noqa: BLE001 - a nest loop_partition refuses: the generic schedule
             sch = saved
